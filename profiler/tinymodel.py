@@ -1,0 +1,69 @@
+"""Build a tiny random-weight Llama and a byte-level tokenizer on disk.
+
+Used by the tests, the benchmarks and the script that regenerates the bundled sessions, so
+that every one of them drives a real vLLM engine without downloading anything.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+VOCAB_SIZE = 512
+"""256 byte tokens plus specials and spare ids."""
+
+
+def build_tiny_llama(out_dir: str | Path, max_position_embeddings: int = 8192) -> Path:
+    """Write a 2-layer Llama (hidden 128, 2 heads, 1 KV head, head_dim 64) and tokenizer to ``out_dir``."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    out = Path(out_dir)
+    if (out / "config.json").exists() and (out / "tokenizer.json").exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=64,
+        max_position_embeddings=max_position_embeddings,
+        bos_token_id=256,
+        eos_token_id=257,
+        torch_dtype="float32",
+    )
+    LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet(), key=_byte_of)
+    vocab = {ch: _byte_of(ch) for ch in alphabet}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.add_special_tokens(["<s>", "</s>"])
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>"
+    )
+    fast.save_pretrained(out)
+    cfg_path = out / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["model_max_length"] = max_position_embeddings
+    cfg_path.write_text(json.dumps(cfg))
+    return out
+
+
+def _byte_of(ch: str) -> int:
+    """The byte that GPT-2's reversible ByteLevel table maps to ``ch``."""
+    code = ord(ch)
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("\u00a1"), ord("\u00ac") + 1))
+        + list(range(ord("\u00ae"), ord("\u00ff") + 1))
+    )
+    if code in printable:
+        return code
+    others = [b for b in range(256) if b not in printable]
+    return others[code - 256]
