@@ -16,6 +16,14 @@ from profiler.writer import SessionWriter
 _started = False
 
 
+def _forget_after_fork() -> None:
+    global _started
+    _started = False  # threads do not survive fork: a forked worker starts its own sampler
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 def start_allocator_sampler(writer: SessionWriter, period_s: float) -> None:
     """Sample this worker's allocator every ``period_s``; says once why when it cannot."""
     global _started

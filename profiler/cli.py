@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -117,7 +118,10 @@ def _extra_commands() -> list:
     for mod_name in ("profiler.attach.cli", "profiler.whatif"):
         try:
             mod = __import__(mod_name, fromlist=["add_parser"])
-        except ImportError:
+        except ModuleNotFoundError:
+            continue
+        except Exception as exc:  # a broken optional subcommand must not take `record` down
+            print(f"kvscope: {mod_name} unavailable: {exc!r}", file=sys.stderr)
             continue
         if hasattr(mod, "add_parser"):
             out.append(mod.add_parser)
@@ -131,6 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (UserError, SessionFormatError) as exc:
         print(f"kvscope: {exc}", file=sys.stderr)
+        return 2
+    except sqlite3.DatabaseError as exc:
+        first = (str(exc) or type(exc).__name__).splitlines()[0]
+        print(f"kvscope: damaged session file ({first})", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

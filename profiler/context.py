@@ -27,6 +27,7 @@ ENV_ALLOCATOR_INTERVAL_MS = "KVSCOPE_ALLOCATOR_INTERVAL_MS"
 DEFAULT_INTERVAL_MS = 100
 
 _registered_roles: set[tuple[str, int | None]] = set()
+os.register_at_fork(after_in_child=_registered_roles.clear)
 
 
 def session_path() -> str | None:

@@ -124,6 +124,7 @@ def _wrap_engine_init(init: Callable[..., Any]) -> Callable[..., Any]:
             return init(self, *args, **kwargs)
         context.claim_owner()
         context.register_process("frontend")
+        _record_vllm_version()
         bound = sig.bind(self, *args, **kwargs)
         user_log_stats = bound.arguments.get("log_stats", True)
         if "log_stats" in sig.parameters:
@@ -146,6 +147,14 @@ def _wrap_engine_init(init: Callable[..., Any]) -> Callable[..., Any]:
             _suppress_default_loggers.on = False
 
     return __init__
+
+
+def _record_vllm_version() -> None:
+    """Keep vLLM's version in the session even when no engine ever starts."""
+    w = context.writer()
+    version = getattr(sys.modules.get("vllm"), "__version__", None)
+    if w is not None and version is not None:
+        w.set_meta_default(vllm_version=str(version))
 
 
 def _wrap_logger_manager_init(init: Callable[..., Any]) -> Callable[..., Any]:
@@ -250,13 +259,31 @@ def _wrap_initialize_kv_caches(method: Callable[..., Any]) -> Callable[..., Any]
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
         context.register_process("engine_core")
         try:
-            return method(self, *args, **kwargs)
+            config = method(self, *args, **kwargs)
         except BaseException as exc:
             if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 record_failure(exc, "engine core: KV cache initialisation")
             raise
+        _record_kv_cache_config(config)
+        return config
 
     return wrapper
+
+
+def _record_kv_cache_config(config: Any) -> None:
+    """Store the KV cache the engine core allocated: blocks and bytes per block (per worker)."""
+    w = context.writer()
+    blocks = getattr(config, "num_blocks", None)
+    tensors = getattr(config, "kv_cache_tensors", None)
+    if w is None or not isinstance(blocks, int) or tensors is None:
+        return
+    try:
+        total_bytes = sum(int(t.size) for t in tensors)
+    except Exception:
+        return
+    per_block = total_bytes // blocks if blocks else None
+    w.event("kv_cache_config", f"KV cache: {blocks} blocks, {per_block} bytes per block per worker",
+            num_blocks=blocks, kv_cache_bytes=total_bytes, bytes_per_block=per_block)
 
 
 def _wrap_reset_prefix_cache(method: Callable[..., Any]) -> Callable[..., Any]:

@@ -6,6 +6,7 @@ usable NVML it records one ``nvml_off`` event saying why and stops; everything e
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -28,6 +29,14 @@ class NvmlStats:
 _thread: threading.Thread | None = None
 _stop = threading.Event()
 stats = NvmlStats()
+
+
+def _forget_after_fork() -> None:
+    global _thread
+    _thread = None  # the sampler thread stays in the parent; the child is never the owner
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def start_nvml_sampler(writer: SessionWriter, period_s: float) -> bool:

@@ -44,6 +44,10 @@ TABLES: dict[str, tuple[str, ...]] = {
         "free_after_bytes", "profile_s",
     ),
     "events": ("t_unix_s", "pid", "engine_id", "kind", "message", "details_json"),
+    "kv_events": (
+        "engine_id", "t_unix_s", "seq", "kind", "block_hash", "parent_block_hash", "medium", "source",
+    ),
+    "gaps": ("engine_id", "t_start_unix_s", "t_end_unix_s", "source", "reason"),
 }
 """Column order of every table; writers append tuples in exactly this order."""
 
@@ -52,7 +56,7 @@ _TYPES = {
     "source": "TEXT", "vllm_version": "TEXT", "model": "TEXT", "kv_cache_dtype": "TEXT",
     "device": "TEXT", "request_id": "TEXT", "finish_reason": "TEXT", "block_hashes": "BLOB",
     "name": "TEXT", "uuid": "TEXT", "kind": "TEXT", "message": "TEXT", "details_json": "TEXT",
-    "engine_id": "INTEGER", "enable_prefix_caching": "INTEGER",
+    "engine_id": "INTEGER", "enable_prefix_caching": "INTEGER", "medium": "TEXT", "reason": "TEXT",
 }
 
 

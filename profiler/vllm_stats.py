@@ -137,6 +137,9 @@ class KvscopeStatLogger(StatLoggerBase):
             "steps",
             (self.engine_id, t, running, waiting, kv, pq, ph, ppq, pph, pre, prompt, gen, fin, 0),
         )
+        if running == 0 and waiting == 0:
+            # The engine just drained: make the run durable now, programs often exit right after.
+            w.flush()
 
     def _finished(self, w: Any, it: Any, finished: Any) -> None:
         ttfts: dict[str, float] = getattr(it, "_kvscope_ttft_s", None) or {}

@@ -18,7 +18,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from profiler.schema import TABLES, create_or_check
+from profiler.schema import TABLES, check_version, create_or_check
 
 FLUSH_INTERVAL_S = 0.25
 """Commit cadence; a kill -9 loses at most this much (plus one commit) of data."""
@@ -35,6 +35,9 @@ def connect(path: str | Path) -> sqlite3.Connection:
         str(path), timeout=30.0, isolation_level=None, check_same_thread=False
     )
     conn.execute("PRAGMA busy_timeout = 30000")
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version:
+        check_version(version)  # before anything that could rewrite a file we must not touch
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
     create_or_check(conn)
@@ -157,6 +160,19 @@ class SessionWriter:
 
 _writers: dict[str, SessionWriter] = {}
 _writers_lock = threading.Lock()
+
+
+def _forget_after_fork() -> None:
+    """A forked child (vLLM forks its engine core and workers when CUDA is not yet initialised)
+    inherits the parent's writers, queued rows and SQLite connection, but not their thread.
+    The parent flushes its own rows; the child must start afresh and never touch that connection.
+    """
+    global _writers_lock
+    _writers.clear()
+    _writers_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def get_writer(path: str | Path) -> SessionWriter:

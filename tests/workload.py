@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import json
 import os
+import subprocess
 import sys
+import time
 from typing import Any
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -28,6 +31,28 @@ def prompts(n: int, prefixes: int, prefix_len: int, seed_text: str = "") -> list
         head = (f"[system {p}{seed_text}] " + chr(97 + p % 26) * prefix_len)[:prefix_len]
         out.append(head + f" question {i}: " + "data " * (i % 9))
     return out
+
+
+_HOG = """
+import sys, time, torch
+free, _ = torch.cuda.mem_get_info()
+x = torch.empty(int(free - float(sys.argv[1]) * 2**30), dtype=torch.uint8, device="cuda")
+print("HOG_READY", flush=True)
+time.sleep(3600)
+"""
+
+
+def maybe_hog(leave_gib: float | None) -> subprocess.Popen[str] | None:
+    """Start a foreign process that takes all but ``leave_gib`` of the GPU's free memory."""
+    if leave_gib is None:
+        return None
+    hog = subprocess.Popen([sys.executable, "-c", _HOG, str(leave_gib)], stdout=subprocess.PIPE,
+                           text=True)
+    assert hog.stdout is not None
+    line = hog.stdout.readline()
+    assert "HOG_READY" in line, line
+    atexit.register(hog.kill)
+    return hog
 
 
 def counter_class() -> tuple[type, dict[str, Any]]:
@@ -70,6 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-num-seqs", type=int, default=32)
     ap.add_argument("--max-model-len", type=int, default=2048)
     ap.add_argument("--no-prefix-caching", action="store_true")
+    ap.add_argument("--load-format", default=None, help="e.g. dummy (GPU runs without weights)")
+    ap.add_argument("--gpu-memory-utilization", type=float, default=None)
+    ap.add_argument("--tp", type=int, default=1, help="tensor parallel size")
+    ap.add_argument("--prompt-logprobs", type=int, default=None)
+    ap.add_argument("--hog-leave-gib", type=float, default=None,
+                    help="after start-up, a second process takes all but this much free GPU memory")
+    ap.add_argument("--arrivals-per-step", type=int, default=0,
+                    help="llmengine: add this many requests per step instead of all at once")
     ap.add_argument("--counts", default=None)
     ap.add_argument("--api-session", default=None, help="record with profiler.record(PATH)")
     a = ap.parse_args(argv)
@@ -77,10 +110,16 @@ def main(argv: list[str] | None = None) -> int:
     from vllm import SamplingParams
 
     kwargs: dict[str, Any] = dict(
-        model=a.model, num_gpu_blocks_override=a.blocks, max_model_len=a.max_model_len,
+        model=a.model, num_gpu_blocks_override=a.blocks or None, max_model_len=a.max_model_len,
         enable_prefix_caching=not a.no_prefix_caching, max_num_seqs=a.max_num_seqs,
+        tensor_parallel_size=a.tp,
     )
-    params = SamplingParams(max_tokens=a.max_tokens, ignore_eos=True, temperature=0.0)
+    if a.load_format:
+        kwargs["load_format"] = a.load_format
+    if a.gpu_memory_utilization is not None:
+        kwargs["gpu_memory_utilization"] = a.gpu_memory_utilization
+    params = SamplingParams(max_tokens=a.max_tokens, ignore_eos=True, temperature=0.0,
+                            prompt_logprobs=a.prompt_logprobs)
     texts = prompts(a.requests, a.prefixes, a.prefix_len)
     counter, counts = counter_class()
 
@@ -89,7 +128,12 @@ def main(argv: list[str] | None = None) -> int:
             from vllm import LLM
 
             llm = LLM(**kwargs)
-            llm.generate(texts, params, use_tqdm=False)
+            maybe_hog(a.hog_leave_gib)
+            t0 = time.perf_counter()
+            outs = llm.generate(texts, params, use_tqdm=False)
+            counts["generate_s"] = time.perf_counter() - t0
+            counts["output_tokens"] = sum(len(o.outputs[0].token_ids) for o in outs)
+            llm.llm_engine.engine_core.shutdown()
             return
         from vllm.engine.arg_utils import AsyncEngineArgs, EngineArgs
 
@@ -99,10 +143,17 @@ def main(argv: list[str] | None = None) -> int:
             eng = LLMEngine.from_engine_args(
                 EngineArgs(disable_log_stats=False, **kwargs), stat_loggers=[counter]
             )
-            for i, t in enumerate(texts):
-                eng.add_request(str(i), t, params)
-            while eng.has_unfinished_requests():
+            maybe_hog(a.hog_leave_gib)
+            t0 = time.perf_counter()
+            pending = list(enumerate(texts))
+            per_step = a.arrivals_per_step or len(pending)
+            while pending or eng.has_unfinished_requests():
+                for i, t in pending[:per_step]:
+                    eng.add_request(str(i), t, params)
+                del pending[:per_step]
                 eng.step()
+            counts["generate_s"] = time.perf_counter() - t0
+            eng.engine_core.shutdown()
             return
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -135,6 +186,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    code = main()
-    sys.stdout.flush()
-    os._exit(code)
+    sys.exit(main())
