@@ -20,7 +20,7 @@ single)
   rec gpu_healthy $W --engine llmengine --gpu-memory-utilization 0.85 --max-model-len 8192 --requests 512 --prefixes 4 --prefix-len 2000 --max-tokens 128 --max-num-seqs 256 --arrivals-per-step 8 --counts $OUT/gpu_healthy_counts.json
   rec gpu_kv_pressure $W --engine llmengine --blocks 600 --gpu-memory-utilization 0.85 --max-model-len 8192 --requests 512 --prefixes 4 --prefix-len 2000 --max-tokens 128 --max-num-seqs 256 --counts $OUT/gpu_pressure_counts.json
   TMO=200 rec gpu_oom_startup $W --engine llmengine --gpu-memory-utilization 0.08 --max-model-len 8192 --requests 8
-  TMO=240 rec gpu_oom_runtime $W --engine llmengine --gpu-memory-utilization 0.85 --max-model-len 16384 --requests 8 --prefixes 8 --prefix-len 12000 --max-tokens 8 --prompt-logprobs 5 --hog-leave-gib 1.0
+  TMO=240 rec gpu_oom_runtime $W --engine llmengine --gpu-memory-utilization 0.85 --max-model-len 16384 --requests 8 --prefixes 8 --prefix-len 15000 --max-tokens 8 --prompt-logprobs 5 --max-num-batched-tokens 16384 --hog-leave-gib 0.5
   pkill -f HOG_READY; fin ;;
 tp2)
   (sleep 60; python3 bench/bench_nvml.py --interval-ms 20 --duration-s 15 > $OUT/nvml_bench.json 2>&1) &
@@ -30,4 +30,6 @@ bench)
   export CUDA_VISIBLE_DEVICES=0
   timeout 560 python3 bench/bench_overhead.py $MODEL --repeats 2 --json $OUT/overhead_gpu.json --load-format dummy --blocks 0 --gpu-memory-utilization 0.85 --max-model-len 4096 --requests 512 --prefixes 4 --prefix-len 1000 --max-tokens 128 --max-num-seqs 256 ;;
 esac
+# the device returns at most 8 files: pack logs and JSON into one archive
+(cd $OUT && tar czf logs_${1:-single}.tgz --remove-files $(ls *.log *.json 2>/dev/null))
 ls -la $OUT

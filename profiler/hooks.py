@@ -160,9 +160,18 @@ def _record_vllm_version() -> None:
 def _wrap_logger_manager_init(init: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(init)
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        if getattr(_suppress_default_loggers, "on", False) and "enable_default_loggers" in kwargs:
+        suppress = getattr(_suppress_default_loggers, "on", False)
+        if suppress and "enable_default_loggers" in kwargs:
             kwargs["enable_default_loggers"] = False
         init(self, *args, **kwargs)
+        if suppress:
+            # vLLM always adds its Prometheus logger when stats are on; the program had them off,
+            # so nobody reads it, and its per-step histogram work is the bulk of stats overhead.
+            loggers = getattr(self, "stat_loggers", None)
+            if isinstance(loggers, list):
+                self.stat_loggers = [
+                    lg for lg in loggers if type(lg).__name__ != "PrometheusStatLogger"
+                ]
 
     return __init__
 

@@ -10,6 +10,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from profiler.writer import SessionWriter
 
@@ -75,22 +76,29 @@ def stop_nvml_sampler() -> None:
     _thread = None
 
 
+PROCESS_EVERY = 5
+"""Per-process memory is read every 5th round: the process list changes rarely and costs the
+most CPU of the two NVML queries."""
+
+
 def _run(writer: SessionWriter, handles: list[object], period_s: float) -> None:
     import pynvml
 
     stats.started_s = time.monotonic()
     next_s = time.monotonic()
     failures = 0
+    rounds = 0
     while not _stop.is_set():
         t0 = time.monotonic()
         try:
-            _sample_once(pynvml, writer, handles)
+            _sample_once(pynvml, writer, handles, with_processes=rounds % PROCESS_EVERY == 0)
             stats.samples += 1
             failures = 0
         except Exception as exc:
             failures += 1
             if failures == 1:
                 writer.event("error", f"NVML sample failed: {_reason(exc)}", source="nvml")
+        rounds += 1
         stats.busy_s += time.monotonic() - t0
         next_s += period_s
         delay = next_s - time.monotonic()
@@ -100,13 +108,16 @@ def _run(writer: SessionWriter, handles: list[object], period_s: float) -> None:
         _stop.wait(delay)
 
 
-def _sample_once(pynvml: object, writer: SessionWriter, handles: list[object]) -> None:
+def _sample_once(
+    pynvml: Any, writer: SessionWriter, handles: list[object], with_processes: bool
+) -> None:
     now = time.time()
     for i, h in enumerate(handles):
-        mem = pynvml.nvmlDeviceGetMemoryInfo(h)  # type: ignore[attr-defined]
+        mem = pynvml.nvmlDeviceGetMemoryInfo(h)
         writer.append("gpu_samples", (now, i, mem.used, mem.total))
-        procs = pynvml.nvmlDeviceGetComputeRunningProcesses(h)  # type: ignore[attr-defined]
-        for p in procs:
+        if not with_processes:
+            continue
+        for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h):
             used = p.usedGpuMemory
             # NVML reports "not available" as a huge sentinel; store None, never a fake number.
             writer.append("gpu_process_samples", (now, i, p.pid, used if used < 1 << 60 else None))

@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-prefix-caching", action="store_true")
     ap.add_argument("--load-format", default=None, help="e.g. dummy (GPU runs without weights)")
     ap.add_argument("--gpu-memory-utilization", type=float, default=None)
+    ap.add_argument("--max-num-batched-tokens", type=int, default=None)
     ap.add_argument("--tp", type=int, default=1, help="tensor parallel size")
     ap.add_argument("--prompt-logprobs", type=int, default=None)
     ap.add_argument("--hog-leave-gib", type=float, default=None,
@@ -116,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if a.load_format:
         kwargs["load_format"] = a.load_format
+    if a.max_num_batched_tokens is not None:
+        kwargs["max_num_batched_tokens"] = a.max_num_batched_tokens
     if a.gpu_memory_utilization is not None:
         kwargs["gpu_memory_utilization"] = a.gpu_memory_utilization
     params = SamplingParams(max_tokens=a.max_tokens, ignore_eos=True, temperature=0.0,
