@@ -1,0 +1,84 @@
+"""Session file behaviour without an engine: live reads, many writers, crash durability."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+from pathlib import Path
+
+from profiler.reader import open_session
+from profiler.schema import TABLES
+from profiler.writer import FLUSH_INTERVAL_S, SessionWriter
+
+
+def _step(i: int, engine_id: int = 1) -> tuple:
+    return (engine_id, time.time(), 1, 0, 0.5, 10, 5, 0, 0, 0, 3, 4, 0, 0)
+
+
+def test_session_is_readable_while_being_written(tmp_path: Path) -> None:
+    path = tmp_path / "live.kvscope"
+    w = SessionWriter(path)
+    for i in range(100):
+        w.append("steps", _step(i))
+    w.flush()
+    reader = open_session(path)
+    assert len(reader.table("steps")) == 100
+    for i in range(50):
+        w.append("steps", _step(i))
+    time.sleep(FLUSH_INTERVAL_S * 3)  # the writer thread commits on its own
+    assert len(reader.table("steps")) == 150
+    w.close()
+
+
+def _child_writer(path: str, engine_id: int, n: int) -> None:
+    w = SessionWriter(path)
+    for i in range(n):
+        w.append("steps", _step(i, engine_id))
+        if i % 100 == 0:
+            time.sleep(0.01)
+    w.close()
+
+
+def test_many_processes_write_one_session(tmp_path: Path) -> None:
+    path = str(tmp_path / "multi.kvscope")
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_child_writer, args=(path, e, 2000)) for e in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    steps = open_session(path).table("steps")
+    assert steps.groupby("engine_id").size().to_dict() == {0: 2000, 1: 2000, 2: 2000, 3: 2000}
+
+
+def _writer_until_killed(path: str) -> None:
+    w = SessionWriter(path)
+    i = 0
+    while True:
+        w.append("steps", _step(i))
+        i += 1
+        time.sleep(0.001)
+
+
+def test_kill9_loses_at_most_the_last_flush(tmp_path: Path) -> None:
+    path = str(tmp_path / "kill.kvscope")
+    p = mp.get_context("spawn").Process(target=_writer_until_killed, args=(path,))
+    p.start()
+    time.sleep(3.0)
+    killed_at = time.time()
+    os.kill(p.pid, signal.SIGKILL)
+    p.join(10)
+    steps = open_session(path).table("steps")
+    assert len(steps) > 500
+    assert killed_at - steps["t_unix_s"].max() < 2 * FLUSH_INTERVAL_S + 0.1
+
+
+def test_every_table_documented_in_schema_md() -> None:
+    doc = (Path(__file__).resolve().parent.parent / "profiler" / "SCHEMA.md").read_text()
+    for table, cols in TABLES.items():
+        assert f"`{table}`" in doc, table
+        for col in cols:
+            assert f"`{col}`" in doc, (table, col)
