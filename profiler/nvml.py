@@ -23,6 +23,8 @@ class NvmlStats:
     """Sampling rounds completed (all devices each)."""
     busy_s: float = 0.0
     """Wall time spent inside NVML queries and row building."""
+    process_rounds: int = 0
+    """Rounds that also read the per-process list."""
     started_s: float = 0.0
     """Monotonic start time."""
 
@@ -76,9 +78,9 @@ def stop_nvml_sampler() -> None:
     _thread = None
 
 
-PROCESS_EVERY = 5
-"""Per-process memory is read every 5th round: the process list changes rarely and costs the
-most CPU of the two NVML queries."""
+PROCESS_PERIOD_S = 0.25
+"""Per-process memory is read at most every 0.25 s, whatever the device sampling period: the
+process list changes rarely and costs the most CPU of the two NVML queries."""
 
 
 def _run(writer: SessionWriter, handles: list[object], period_s: float) -> None:
@@ -87,18 +89,21 @@ def _run(writer: SessionWriter, handles: list[object], period_s: float) -> None:
     stats.started_s = time.monotonic()
     next_s = time.monotonic()
     failures = 0
-    rounds = 0
+    next_processes_s = 0.0
     while not _stop.is_set():
         t0 = time.monotonic()
+        with_processes = t0 >= next_processes_s
+        if with_processes:
+            next_processes_s = t0 + PROCESS_PERIOD_S
+            stats.process_rounds += 1
         try:
-            _sample_once(pynvml, writer, handles, with_processes=rounds % PROCESS_EVERY == 0)
+            _sample_once(pynvml, writer, handles, with_processes)
             stats.samples += 1
             failures = 0
         except Exception as exc:
             failures += 1
             if failures == 1:
                 writer.event("error", f"NVML sample failed: {_reason(exc)}", source="nvml")
-        rounds += 1
         stats.busy_s += time.monotonic() - t0
         next_s += period_s
         delay = next_s - time.monotonic()
