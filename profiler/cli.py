@@ -145,4 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, so that `python -m profiler.cli` and subcommand modules
+    # share one profiler.cli (and one UserError class).
+    from profiler.cli import main as _main
+
+    sys.exit(_main())

@@ -82,7 +82,7 @@ def build_report(session: Session, findings: list[dict[str, Any]] | None = None)
         "engines": int(len(engines)),
         "steps": int(len(sched)),
         "preemptions": _num(steps["preemptions"].sum(min_count=1)) if not steps.empty else None,
-        "requests_finished": int(len(requests)),
+        "requests_finished": _requests_finished(requests, steps),
         "prefix_cache": {
             "queries_tokens": pq,
             "hits_tokens": ph,
@@ -108,6 +108,15 @@ def build_report(session: Session, findings: list[dict[str, Any]] | None = None)
         "events": _event_counts(session),
         "findings": findings or [],
     }
+
+
+def _requests_finished(requests: pd.DataFrame, steps: pd.DataFrame) -> int | None:
+    """Finished requests: one row each when recorded in-process; scraped sessions only have the
+    per-interval counter delta in ``steps.finished``."""
+    if not requests.empty or steps.empty:
+        return int(len(requests))
+    total = steps["finished"].sum(min_count=1)
+    return None if pd.isna(total) else int(total)
 
 
 def _gpus(session: Session) -> list[dict[str, Any]]:

@@ -7,16 +7,24 @@ import subprocess
 import sys
 from pathlib import Path
 
-DASHBOARD_APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+ROOT = Path(__file__).resolve().parent.parent
+DASHBOARD_APP = ROOT / "dashboard" / "app.py"
 
 
 def launch(sessions: list[str], host: str = "127.0.0.1", port: int = 8501) -> int:
-    """Run ``streamlit run dashboard/app.py`` bound to ``host:port`` on ``sessions``."""
+    """Serve ``dashboard/app.py`` on ``host:port`` (127.0.0.1 by default) for ``sessions``.
+
+    ``dashboard.serve`` runs Streamlit after warming the sessions up; with no session given the
+    dashboard offers the bundled ones plus the user's folder.
+    """
     env = dict(os.environ)
-    env["KVSCOPE_UI_SESSIONS"] = os.pathsep.join(str(Path(s).resolve()) for s in sessions)
-    cmd = [
-        sys.executable, "-m", "streamlit", "run", str(DASHBOARD_APP),
-        "--server.address", host, "--server.port", str(port), "--server.headless", "true",
-        "--browser.gatherUsageStats", "false",
-    ]
-    return subprocess.call(cmd, env=env)
+    if sessions:
+        env["KVSCOPE_UI_SESSIONS"] = os.pathsep.join(str(Path(s).resolve()) for s in sessions)
+    else:
+        env.pop("KVSCOPE_UI_SESSIONS", None)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    cmd = [sys.executable, "-m", "dashboard.serve", "--host", host, "--port", str(port)]
+    try:
+        return subprocess.call(cmd, env=env)
+    except KeyboardInterrupt:
+        return 130

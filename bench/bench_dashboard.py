@@ -1,0 +1,284 @@
+"""Dashboard speed on a 1,000,000-step session, measured in headless Chromium.
+
+    python bench/bench_dashboard.py [--source sessions/kv_saturation.kvscope] [--steps 1000000]
+
+Builds the session from real recorded steps (the source's rows replicated back to back with
+shifted times), starts ``kvscope ui`` on it, and prints: seconds from opening a page on a fresh
+server to its first drawn chart (target <= 3 s), and seconds from releasing a brush on the
+Timeline's navigator to every panel redrawn at the new zoom (target < 0.5 s).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from profiler.reader import open_session
+from profiler.schema import TABLES, SessionFormatError
+from profiler.writer import connect
+
+_TIMED = {
+    "steps": "t_unix_s", "requests": "t_finished_unix_s", "prompt_blocks": "t_unix_s",
+    "gpu_samples": "t_unix_s", "gpu_process_samples": "t_unix_s", "allocator_samples": "t_unix_s",
+}
+"""Tables replicated per copy, with the column shifted by the copy's offset."""
+
+_ONCE = ("meta", "processes", "engines", "gpus", "startup_memory", "events")
+"""Tables copied once (identity and start-up data)."""
+
+
+def build_big_session(source: str | Path, dest: str | Path, n_steps: int) -> int:
+    """Write ``dest`` with at least ``n_steps`` steps made of back-to-back copies of ``source``.
+
+    Every copy keeps the real rows of the source (steps, requests, samples) and shifts their times
+    by one source period, so the result looks like the same workload run many times in a row.
+    Returns the number of steps written.
+    """
+    src = open_session(source)
+    steps_n = src.scalar("SELECT COUNT(*) FROM steps")
+    if not steps_n:
+        raise ValueError(f"{source}: no steps to replicate")
+    t0, t1 = src.conn.execute("SELECT MIN(t_unix_s), MAX(t_unix_s) FROM steps").fetchone()
+    period_s = (t1 - t0) + (t1 - t0) / max(steps_n - 1, 1)
+    copies = math.ceil(n_steps / steps_n)
+    dest = Path(dest)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{dest}{suffix}").unlink(missing_ok=True)
+    out = connect(dest)
+    out.execute("PRAGMA synchronous = OFF")
+    out.execute("BEGIN")
+    for table in _ONCE:
+        rows = src.conn.execute(f"SELECT * FROM {table}").fetchall()
+        out.executemany(_insert(table), rows)
+    for table, col in _TIMED.items():
+        rows = src.conn.execute(f"SELECT * FROM {table} ORDER BY {col}").fetchall()
+        if not rows:
+            continue
+        idx = TABLES[table].index(col)
+        rid = TABLES[table].index("request_id") if "request_id" in TABLES[table] else None
+        for k in range(copies):
+            shift_s = k * period_s
+            out.executemany(_insert(table), (_shifted(r, idx, shift_s, rid, k) for r in rows))
+    out.execute("COMMIT")
+    ended = t0 + copies * period_s
+    out.execute("INSERT OR REPLACE INTO meta VALUES ('ended_unix_s', ?)", (repr(ended),))
+    written = out.execute("SELECT COUNT(*) FROM steps").fetchone()[0]
+    out.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    out.close()
+    src.close()
+    return int(written)
+
+
+def _insert(table: str) -> str:
+    return f"INSERT INTO {table} VALUES ({', '.join('?' * len(TABLES[table]))})"
+
+
+def _shifted(row: tuple, idx: int, shift_s: float, rid: int | None, copy: int) -> tuple:
+    out = list(row)
+    out[idx] = row[idx] + shift_s
+    if rid is not None and copy:
+        out[rid] = f"{row[rid]}~{copy}"
+    return tuple(out)
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+CHART = "[data-testid='stVegaLiteChart'] canvas, [data-testid='stVegaLiteChart'] svg.marks"
+IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
+SCRIPT_RUNNING = "[data-testid='stApp'][data-test-script-state='running']"
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+FLOOR_APP = """import altair as alt
+import pandas as pd
+import streamlit as st
+st.title("floor")
+st.altair_chart(alt.Chart(pd.DataFrame({"x": [0, 1], "y": [0, 1]})).mark_line().encode(x="x", y="y"))
+"""
+"""A one-chart Streamlit page: what any page costs on this machine before kvscope does anything."""
+
+
+@contextmanager
+def ui_server(sessions: list[Path], floor_app: Path | None = None) -> Iterator[str]:
+    """``kvscope ui SESSIONS`` (or ``floor_app`` under plain ``streamlit run``) on a free port;
+    yields its base URL, stops it afterwards."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KVSCOPE_")}
+    if floor_app is not None:
+        cmd = [sys.executable, "-m", "streamlit", "run", str(floor_app), "--server.port", str(port),
+               "--server.address", "127.0.0.1", "--server.headless", "true",
+               "--browser.gatherUsageStats", "false"]
+    else:
+        cmd = [sys.executable, "-m", "profiler.cli", "ui", *map(str, sessions), "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            raise RuntimeError("kvscope ui did not come up in 60 s")
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+
+
+def _after_paint(page: Any) -> None:
+    page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+
+
+def first_chart_s(browser: Any, url: str, path: str) -> float:
+    """Seconds from navigating to ``url/path`` to the first chart painted."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    t0 = time.perf_counter()
+    page.goto(f"{url}/{path}")
+    page.wait_for_selector(CHART, timeout=60_000)
+    _after_paint(page)
+    elapsed = time.perf_counter() - t0
+    page.close()
+    return elapsed
+
+
+AXIS_LABELS_JS = """(el) => [...el.querySelectorAll('g.role-axis-label text')].map(t => t.textContent).join('|')"""
+
+
+def zoom_s(browser: Any, url: str, fractions: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Brush the Timeline navigator over each (from, to) fraction of the session.
+
+    Returns (visual, refined) seconds per zoom: from the brush move to every panel's axis showing
+    the new range (drawn in the browser from the data it has), and from the mouse release to the
+    server's full-resolution data for the new range drawn (script idle, then two frames).
+    """
+    page = browser.new_page(viewport={"width": 1400, "height": 1600})
+    page.goto(f"{url}/timeline")
+    page.wait_for_selector(CHART, timeout=60_000)
+    page.wait_for_selector(IDLE, timeout=60_000)
+    chart = page.locator("[data-testid='stVegaLiteChart']").first
+    out = []
+    for a, b in fractions:
+        page.wait_for_timeout(800)
+        # The navigator's plot area: the first frame background of the linked timeline (SVG).
+        box = chart.locator("g.role-frame > g > path.background").first.bounding_box()
+        assert box is not None, "navigator plot area not found"
+        x0, w = box["x"], box["width"]
+        y = box["y"] + box["height"] / 2
+        before = chart.evaluate(AXIS_LABELS_JS)
+        page.mouse.move(x0 + a * w, y)
+        page.mouse.down()
+        t0 = time.perf_counter()
+        page.mouse.move(x0 + b * w, y, steps=1)
+        page.wait_for_function(f"(b) => ({AXIS_LABELS_JS})(document.querySelector("
+                               "\"[data-testid='stVegaLiteChart']\")) !== b", arg=before,
+                               timeout=30_000)
+        visual = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        page.mouse.up()
+        page.wait_for_selector(SCRIPT_RUNNING, timeout=30_000)
+        page.wait_for_selector(IDLE, timeout=30_000)
+        _after_paint(page)
+        out.append((visual, time.perf_counter() - t1))
+    page.close()
+    return out
+
+
+def measure(sessions: dict[str, Path], big: Path, repeats: int = 2) -> dict[str, Any]:
+    """Cold first-chart times (fresh server per page load) per session and page; zoom on ``big``."""
+    from playwright.sync_api import sync_playwright
+
+    results: dict[str, Any] = {}
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        floor_app = big.parent / "floor_app.py"
+        floor_app.write_text(FLOOR_APP)
+        floor = []
+        for _ in range(repeats):
+            with ui_server([], floor_app) as url:
+                floor.append(first_chart_s(browser, url, ""))
+        results[("one-chart Streamlit page (floor)", "floor")] = floor
+        for label, session in sessions.items():
+            for page_path in ("", "timeline"):
+                cold = []
+                for _ in range(repeats):
+                    with ui_server([session]) as url:
+                        cold.append(first_chart_s(browser, url, page_path))
+                results[(label, page_path or "overview")] = cold
+        with ui_server([big]) as url:
+            first_chart_s(browser, url, "timeline")
+            time.sleep(3)
+            results["zoom"] = zoom_s(browser, url, [(0.5, 0.9), (0.6, 0.65), (0.1, 0.3), (0.62, 0.621)])
+        browser.close()
+    return results
+
+
+def _main() -> None:
+    import argparse
+    import tempfile
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--source", default=str(Path(__file__).resolve().parent.parent / "sessions"
+                                            / "kv_saturation.kvscope"))
+    ap.add_argument("--steps", type=int, default=1_000_000)
+    ap.add_argument("--keep", default=None, help="write the big session here and keep it")
+    ap.add_argument("--repeats", type=int, default=2)
+    a = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="kvscope-bench-"))
+    dest = Path(a.keep) if a.keep else tmp / "big.kvscope"
+    t = time.perf_counter()
+    try:
+        n = build_big_session(a.source, dest, a.steps)
+    except (sqlite3.Error, ValueError, SessionFormatError) as exc:
+        raise SystemExit(f"bench: {exc}") from exc
+    print(f"built {dest}: {n:,} steps, {dest.stat().st_size / 2**20:.0f} MiB in {time.perf_counter() - t:.1f} s")
+    src_steps = build_steps = None
+    try:
+        src_steps = open_session(a.source).scalar("SELECT COUNT(*) FROM steps")
+        build_steps = n
+    except SessionFormatError:
+        pass
+    load = os.getloadavg()[0]
+    print(f"machine: {os.cpu_count()} CPUs, load average {load:.1f} at start")
+    res = measure({f"source ({src_steps:,} steps)": Path(a.source), f"big ({build_steps:,} steps)": dest},
+                  dest, a.repeats)
+    for key, cold in res.items():
+        if key == "zoom":
+            continue
+        label, page = key
+        print(f"first chart, fresh server, {page:9s} {label:26s}: " + ", ".join(f"{x:.2f} s" for x in cold)
+              + f"   worst/target(3 s) = {max(cold) / 3.0:.2f}")
+    z = res["zoom"]
+    vis = [v for v, _ in z]
+    ref = [r for _, r in z]
+    print("zoom, brush -> every panel at the new range: " + ", ".join(f"{x:.3f} s" for x in vis)
+          + f"   worst/target(0.5 s) = {max(vis) / 0.5:.2f}")
+    print("zoom, release -> full-resolution data drawn:  " + ", ".join(f"{x:.3f} s" for x in ref)
+          + f"   worst/target(0.5 s) = {max(ref) / 0.5:.2f}")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} (timings scale with it on a shared machine)")
+
+
+if __name__ == "__main__":
+    _main()

@@ -1,0 +1,1 @@
+"""kvscope's Streamlit dashboard: plain data/chart modules plus thin page files in ``views/``."""

@@ -1,0 +1,214 @@
+"""Streamlit glue shared by the pages: session picker, cached loading, zoom state, common widgets.
+
+Pages (``dashboard/views/*.py``, including other helpers' pages) get the chosen session with::
+
+    from dashboard import state
+    data = state.current_session()      # SessionData, or None after an st.error was shown
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from dashboard.data import SessionData, file_signature, load_session_memo
+from dashboard.reports import report_memo
+from dashboard.sources import SessionSource, discover_sessions
+from dashboard.steps import View
+from profiler.schema import SessionFormatError
+
+SESSION_KEY = "kvscope_session"
+"""st.session_state key (and ``?session=`` query parameter) holding the selected session label."""
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _load(path: str, size: int, mtime: float) -> SessionData:
+    return load_session_memo(path)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _requests(path: str, size: int, mtime: float) -> pd.DataFrame:
+    return _load(path, size, mtime).requests()
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _preempting(path: str, size: int, mtime: float) -> pd.DataFrame:
+    return _load(path, size, mtime).preempting_steps()
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _buckets(path: str, size: int, mtime: float, t0_s: float, t1_s: float, n: int) -> pd.DataFrame:
+    return _load(path, size, mtime).buckets(View(t0_s, t1_s, n))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _report(path: str, size: int, mtime: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    return report_memo(path)
+
+
+def load(path: str | Path) -> SessionData:
+    """The session at ``path``, cached on (path, size, mtime); raises SessionFormatError."""
+    return _load(*file_signature(path))
+
+
+def requests(data: SessionData) -> pd.DataFrame:
+    """Finished requests of a loaded session (cached)."""
+    return _requests(*file_signature(data.path))
+
+
+def preempting_steps(data: SessionData) -> pd.DataFrame:
+    """Steps that preempted at least one request (cached)."""
+    return _preempting(*file_signature(data.path))
+
+
+def buckets(data: SessionData, view: View) -> pd.DataFrame:
+    """Steps of ``view`` per pixel bucket (cached per view)."""
+    return _buckets(*file_signature(data.path), round(view.t0_s, 6), round(view.t1_s, 6), view.buckets)
+
+
+def report(data: SessionData) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``profiler.report.build_report`` of the session and its diagnosis findings (cached)."""
+    return _report(*file_signature(data.path))
+
+
+def sources() -> list[SessionSource]:
+    """Sessions offered in the picker."""
+    return discover_sessions()
+
+
+def pick_session(where: Any = None, key: str = SESSION_KEY, label: str = "Session",
+                 default_index: int = 0) -> SessionSource | None:
+    """A selectbox of the available sessions (in the sidebar by default); None when there are none."""
+    where = where if where is not None else st.sidebar
+    srcs = sources()
+    if not srcs:
+        where.warning("No sessions found. Run `kvscope ui SESSION.kvscope`, or put sessions in "
+                      "~/.kvscope/sessions (or $KVSCOPE_SESSIONS_DIR).")
+        return None
+    labels = [s.label for s in srcs]
+    if key == SESSION_KEY and key not in st.session_state:
+        wanted = st.query_params.get("session")
+        st.session_state[key] = wanted if wanted in labels else labels[min(default_index, len(labels) - 1)]
+    if st.session_state.get(key) not in labels:
+        st.session_state[key] = labels[min(default_index, len(labels) - 1)]
+    chosen = where.selectbox(label, labels, key=key, help="Session files: the ones given to "
+                             "`kvscope ui`, else the bundled ones and ~/.kvscope/sessions")
+    return srcs[labels.index(chosen)]
+
+
+def current_source() -> SessionSource | None:
+    """The session chosen in the sidebar picker."""
+    srcs = sources()
+    label = st.session_state.get(SESSION_KEY)
+    for s in srcs:
+        if s.label == label:
+            return s
+    return srcs[0] if srcs else None
+
+
+def current_session() -> SessionData | None:
+    """Load the chosen session; on a bad file show one st.error line and return None."""
+    src = current_source()
+    if src is None:
+        st.info("No session selected.")
+        return None
+    return load_or_error(src)
+
+
+def load_or_error(src: SessionSource) -> SessionData | None:
+    """Load ``src`` or show why not (one line) and return None."""
+    try:
+        return load(src.path)
+    except SessionFormatError as exc:
+        st.error(f"Cannot open **{src.label}**: {exc}")
+    except OSError as exc:
+        st.error(f"Cannot open **{src.label}**: {exc.strerror or exc}")
+    return None
+
+
+def not_measured(what: str, data: SessionData, topic: str = "nvml") -> None:
+    """Say plainly that a metric was not measured (instead of drawing an empty chart)."""
+    reason = data.notes.get(topic)
+    if topic == "nvml":
+        text = f"{what}: not measured on this machine (no NVML)."
+    else:
+        text = f"{what}: not measured on this machine (no CUDA allocator)."
+    st.info(text + (f" Recorder said: _{reason}_" if reason else ""), icon=":material/info:")
+
+
+def show(chart: Any, key: str, **kwargs: Any) -> Any:
+    """Draw an Altair chart across the page width, keeping each panel's own height."""
+    fitted = chart.properties(autosize=alt.AutoSizeParams(type="fit-x", contains="padding"))
+    return st.altair_chart(fitted, key=key, width="stretch", **kwargs)
+
+
+def csv_download(df: pd.DataFrame, name: str, label: str = "Download CSV") -> None:
+    """A download button for a table as CSV."""
+    st.download_button(label, df.to_csv(index=False).encode(), file_name=f"{name}.csv",
+                       mime="text/csv", key=f"csv-{name}", icon=":material/download:", on_click="ignore")
+
+
+def zoom_key(data: SessionData) -> str:
+    """st.session_state key of a session's zoom range."""
+    return f"zoom::{data.path}"
+
+
+def serving_range(data: SessionData) -> tuple[float, float]:
+    """Default zoom: from shortly before the first engine step to the end of the session."""
+    f = data.steps.fine
+    if f.empty:
+        return 0.0, max(data.duration_s, 1e-3)
+    first = float(f["t_lo_s"].min())
+    last = max(float(f["t_hi_s"].max()), data.duration_s)
+    pad = max((last - first) * 0.02, 0.05)
+    return max(first - pad, 0.0), last
+
+
+def get_zoom(data: SessionData) -> tuple[float, float]:
+    """The session's current zoom range (default: the serving period)."""
+    z = st.session_state.get(zoom_key(data))
+    return tuple(z) if z else serving_range(data)  # type: ignore[return-value]
+
+
+def brush_value(data: SessionData) -> tuple[float, float] | None:
+    """The range the Timeline draws its brush at: the last zoom not made with the brush itself.
+
+    Keeping it fixed while the user brushes keeps the chart spec unchanged, so Streamlit swaps
+    the zoomed data into the live chart instead of rebuilding it.
+    """
+    v = st.session_state.get(f"brushval::{data.path}")
+    return tuple(v) if v else None  # type: ignore[return-value]
+
+
+def set_zoom(data: SessionData, t0_s: float, t1_s: float, by_brush: bool = False) -> None:
+    """Set the session's zoom range (clamped to the session); ``by_brush`` when the Timeline's
+    brush made it."""
+    lo = max(min(t0_s, t1_s), 0.0)
+    hi = min(max(t0_s, t1_s), max(data.duration_s, 1e-3))
+    if hi - lo < 1e-3:
+        hi = lo + 1e-3
+    st.session_state[zoom_key(data)] = (lo, hi)
+    if not by_brush:
+        whole = hi - lo >= 0.98 * max(data.duration_s, 1e-3)
+        st.session_state[f"brushval::{data.path}"] = None if whole else (lo, hi)
+
+
+def fmt_s(value: float | None, unit: str = "s") -> str:
+    """Seconds for display (ms below 1 s)."""
+    if value is None or pd.isna(value):
+        return "n/a"
+    return f"{value * 1000:.1f} ms" if abs(value) < 1 and unit == "s" else f"{value:,.2f} {unit}"
+
+
+def fmt_gib(value: float | None) -> str:
+    """Bytes as GiB for display."""
+    return "n/a" if value is None or pd.isna(value) else f"{value / 2**30:,.2f} GiB"
+
+
+def fmt_pct(value: float | None) -> str:
+    """A fraction as a percentage for display."""
+    return "n/a" if value is None or pd.isna(value) else f"{value:.1%}"

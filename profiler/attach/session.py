@@ -1,0 +1,395 @@
+"""One attach run: probe the servers, then scrape, subscribe and sample until told to stop.
+
+Each server gets a scrape thread (``ServerAttachment``); each KV-event publisher a subscriber
+thread; NVML runs when a server is on this host. Failures are retried with backoff and recorded
+as ``gaps``; a server that stays unreachable for ``give_up_s`` is *lost*: the session keeps what
+was recorded, gets ``incomplete_reason`` and no ``ended_unix_s``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from profiler.attach.gpu import (
+    ProcessWatcher,
+    is_local,
+    listening_pid,
+    start_gpu_sampling,
+    stop_gpu_sampling,
+    url_port,
+)
+from profiler.attach.kv_events import (
+    KvEventsConfigError,
+    KvEventSubscriber,
+    KvSource,
+    discover,
+    parse_endpoint_arg,
+)
+from profiler.attach.metrics import (
+    CounterTracker,
+    EngineScrape,
+    FetchError,
+    NotVllmError,
+    Scrape,
+    cache_config,
+    fetch_text,
+    parse_metrics,
+)
+from profiler.writer import SessionWriter, get_writer
+
+MAX_BACKOFF_S = 5.0
+"""Longest wait between two retries of a failing server."""
+
+GPU_INTERVAL_S = 0.1
+"""NVML sampling period while attached."""
+
+
+class AttachError(Exception):
+    """The attach cannot start; the message is one line for the user."""
+
+
+@dataclass
+class AttachOptions:
+    """What ``kvscope attach`` was asked to do."""
+
+    urls: list[str]
+    session: Path
+    interval_s: float = 0.25
+    kv_events: list[str] = field(default_factory=list)
+    """Empty: no KV events; ``["auto"]``: discover for every URL; else one endpoint per URL."""
+    pids: list[int] = field(default_factory=list)
+    duration_s: float | None = None
+    give_up_s: float = 30.0
+    """A server unreachable for this long is given up (the session is marked incomplete)."""
+    timeout_s: float = 2.0
+    """HTTP timeout of one request."""
+
+
+@dataclass
+class ServerInfo:
+    """What probing a server found."""
+
+    url: str
+    version: str | None
+    first: Scrape
+
+
+@dataclass
+class AttachResult:
+    """Summary of a finished attach."""
+
+    intervals: int
+    kv_event_rows: int
+    gaps: int
+    lost: list[str]
+
+
+def normalize_url(url: str) -> str:
+    """``http://host:port`` without a trailing slash or a ``/metrics`` suffix."""
+    url = url.strip().rstrip("/")
+    if url.endswith("/metrics"):
+        url = url[: -len("/metrics")]
+    if not url.startswith(("http://", "https://")):
+        raise AttachError(f"{url!r}: server URL must start with http:// or https://")
+    return url
+
+
+def probe_server(url: str, timeout_s: float) -> ServerInfo:
+    """Check that ``url`` is a reachable vLLM server; AttachError with one line otherwise."""
+    try:
+        text = fetch_text(url + "/metrics", timeout_s)
+    except FetchError as exc:
+        if "HTTP 404" in str(exc):
+            raise AttachError(f"{url}: no /metrics endpoint (HTTP 404); not a vLLM server") from exc
+        raise AttachError(str(exc)) from exc
+    try:
+        first = parse_metrics(text, time.time(), url)
+    except NotVllmError as exc:
+        raise AttachError(str(exc)) from exc
+    version = None
+    try:
+        version = json.loads(fetch_text(url + "/version", timeout_s)).get("version")
+    except (FetchError, ValueError, AttributeError):
+        pass
+    return ServerInfo(url, str(version) if version is not None else None, first)
+
+
+class ServerAttachment:
+    """Scrapes one server on a thread and writes engines/steps/gaps rows."""
+
+    def __init__(self, writer: SessionWriter, info: ServerInfo, opts: AttachOptions,
+                 pid: int | None, seen_pids: set[int] | None = None) -> None:
+        self.writer = writer
+        self.info = info
+        self.url = info.url
+        self.opts = opts
+        self.pid = pid
+        self.engine_ids: dict[str, int] = {}
+        self.trackers: dict[str, CounterTracker] = {}
+        self.intervals = 0
+        self.gaps = 0
+        self.lost_reason: str | None = None
+        self._lock = threading.Lock()
+        self._start_unix_s = info.first.process_start_unix_s
+        self._watcher = ProcessWatcher(writer, pid, None, seen_pids) if pid else None
+        self._thread: threading.Thread | None = None
+
+    def engine_id(self, label: str, eng: EngineScrape | None = None) -> int:
+        """Session engine id of this server's engine ``label`` (its row is created on first use)."""
+        with self._lock:
+            eid = self.engine_ids.get(label)
+            if eid is not None:
+                return eid
+            eng = eng or self.info.first.engines.get(label) or EngineScrape(label)
+            row: dict[str, object] = {
+                "pid": self.pid, "engine_index": int(label) if label.isdigit() else None,
+                "label": self.url, "source": "scrape", "created_unix_s": time.time(),
+                "vllm_version": self.info.version, "model": eng.model,
+                **cache_config(eng.cache_info),
+            }
+            cols = ", ".join(row)
+            eid = self.writer.execute_now(
+                f"INSERT INTO engines ({cols}) VALUES ({', '.join('?' * len(row))})",
+                tuple(row.values()),
+            )
+            assert eid is not None
+            self.engine_ids[label] = eid
+            if self._watcher is not None and self._watcher.engine_id is None:
+                self._watcher.engine_id = eid
+            return eid
+
+    def engine_id_for_rank(self, rank: int) -> int:
+        """Engine id of data-parallel rank ``rank`` (vLLM labels engines by DP index)."""
+        return self.engine_id(str(rank))
+
+    def record(self, scrape: Scrape) -> None:
+        """Append one steps row per engine: gauges now, counter deltas since the last scrape."""
+        restarted = (
+            self._start_unix_s is not None and scrape.process_start_unix_s is not None
+            and scrape.process_start_unix_s != self._start_unix_s
+        )
+        if scrape.process_start_unix_s is not None:
+            self._start_unix_s = scrape.process_start_unix_s
+        for label, eng in scrape.engines.items():
+            eid = self.engine_id(label, eng)
+            deltas = self.trackers.setdefault(label, CounterTracker()).update(eng.counters, restarted)
+            d = deltas.values if deltas else {}
+            if deltas is not None and deltas.reset:
+                self.writer.event("server_restart", f"{self.url}: counters restarted (server restart?)",
+                                  eid)
+            g = eng.gauges
+            self.writer.append("steps", (
+                eid, scrape.t_unix_s, _int(g.get("running")), _int(g.get("waiting")),
+                g.get("kv_usage_frac"), _int(d.get("prefix_queries_tokens")),
+                _int(d.get("prefix_hits_tokens")), None, None, _int(d.get("preemptions")),
+                _int(d.get("prompt_tokens")), _int(d.get("generation_tokens")),
+                _int(d.get("finished")), 1,
+            ))
+            if deltas is not None:
+                self.intervals += 1
+
+    def start(self, stop: threading.Event) -> None:
+        """Start the scrape thread."""
+        self._thread = threading.Thread(target=self._run, args=(stop,), name="kvscope-scrape",
+                                        daemon=True)
+        self._thread.start()
+
+    def join(self, timeout_s: float) -> None:
+        """Wait for the scrape thread (it does one last scrape after stop)."""
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    @property
+    def running(self) -> bool:
+        """True while the scrape thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self, stop: threading.Event) -> None:
+        interval = self.opts.interval_s
+        next_s = time.monotonic() + interval
+        last_ok_unix_s = self.info.first.t_unix_s
+        failing_since: float | None = None
+        failure = ""
+        retries = 0
+        stop.wait(interval)
+        while True:
+            stopping = stop.is_set()
+            try:
+                scrape = parse_metrics(
+                    fetch_text(self.url + "/metrics", self.opts.timeout_s), time.time(), self.url
+                )
+            except (FetchError, NotVllmError) as exc:
+                failure = str(exc)
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    print(f"kvscope: {failure}; retrying", file=sys.stderr)
+                    self.writer.event("scrape_error", failure, self._any_engine())
+                if time.monotonic() - failing_since >= self.opts.give_up_s:
+                    self._lose(last_ok_unix_s, failure)
+                    return
+                if stopping:
+                    self._gap(last_ok_unix_s, time.time(), failure)
+                    return
+                retries += 1
+                stop.wait(min(interval * 2 ** min(retries, 8), MAX_BACKOFF_S))
+                continue
+            if failing_since is not None:
+                self._gap(last_ok_unix_s, scrape.t_unix_s, failure)
+                print(f"kvscope: {self.url}: reachable again", file=sys.stderr)
+                failing_since, retries = None, 0
+            self.record(scrape)
+            last_ok_unix_s = scrape.t_unix_s
+            if stopping:
+                return
+            if self._watcher is not None:
+                self._watcher.poll()
+            next_s += interval
+            delay = next_s - time.monotonic()
+            if delay < 0:  # fell behind: skip the missed ticks instead of bursting
+                next_s, delay = time.monotonic(), 0.0
+            stop.wait(delay)
+
+    def _any_engine(self) -> int | None:
+        return next(iter(self.engine_ids.values()), None)
+
+    def _gap(self, t_start: float, t_end: float, reason: str) -> None:
+        self.gaps += 1
+        for eid in self.engine_ids.values() or [None]:
+            self.writer.append("gaps", (eid, t_start, t_end, "metrics", reason))
+        self.writer.flush()
+
+    def _lose(self, last_ok_unix_s: float, failure: str) -> None:
+        self.lost_reason = f"lost {self.url} ({failure}; gave up after {self.opts.give_up_s:g} s)"
+        self._gap(last_ok_unix_s, time.time(), failure)
+        self.writer.event("server_lost", self.lost_reason, self._any_engine())
+        print(f"kvscope: {self.lost_reason}", file=sys.stderr)
+
+
+def _int(value: float | None) -> int | None:
+    return None if value is None else int(round(value))
+
+
+def kv_sources(opts: AttachOptions, url: str, index: int) -> list[KvSource]:
+    """KV-event publishers to subscribe to for the ``index``-th server."""
+    if not opts.kv_events:
+        return []
+    try:
+        if opts.kv_events == ["auto"]:
+            return discover(url, opts.timeout_s)
+        if len(opts.kv_events) != len(opts.urls):
+            raise AttachError(
+                f"got {len(opts.kv_events)} --kv-events endpoints for {len(opts.urls)} servers; "
+                "pass one per URL, in order, or --kv-events auto"
+            )
+        arg = opts.kv_events[index]
+        return discover(url, opts.timeout_s) if arg == "auto" else [parse_endpoint_arg(arg)]
+    except KvEventsConfigError as exc:
+        raise AttachError(str(exc)) from exc
+
+
+def run_attach(opts: AttachOptions, stop: threading.Event | None = None) -> AttachResult:
+    """Attach to ``opts.urls`` and record until ``stop`` is set, the duration ends or all are lost."""
+    stop = stop or threading.Event()
+    opts.urls = [normalize_url(u) for u in opts.urls]
+    if len(set(opts.urls)) != len(opts.urls):
+        raise AttachError("the same server URL is given twice")
+    if opts.pids and len(opts.pids) != len(opts.urls):
+        raise AttachError(f"got {len(opts.pids)} --pid values for {len(opts.urls)} servers; "
+                          "pass one per URL, in order")
+    if opts.interval_s < 0.05:
+        raise AttachError("--interval-s must be at least 0.05")
+    if opts.session.exists():
+        raise AttachError(f"{opts.session} already exists; pick a new --session path")
+    infos = [probe_server(u, opts.timeout_s) for u in opts.urls]
+    sources = [kv_sources(opts, u, i) for i, u in enumerate(opts.urls)]
+    opts.session.parent.mkdir(parents=True, exist_ok=True)
+    writer = get_writer(opts.session)
+    _write_meta(writer, infos)
+    writer.append("processes", (os.getpid(), "attach", None, None, socket.gethostname(), time.time()))
+    servers = []
+    seen_pids: set[int] = {os.getpid()}
+    for i, info in enumerate(infos):
+        pid = opts.pids[i] if opts.pids else (
+            listening_pid(url_port(info.url)) if is_local(info.url) else None
+        )
+        server = ServerAttachment(writer, info, opts, pid, seen_pids)
+        server.record(info.first)  # baseline: gauges now, counters from here on
+        servers.append(server)
+    local = [s for s in servers if s.pid is not None]
+    gpu_on = start_gpu_sampling(writer, GPU_INTERVAL_S) if local else False
+    if not local:
+        writer.event("nvml_off", "GPU memory sampling off: no attached server runs on this host")
+    subscribers = []
+    for server, srcs in zip(servers, sources, strict=True):
+        for src in srcs:
+            sub = KvEventSubscriber(writer, src, server.engine_id_for_rank, server.url)
+            sub.start()
+            subscribers.append(sub)
+    for server in servers:
+        if server._watcher is not None:
+            server._watcher.poll()
+        server.start(stop)
+    writer.event("attach_start", f"attached to {len(servers)} server(s)",
+                 urls=opts.urls, kv_endpoints=[s.source.endpoint for s in subscribers])
+    for server, srcs in zip(servers, sources, strict=True):
+        print(_describe(server, srcs, opts.session), file=sys.stderr)
+    deadline = None if opts.duration_s is None else time.monotonic() + opts.duration_s
+    try:
+        while not stop.is_set() and any(s.running for s in servers):
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            stop.wait(0.1)
+    finally:
+        stop.set()
+        for server in servers:
+            server.join(opts.timeout_s + 5.0)
+        for sub in subscribers:
+            sub.stop()
+        if gpu_on:
+            stop_gpu_sampling()
+        lost = [s.lost_reason for s in servers if s.lost_reason]
+        writer.flush()
+        if lost:
+            writer.set_meta(incomplete_reason="; ".join(lost))
+        else:
+            writer.set_meta(ended_unix_s=time.time(), exit_code=0)
+        writer.close()
+    return AttachResult(
+        intervals=sum(s.intervals for s in servers),
+        kv_event_rows=sum(sub.stats.rows for sub in subscribers),
+        gaps=sum(s.gaps for s in servers) + sum(sub.stats.lost_batches > 0 for sub in subscribers),
+        lost=lost,
+    )
+
+
+def _write_meta(writer: SessionWriter, infos: list[ServerInfo]) -> None:
+    from profiler import __version__
+
+    first = infos[0]
+    model = next((e.model for e in first.first.engines.values() if e.model), None)
+    writer.set_meta_default(
+        started_unix_s=min(i.first.t_unix_s for i in infos), host=socket.gethostname(),
+        kvscope_version=__version__,
+        command=list(sys.argv), vllm_version=first.version, model=model,
+        attach_urls=[i.url for i in infos],
+    )
+
+
+def _describe(server: ServerAttachment, sources: list[KvSource], path: Path) -> str:
+    engines = server.info.first.engines
+    eng = next(iter(engines.values()), None)
+    cfg = cache_config(eng.cache_info) if eng else {}
+    blocks = (f", {cfg['num_gpu_blocks']} KV blocks x {cfg['block_size']} tokens"
+              if cfg.get("num_gpu_blocks") else "")
+    kv = ", KV events from " + " ".join(s.endpoint for s in sources) if sources else ""
+    pid = f", pid {server.pid}" if server.pid else ""
+    return (f"kvscope: attached to {server.url} (vLLM {server.info.version or '?'}, "
+            f"model {eng.model if eng else '?'}, {len(engines)} engine(s){blocks}{pid}){kv}; "
+            f"writing {path}; Ctrl-C to stop")

@@ -1,0 +1,127 @@
+"""``kvscope attach`` on endpoints that are not usable vLLM servers: one line, non-zero exit, no file."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+
+from profiler.attach.kv_events import KvEventsConfigError, connectable, parse_endpoint_arg
+
+KVSCOPE = str(Path(sys.executable).parent / "kvscope")
+"""The installed console script (``python -m profiler.cli`` would duplicate its classes)."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def other_exporter_text() -> bytes:
+    """A real Prometheus exposition from a service that is not vLLM."""
+    reg = CollectorRegistry()
+    Counter("http_requests", "Requests served", registry=reg).inc(3)
+    return generate_latest(reg)
+
+
+BODIES: dict[str, tuple[int, bytes]] = {
+    "/other/metrics": (200, other_exporter_text()),
+    "/garbage/metrics": (200, bytes(range(256)) * 4),
+    "/html/metrics": (200, b"<html><body>hello</body></html>"),
+}
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 (http.server API)
+        if self.path.startswith("/slow/"):
+            time.sleep(3)
+        status, body = BODIES.get(self.path, (404, b"not found"))
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def http_server() -> Iterator[str]:
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    srv.daemon_threads = True
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+
+
+def attach(tmp_path: Path, *args: str) -> tuple[int, list[str], Path]:
+    session = tmp_path / "s.kvscope"
+    env = dict(os.environ)
+    env.pop("KVSCOPE_SESSION", None)
+    r = subprocess.run([KVSCOPE, "attach", *args, "--session", str(session)],
+                       capture_output=True, text=True, timeout=60, env=env)
+    return r.returncode, r.stderr.strip().splitlines(), session
+
+
+@pytest.mark.parametrize(("path", "expected"), [
+    ("/other", "has no vllm: metrics; not a vLLM server"),
+    ("/garbage", "not Prometheus text"),
+    ("/html", "not Prometheus text"),
+    ("/nothing", "no /metrics endpoint (HTTP 404); not a vLLM server"),
+])
+def test_non_vllm_http_server(http_server: str, tmp_path: Path, path: str, expected: str) -> None:
+    rc, lines, session = attach(tmp_path, http_server + path)
+    assert rc == 2
+    assert len(lines) == 1 and lines[0].startswith("kvscope: ") and expected in lines[0], lines
+    assert not session.exists()
+
+
+def test_closed_port(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there once the probe socket is closed
+    rc, lines, session = attach(tmp_path, f"http://127.0.0.1:{port}")
+    assert rc == 2
+    assert lines == [f"kvscope: cannot reach http://127.0.0.1:{port}/metrics: connection refused "
+                     "(is the server running on that port?)"]
+    assert not session.exists()
+
+
+def test_timeout(http_server: str, tmp_path: Path) -> None:
+    rc, lines, _ = attach(tmp_path, http_server + "/slow", "--timeout-s", "0.5")
+    assert rc == 2 and len(lines) == 1 and "timed out" in lines[0], lines
+
+
+def test_bad_arguments(http_server: str, tmp_path: Path) -> None:
+    rc, lines, _ = attach(tmp_path, "localhost:8000")
+    assert rc == 2 and lines == ["kvscope: 'localhost:8000': server URL must start with http:// or https://"]
+    (tmp_path / "s.kvscope").write_bytes(b"")
+    rc, lines, _ = attach(tmp_path, http_server + "/other")
+    assert rc == 2 and len(lines) == 1 and "already exists" in lines[0]
+    rc, lines, _ = attach(tmp_path, "http://127.0.0.1:1", "http://127.0.0.1:2", "--pid", "5")
+    assert rc == 2 and len(lines) == 1 and "--pid" in lines[0]
+
+
+def test_kv_endpoint_arguments() -> None:
+    src = parse_endpoint_arg("tcp://10.0.0.2:5557,tcp://10.0.0.2:5558")
+    assert (src.endpoint, src.replay_endpoint) == ("tcp://10.0.0.2:5557", "tcp://10.0.0.2:5558")
+    assert parse_endpoint_arg("tcp://h:1").replay_endpoint is None
+    for bad in ("5557", "http://h:1", "tcp://a:1,tcp://b:2,tcp://c:3"):
+        with pytest.raises(KvEventsConfigError, match="expected auto or tcp://"):
+            parse_endpoint_arg(bad)
+    # vLLM reports bind addresses; kvscope connects to the server's host instead
+    assert connectable("tcp://*:5557", "http://gpu-box:8000") == "tcp://gpu-box:5557"
+    assert connectable("tcp://0.0.0.0:5557", "http://10.1.2.3:8000") == "tcp://10.1.2.3:5557"
+    assert connectable("tcp://10.9.9.9:5557", "http://gpu-box:8000") == "tcp://10.9.9.9:5557"
+    with pytest.raises(KvEventsConfigError, match="only the server process can read"):
+        connectable("inproc://kv", "http://h:1")

@@ -1,0 +1,413 @@
+"""``kvscope attach`` against one real vLLM api_server (tiny CPU model) for the whole module.
+
+Run under the engine lock: ``flock /tmp/kvscope-engine.lock python -m pytest tests/test_attach_live.py``.
+The server gets 24 KV blocks, prefix caching and KV events on free ports; the workload shares
+prefixes and overflows the cache so that preemptions, prefix hits, evictions and re-stores happen.
+The last test kills the server, so it must stay last in this file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from profiler.attach.derive import kv_event_summary
+from profiler.attach.metrics import CounterTracker, parse_metrics
+from profiler.reader import open_session
+from profiler.tinymodel import build_tiny_llama
+
+BLOCKS = 24
+MAX_TOKENS = 32
+SERVER_COUNTERS = {  # vLLM 0.32 names, read straight from the server with prometheus_client
+    "preemptions": "vllm:num_preemptions_total",
+    "prefix_queries_tokens": "vllm:prefix_cache_queries_total",
+    "prefix_hits_tokens": "vllm:prefix_cache_hits_total",
+    "generation_tokens": "vllm:generation_tokens_total",
+    "prompt_tokens": "vllm:prompt_tokens_total",
+    "finished": "vllm:request_success_total",
+}
+
+KVSCOPE = str(Path(sys.executable).parent / "kvscope")
+"""The installed console script (``python -m profiler.cli`` would duplicate its classes)."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    model: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
+def server_env() -> dict[str, str]:
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", HF_HUB_OFFLINE="1")
+    env.pop("KVSCOPE_SESSION", None)  # the server must not record in-process
+    env.pop("KVSCOPE_OWNER_PID", None)
+    return env
+
+
+def server_counters(url: str) -> dict[str, float]:
+    """The server's own cumulative counters (summed over label series)."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    out = dict.fromkeys(SERVER_COUNTERS, 0.0)
+    names = {v: k for k, v in SERVER_COUNTERS.items()}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name in names:
+                out[names[s.name]] += s.value
+    return out
+
+
+def server_gauge(url: str, name: str) -> float:
+    text = httpx.get(url + "/metrics", timeout=10).text
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name:
+                return s.value
+    raise AssertionError(f"{name} not exposed")
+
+
+def wait_idle(url: str, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if (server_gauge(url, "vllm:num_requests_running") == 0
+                and server_gauge(url, "vllm:num_requests_waiting") == 0):
+            return
+        time.sleep(0.2)
+    raise AssertionError("server did not become idle")
+
+
+async def _drive(url: str, model: str, waves: int, per_wave: int, prefixes: int) -> list[int]:
+    codes: list[int] = []
+    async with httpx.AsyncClient(timeout=300) as client:
+        async def one(i: int) -> int:
+            p = i % prefixes
+            prompt = f"[system {p}] " + chr(97 + p) * 600 + f" question {i}: " + "data " * (i % 9)
+            r = await client.post(url + "/v1/completions", json={
+                "model": model, "prompt": prompt, "max_tokens": MAX_TOKENS, "ignore_eos": True,
+                "temperature": 0.0,
+            })
+            return r.status_code
+
+        for w in range(waves):
+            codes += await asyncio.gather(*(one(w * per_wave + i) for i in range(per_wave)))
+    return codes
+
+
+def drive(url: str, model: str, waves: int = 2, per_wave: int = 16, prefixes: int = 3) -> list[int]:
+    """Waves of concurrent completions over 3 shared ~600-token prefixes on a 24-block cache.
+
+    16 requests of 5-6 blocks each overflow the cache while decoding: vLLM preempts, evicts
+    prefix blocks, and recomputes (re-stores) them when their prefix comes back.
+    """
+    return asyncio.run(_drive(url, model, waves, per_wave, prefixes))
+
+
+def start_attach(url: str | list[str], session: Path, *extra: str) -> subprocess.Popen[str]:
+    urls = [url] if isinstance(url, str) else url
+    proc = subprocess.Popen(
+        [KVSCOPE, "attach", *urls, "--session", str(session), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1]
+        if session.exists():
+            try:
+                with sqlite3.connect(f"file:{session}?mode=ro", uri=True) as c:
+                    if c.execute("SELECT 1 FROM events WHERE kind='attach_start'").fetchone():
+                        return proc
+            except sqlite3.Error:
+                pass
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("attach did not start")
+
+
+def stop_attach(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, err
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    model = str(build_tiny_llama(tmp_path_factory.mktemp("model")))
+    port, kv_port, replay_port = free_port(), free_port(), free_port()
+    cfg = {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": f"tcp://*:{kv_port}",
+           "replay_endpoint": f"tcp://*:{replay_port}"}
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
+         "--host", "127.0.0.1", "--port", str(port), "--num-gpu-blocks-override", str(BLOCKS),
+         "--max-model-len", "2048", "--max-num-seqs", "16", "--enable-prefix-caching",
+         "--kv-events-config", json.dumps(cfg)],
+        env=server_env(), stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while True:
+        assert proc.poll() is None, f"server exited: {log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, "server not ready in 300 s"
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    yield Server(url, model, proc, log)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@dataclass
+class Run:
+    session: Path
+    before: dict[str, float]
+    after: dict[str, float]
+    before_text: str
+    after_text: str
+    codes: list[int]
+    rc: int
+    stderr: str
+
+
+@pytest.fixture(scope="module")
+def run(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """One attach with KV events over two waves of requests; server counters around it."""
+    session = tmp_path_factory.mktemp("attach") / "live.kvscope"
+    before_text = httpx.get(server.url + "/metrics").text
+    before = server_counters(server.url)
+    proc = start_attach(server.url, session, "--interval-s", "0.25", "--kv-events", "auto")
+    codes = drive(server.url, server.model)
+    wait_idle(server.url)
+    time.sleep(1.0)
+    rc, err = stop_attach(proc)
+    after = server_counters(server.url)
+    return Run(session, before, after, before_text, httpx.get(server.url + "/metrics").text,
+               codes, rc, err)
+
+
+def test_session_counters_equal_server_deltas(run: Run) -> None:
+    assert run.rc == 0, run.stderr
+    assert run.codes and all(c == 200 for c in run.codes)
+    s = open_session(run.session)
+    steps = s.table("steps")
+    assert len(steps) > 4 and (steps["scraped"] == 1).all()
+    for column in SERVER_COUNTERS:
+        assert steps[column].sum() == run.after[column] - run.before[column], column
+    # the workload must exercise what kvscope is for, or the equalities above prove little
+    assert run.after["preemptions"] - run.before["preemptions"] > 0
+    assert run.after["prefix_hits_tokens"] - run.before["prefix_hits_tokens"] > 0
+    assert steps["generation_tokens"].sum() == MAX_TOKENS * len(run.codes)
+    assert steps["finished"].sum() == len(run.codes)
+
+
+def test_engine_row_and_meta(run: Run, server: Server) -> None:
+    s = open_session(run.session)
+    eng = s.table("engines")
+    assert len(eng) == 1
+    row = eng.iloc[0]
+    assert (row.source, row.label, row.model, row.engine_index) == ("scrape", server.url, server.model, 0)
+    assert (row.block_size, row.num_gpu_blocks, row.enable_prefix_caching) == (128, BLOCKS, 1)
+    assert row.vllm_version == httpx.get(server.url + "/version").json()["version"]
+    meta = s.meta()
+    assert meta["ended_unix_s"] >= meta["started_unix_s"]
+    assert "incomplete_reason" not in meta
+    assert meta["attach_urls"] == [server.url]
+    assert len(s.table("gaps")) == 0
+    steps = s.table("steps")
+    assert steps["kv_usage_frac"].between(0, 1).all() and steps["kv_usage_frac"].max() > 0
+    assert steps["running"].max() > 0
+
+
+def test_server_processes_found_from_port(run: Run, server: Server) -> None:
+    procs = open_session(run.session).table("processes")
+    roles = dict(zip(procs["pid"], procs["role"], strict=True))
+    assert "attach" in roles.values()
+    assert roles.get(server.proc.pid) == "frontend"
+    assert {"engine_core", "worker"} <= set(roles.values())
+    events = open_session(run.session).table("events")
+    # no GPU here: NVML sampling is either working or said why it is off
+    import pynvml
+
+    try:
+        pynvml.nvmlInit()
+        has_gpu = pynvml.nvmlDeviceGetCount() > 0
+    except pynvml.NVMLError:
+        has_gpu = False
+    if has_gpu:
+        assert len(open_session(run.session).table("gpu_samples")) > 0
+    else:
+        off = events[events["kind"] == "nvml_off"]
+        assert len(off) == 1 and off.iloc[0]["message"].startswith("GPU memory sampling off")
+
+
+def test_kv_events_arrived_and_restores_found(run: Run) -> None:
+    s = open_session(run.session)
+    kv = s.table("kv_events")
+    assert {"stored", "removed"} <= set(kv["kind"])
+    assert (kv["source"] == "live").sum() > 0
+    summary = kv_event_summary(s)
+    assert summary.has_events and summary.engine_ids == [int(s.table("engines").engine_id[0])]
+    assert summary.evicted_blocks > 0
+    assert summary.restored_blocks > 0, "4 prefixes over 24 blocks must re-store evicted blocks"
+    assert (summary.evicted_s > 0).all()
+    assert summary.median_evicted_s is not None and summary.median_evicted_s < 300
+    res = summary.resident
+    assert (res["resident_blocks"] <= res["capacity_blocks"]).all()
+    assert res["resident_blocks"].max() > 0
+    assert summary.rates["evictions_per_s"].sum() * summary.bin_s == pytest.approx(summary.evicted_blocks)
+    ev = s.table("events")
+    summ = ev[ev["kind"] == "kv_events_summary"]
+    assert len(summ) == 1 and json.loads(summ.iloc[0]["details_json"])["malformed"] == 0
+
+
+def test_parser_counter_reset_and_old_names_on_real_text(run: Run) -> None:
+    after = parse_metrics(run.after_text, 2.0)
+    before = parse_metrics(run.before_text, 1.0)
+    tracker = CounterTracker()
+    assert tracker.update(after.engines["0"].counters) is None
+    # the counters going down is what a restarted server looks like
+    reset = tracker.update(before.engines["0"].counters)
+    assert reset is not None and reset.reset
+    assert reset.values["generation_tokens"] == before.engines["0"].counters["generation_tokens"]
+    # vLLM 0.20-era names map to the same columns
+    old = (run.after_text.replace("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
+           .replace("vllm:prefix_cache_", "vllm:gpu_prefix_cache_"))
+    assert "vllm:gpu_prefix_cache_hits_total" in old
+    renamed = parse_metrics(old, 2.0).engines["0"]
+    assert renamed.counters == after.engines["0"].counters
+    assert renamed.gauges == after.engines["0"].gauges
+
+
+def test_dashboard_page_renders_kv_views(run: Run) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    page = Path(__file__).resolve().parents[1] / "dashboard" / "views" / "kv_events.py"
+    at = AppTest.from_file(str(page), default_timeout=60)
+    at.session_state["session_path"] = str(run.session)
+    at.run()
+    assert not at.exception, at.exception
+    assert len(at.get("vega_lite_chart")) >= 3
+    assert not any("no KV events" in m.value for m in at.markdown)
+
+
+def test_bench_serve_while_attached(server: Server, tmp_path: Path) -> None:
+    """vLLM's own load generator against the server while attached (no KV events this time)."""
+    session = tmp_path / "bench.kvscope"
+    before = server_counters(server.url)
+    proc = start_attach(server.url, session, "--interval-s", "0.25")
+    bench = subprocess.run(
+        [sys.executable, "-m", "profiler.attach.bench_serve", "--backend", "vllm", "--base-url", server.url, "--model", server.model,
+         "--tokenizer", server.model, "--dataset-name", "random", "--random-input-len", "300",
+         "--random-output-len", "8", "--random-prefix-len", "256", "--num-prompts", "8",
+         "--ignore-eos", "--seed", "0", "--save-result", "--result-dir", str(tmp_path),
+         "--result-filename", "bench.json", "--disable-tqdm"],
+        env=server_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert bench.returncode == 0, bench.stdout[-2000:] + bench.stderr[-2000:]
+    wait_idle(server.url)
+    time.sleep(0.8)
+    rc, err = stop_attach(proc)
+    after = server_counters(server.url)
+    assert rc == 0, err
+    result = json.loads((tmp_path / "bench.json").read_text())
+    s = open_session(session)
+    steps = s.table("steps")
+    for column in SERVER_COUNTERS:
+        assert steps[column].sum() == after[column] - before[column], column
+    assert result["completed"] == 8
+    assert steps["finished"].sum() == result["completed"]
+    assert steps["generation_tokens"].sum() == result["total_output_tokens"] == 8 * 8
+    # without --kv-events nothing is subscribed and the dashboard page says so
+    assert len(s.table("kv_events")) == 0
+    from streamlit.testing.v1 import AppTest
+
+    page = Path(__file__).resolve().parents[1] / "dashboard" / "views" / "kv_events.py"
+    at = AppTest.from_file(str(page), default_timeout=60)
+    at.session_state["session_path"] = str(session)
+    at.run()
+    assert not at.exception
+    assert any("no KV events in this session" in m.value for m in [*at.markdown, *at.info])
+
+
+def test_two_servers_in_one_session(server: Server, tmp_path: Path) -> None:
+    """Two URLs (the same server reached as 127.0.0.1 and as localhost): two labelled engines."""
+    session = tmp_path / "two.kvscope"
+    other = server.url.replace("127.0.0.1", "localhost")
+    before = server_counters(server.url)
+    t0 = time.monotonic()
+    proc = start_attach([server.url, other], session, "--kv-events", "auto", "--duration-s", "10")
+    codes = drive(server.url, server.model, waves=1, per_wave=6)
+    wait_idle(server.url)
+    assert time.monotonic() - t0 < 9, "the workload must end inside --duration-s"
+    _, err = proc.communicate(timeout=60)  # --duration-s ends it
+    rc = proc.returncode
+    after = server_counters(server.url)
+    assert rc == 0 and codes == [200] * 6, err
+    s = open_session(session)
+    eng = s.table("engines").set_index("label")
+    assert sorted(eng.index) == sorted([server.url, other])
+    steps = s.table("steps")
+    for url in (server.url, other):
+        mine = steps[steps["engine_id"] == eng.loc[url, "engine_id"]]
+        for column in SERVER_COUNTERS:
+            assert mine[column].sum() == after[column] - before[column], (url, column)
+    kv = s.table("kv_events")
+    assert set(kv["engine_id"]) == set(eng["engine_id"])  # one subscriber per server
+    # both subscribers heard the same publisher: identical per-engine counts
+    per = kv_event_summary(s).per_engine
+    assert len(per) == 2 and per["stored_blocks"].nunique() == 1 and per["stored_blocks"].iloc[0] > 0
+    assert per["evicted_blocks"].nunique() == 1 and per["restored_blocks"].nunique() == 1
+    procs = s.table("processes")
+    assert procs["pid"].is_unique and server.proc.pid in set(procs["pid"])
+    assert s.meta()["attach_urls"] == [server.url, other]
+
+
+def test_zz_server_killed_mid_attach(server: Server, tmp_path: Path) -> None:
+    """Last test: kill -9 the server while attached; the session stays readable, marked incomplete."""
+    session = tmp_path / "killed.kvscope"
+    proc = start_attach(server.url, session, "--interval-s", "0.25", "--kv-events", "auto",
+                        "--give-up-s", "2")
+    time.sleep(1.5)
+    os.killpg(server.proc.pid, signal.SIGKILL)
+    server.proc.wait(30)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    lines = [ln for ln in err.splitlines() if "lost" in ln]
+    assert lines and server.url in lines[0]
+    s = open_session(session)
+    meta = s.meta()
+    assert "ended_unix_s" not in meta
+    assert server.url in meta["incomplete_reason"]
+    assert len(s.table("steps")) >= 3  # what was scraped before the kill is kept
+    gaps = s.table("gaps")
+    assert len(gaps) == 1 and gaps.iloc[0]["source"] == "metrics"
+    assert gaps.iloc[0]["t_end_unix_s"] > gaps.iloc[0]["t_start_unix_s"]
+    kinds = set(s.table("events")["kind"])
+    assert {"scrape_error", "server_lost"} <= kinds
