@@ -49,20 +49,33 @@ def session_bounds(session: Session) -> tuple[float | None, float | None]:
     return start, end
 
 
+_STEP_TOTALS = """
+SELECT COUNT(running), SUM(preemptions), SUM(prefix_queries_tokens), SUM(prefix_hits_tokens),
+       SUM(preempted_prefix_queries_tokens), SUM(preempted_prefix_hits_tokens),
+       MAX(CASE WHEN running IS NOT NULL THEN kv_usage_frac END),
+       AVG(CASE WHEN running IS NOT NULL THEN kv_usage_frac END), SUM(finished)
+FROM steps
+"""
+"""One scan of ``steps`` in SQLite: a 1M-step session never has to become a DataFrame here."""
+
+
 def build_report(session: Session, findings: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The ``kvscope report --json`` object (see README / issue spec for the key list)."""
     meta = session.meta()
     engines = session.table("engines")
-    steps = session.table("steps")
     requests = session.table("requests")
     start, end = session_bounds(session)
     eng = engines.iloc[0] if not engines.empty else None
-    sched = steps[steps["running"].notna()] if not steps.empty else steps
-    pq = steps["prefix_queries_tokens"].sum(min_count=1) if not steps.empty else None
-    ph = steps["prefix_hits_tokens"].sum(min_count=1) if not steps.empty else None
-    pq, ph = _num(pq), _num(ph)
+    steps_n, pre, pq, ph, ppq, pph, kv_peak, kv_mean, finished = session._query(_STEP_TOTALS)[0]
     startup = session.table("startup_memory")
     mem = startup.iloc[0] if not startup.empty else None
+    engine = {
+        k: (_num(eng[k]) if eng is not None else None)
+        for k in ("block_size", "num_gpu_blocks", "enable_prefix_caching", "max_num_seqs",
+                  "max_model_len", "gpu_memory_utilization")
+    }
+    if engine["enable_prefix_caching"] is not None:
+        engine["enable_prefix_caching"] = bool(engine["enable_prefix_caching"])
     return {
         "kvscope_report": REPORT_VERSION,
         "session": {
@@ -73,27 +86,19 @@ def build_report(session: Session, findings: list[dict[str, Any]] | None = None)
             "duration_s": _num(end - start) if start is not None and end is not None else None,
             "complete": meta.get("ended_unix_s") is not None and not meta.get("incomplete_reason"),
         },
-        "engine": {
-            k: (_num(eng[k]) if eng is not None else None)
-            for k in ("block_size", "num_gpu_blocks", "enable_prefix_caching", "max_num_seqs",
-                      "max_model_len", "gpu_memory_utilization")
-        } | ({"enable_prefix_caching": bool(eng["enable_prefix_caching"])}
-             if eng is not None and pd.notna(eng["enable_prefix_caching"]) else {}),
+        "engine": engine,
         "engines": int(len(engines)),
-        "steps": int(len(sched)),
-        "preemptions": _num(steps["preemptions"].sum(min_count=1)) if not steps.empty else None,
-        "requests_finished": _requests_finished(requests, steps),
+        "steps": int(steps_n),
+        "preemptions": pre,
+        "requests_finished": int(len(requests)) if not requests.empty or finished is None else int(finished),
         "prefix_cache": {
             "queries_tokens": pq,
             "hits_tokens": ph,
             "hit_rate": (ph / pq) if pq else None,
-            "preempted_queries_tokens": _num(steps["preempted_prefix_queries_tokens"].sum(min_count=1)) if not steps.empty else None,
-            "preempted_hits_tokens": _num(steps["preempted_prefix_hits_tokens"].sum(min_count=1)) if not steps.empty else None,
+            "preempted_queries_tokens": ppq,
+            "preempted_hits_tokens": pph,
         },
-        "kv_cache": {
-            "peak_usage_frac": _num(sched["kv_usage_frac"].max()) if not sched.empty else None,
-            "mean_usage_frac": _num(sched["kv_usage_frac"].mean()) if not sched.empty else None,
-        },
+        "kv_cache": {"peak_usage_frac": kv_peak, "mean_usage_frac": kv_mean},
         "memory": {
             k: (_num(mem[k]) if mem is not None else None)
             for k in ("weights_bytes", "kv_cache_bytes", "activation_peak_bytes",
@@ -108,15 +113,6 @@ def build_report(session: Session, findings: list[dict[str, Any]] | None = None)
         "events": _event_counts(session),
         "findings": findings or [],
     }
-
-
-def _requests_finished(requests: pd.DataFrame, steps: pd.DataFrame) -> int | None:
-    """Finished requests: one row each when recorded in-process; scraped sessions only have the
-    per-interval counter delta in ``steps.finished``."""
-    if not requests.empty or steps.empty:
-        return int(len(requests))
-    total = steps["finished"].sum(min_count=1)
-    return None if pd.isna(total) else int(total)
 
 
 def _gpus(session: Session) -> list[dict[str, Any]]:
