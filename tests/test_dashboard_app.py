@@ -261,3 +261,16 @@ def test_bad_session_shows_one_error_and_others_work(app: Any, tmp_path: Path) -
     assert metric(at, "Engine steps") == f"{compute_report(HEALTHY)[0]['steps']:,}"
     go(at, "timeline")
     assert not at.error and len(charts(at)) == 1
+
+
+PAGES = ["overview", "timeline", "memory", "kv_cache", "requests", "replay", "live", "kv_events"]
+
+
+@pytest.mark.parametrize("session", sorted(SESSIONS.glob("*.kvscope")), ids=lambda p: p.stem)
+def test_every_page_opens_every_bundled_session(app: Any, session: Path) -> None:
+    """CPU and GPU sessions, OOM ones included (no steps at all): no page may raise."""
+    at = app(session)
+    assert at.title[0].value == f"Overview · {session.stem}"
+    for page in PAGES:
+        go(at, page)
+        assert not at.error, (page, [e.value for e in at.error])

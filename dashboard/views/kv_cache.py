@@ -15,7 +15,7 @@ if data is not None:
     blocks = data.num_blocks()
     block_size = data.block_size_tokens()
     if not blocks or not block_size:
-        st.error("This session has no KV cache size (the engine config was not recorded).")
+        st.info("No KV cache in this session: the engine never finished start-up (see the findings on Overview).")
         st.stop()
     t0, t1 = state.get_zoom(data)
     view = View(t0, t1, BUCKETS)
