@@ -12,7 +12,7 @@ $(VENV)/bin/python:
 	$(PIP) install -q --upgrade pip
 
 $(VENV)/.ui-installed: $(VENV)/bin/python pyproject.toml
-	$(PIP) install -q --no-build-isolation setuptools
+	$(PIP) install -q --upgrade 'setuptools>=70.1' wheel
 	$(PIP) install -q --no-build-isolation -e .
 	touch $@
 

@@ -1,31 +1,27 @@
-"""Diagnosis: turn a session into findings (code, severity, time range, message, recommendation)."""
+"""Diagnosis: turn a session into findings (code, severity, time range, message, recommendation).
+
+The rules live in ``diag_memory`` (start-up/runtime OOM, GPU memory pressure) and ``diag_kv``
+(KV saturation, preemption storms, prefix thrash, queueing, over-provisioned KV); every threshold
+they use is in ``thresholds``.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
-
+from profiler import diag_kv, diag_memory
+from profiler.findings import CRITICAL, INFO, WARNING, Finding, engine_views
 from profiler.reader import Session
 
+__all__ = ["Finding", "diagnose", "CRITICAL", "WARNING", "INFO"]
 
-@dataclass
-class Finding:
-    """One diagnosed problem with the numbers behind it."""
-
-    code: str
-    severity: str
-    """info, warning or critical."""
-    t_start_s: float | None
-    """Start of the affected range, seconds from session start."""
-    t_end_s: float | None
-    message: str
-    recommendation: str | None
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain dict for JSON."""
-        return asdict(self)
+_ORDER = {CRITICAL: 0, WARNING: 1, INFO: 2}
 
 
 def diagnose(session: Session) -> list[Finding]:
-    """All findings for ``session`` (filled by the diagnosis rules)."""
-    return []
+    """All findings for ``session``, most severe first, then by time."""
+    out: list[Finding] = list(diag_memory.session_rules(session))
+    for view in engine_views(session):
+        for rule in diag_kv.RULES:
+            out.extend(rule(view, session))
+    out.sort(key=lambda f: (_ORDER.get(f.severity, 3),
+                            f.t_start_s if f.t_start_s is not None else float("inf")))
+    return out

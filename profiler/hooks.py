@@ -135,6 +135,12 @@ def _wrap_engine_init(init: Callable[..., Any]) -> Callable[..., Any]:
             loggers = list(bound.arguments.get("stat_loggers") or [])
             loggers.append(KvscopeStatLogger)
             bound.arguments["stat_loggers"] = loggers
+        vllm_config = bound.arguments.get("vllm_config")
+        w = context.writer()
+        if vllm_config is not None and w is not None:
+            from profiler.vllm_stats import insert_pending_engine
+
+            insert_pending_engine(w, vllm_config)
         # The user turned stats off: keep vLLM's own periodic log lines off too.
         _suppress_default_loggers.on = not user_log_stats
         try:

@@ -65,6 +65,35 @@ def engine_row(vllm_config: Any, engine_index: int) -> dict[str, Any]:
     }
 
 
+_pending_engine_id: int | None = None
+"""Row written for engine index 0 before its engine core started (see ``insert_pending_engine``)."""
+
+
+def insert_engine(writer: Any, row: dict[str, Any]) -> int | None:
+    """Insert one ``engines`` row; returns its engine_id."""
+    if isinstance(row["model"], list):
+        row["model"] = row["model"][0] if row["model"] else None
+    cols = ", ".join(row)
+    return writer.execute_now(
+        f"INSERT INTO engines ({cols}) VALUES ({', '.join('?' * len(row))})", tuple(row.values())
+    )
+
+
+def insert_pending_engine(writer: Any, vllm_config: Any) -> None:
+    """Describe the engine before it starts, so a start-up failure still has its config."""
+    global _pending_engine_id
+    _pending_engine_id = insert_engine(writer, engine_row(vllm_config, 0))
+
+
+def adopt_pending_engine(engine_index: int) -> int | None:
+    """The pending row's id for the first engine index-0 logger of this process (then cleared)."""
+    global _pending_engine_id
+    if engine_index != 0 or _pending_engine_id is None:
+        return None
+    engine_id, _pending_engine_id = _pending_engine_id, None
+    return engine_id
+
+
 def _name(value: Any) -> str | None:
     if value is None:
         return None
@@ -84,11 +113,14 @@ class KvscopeStatLogger(StatLoggerBase):
         row = engine_row(vllm_config, engine_index)
         if isinstance(row["model"], list):
             row["model"] = row["model"][0] if row["model"] else None
-        cols = ", ".join(row)
-        self.engine_id = self.writer.execute_now(
-            f"INSERT INTO engines ({cols}) VALUES ({', '.join('?' * len(row))})",
-            tuple(row.values()),
-        )
+        self.engine_id = adopt_pending_engine(engine_index)
+        if self.engine_id is None:
+            self.engine_id = insert_engine(self.writer, row)
+        else:
+            sets = ", ".join(f"{k} = ?" for k in row)
+            self.writer.execute_now(
+                f"UPDATE engines SET {sets} WHERE engine_id = ?", (*row.values(), self.engine_id)
+            )
         current_engine_id = self.engine_id
         from profiler.hooks import set_block_size
 

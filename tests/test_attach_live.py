@@ -25,10 +25,13 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from profiler import thresholds as th
 from profiler.attach.derive import kv_event_summary
 from profiler.attach.metrics import CounterTracker, parse_metrics
+from profiler.diagnosis import diagnose
 from profiler.reader import open_session
 from profiler.tinymodel import build_tiny_llama
+from profiler.whatif import analyse
 
 BLOCKS = 24
 MAX_TOKENS = 32
@@ -387,6 +390,28 @@ def test_two_servers_in_one_session(server: Server, tmp_path: Path) -> None:
     procs = s.table("processes")
     assert procs["pid"].is_unique and server.proc.pid in set(procs["pid"])
     assert s.meta()["attach_urls"] == [server.url, other]
+
+
+def test_whatif_and_thrash_from_kv_events(run: Run) -> None:
+    s = open_session(run.session)
+    assert s.scalar("SELECT COUNT(*) FROM prompt_blocks") == 0  # attach: KV events are all there is
+    w = analyse(s)
+    assert w.trace is None and w.curve.source == "kv_events"
+    assert w.curve.hit_rate(BLOCKS - 1) is None  # below the session's size: not predicted
+    assert w.curve.hit_rate(BLOCKS) == pytest.approx(w.actual.hit_rate)
+    rates = [w.curve.hit_rate(n) for n in (BLOCKS, BLOCKS * 2, BLOCKS * 8)]
+    summary = kv_event_summary(s)
+    assert summary.restored_blocks > 0
+    assert rates == sorted(rates) and rates[-1] > rates[0]
+    extra = (w.curve.compulsory_hit_tokens - w.curve.hit_tokens(BLOCKS)) / w.curve.block_size
+    assert extra == summary.restored_blocks  # every re-store becomes a hit with room enough
+    assert w.curve.blocks_for(0.9) >= BLOCKS
+    thrash = [f for f in diagnose(s) if f.code == "PREFIX_THRASH"]
+    assert len(thrash) == int(summary.restore_frac >= th.RESTORE_THRASH_FRAC)
+    for f in thrash:
+        m = f.metrics
+        assert (m["restored_blocks"], m["stored_blocks"]) == (summary.restored_blocks, summary.stored_blocks)
+        assert m["needed_blocks"] == w.curve.blocks_for(th.THRASH_TARGET_OF_MAX)
 
 
 def test_zz_server_killed_mid_attach(server: Server, tmp_path: Path) -> None:
