@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import pandas as pd
 
@@ -24,6 +24,8 @@ from dashboard.steps import (
 from profiler.reader import Session, open_session
 from profiler.report import session_bounds
 from profiler.schema import SessionFormatError
+
+T = TypeVar("T")
 
 
 def file_signature(path: str | Path) -> tuple[str, int, float]:
@@ -141,27 +143,30 @@ def _relative(df: pd.DataFrame, col: str, start: float, out: str = "t_s") -> pd.
     return df.sort_values(out, kind="stable").reset_index(drop=True)
 
 
-_MEMO: dict[tuple[str, int, float], SessionData] = {}
-_MEMO_LOCK = threading.Lock()
-_MEMO_SIZE = 8
+class FileMemo(Generic[T]):
+    """Values computed from a session file, remembered per (path, size, mtime) in this process.
 
-
-def load_session_memo(path: str | Path) -> SessionData:
-    """``load_session`` remembered per (path, size, mtime) for this process.
-
-    ``dashboard.serve`` fills it in the background at server start, so the first page opened on
-    a big session does not wait for its one-scan summary.
+    The lock is held while computing, so a background warm-up and the first page never compute
+    the same big session twice; the oldest entry goes once ``size`` are held.
     """
-    key = file_signature(path)
-    with _MEMO_LOCK:
-        hit = _MEMO.get(key)
-        if hit is not None:
+
+    def __init__(self, compute: Callable[[str | Path], T], size: int = 8) -> None:
+        self._compute = compute
+        self._size = size
+        self._memo: dict[tuple[str, int, float], T] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, path: str | Path) -> T:
+        key = file_signature(path)
+        with self._lock:
+            hit = self._memo.get(key)
+            if hit is None:
+                hit = self._memo[key] = self._compute(path)
+                while len(self._memo) > self._size:
+                    self._memo.pop(next(iter(self._memo)))
             return hit
-        data = load_session(path)
-        _MEMO[key] = data
-        while len(_MEMO) > _MEMO_SIZE:
-            _MEMO.pop(next(iter(_MEMO)))
-        return data
+
+
 
 
 def load_session(path: str | Path) -> SessionData:
@@ -264,3 +269,8 @@ def load_recent(path: str | Path, window_s: float,
         notes=_notes(events),
     )
     return data, view, req
+
+
+load_session_memo = FileMemo(load_session)
+"""``load_session`` remembered per file; ``dashboard.serve`` fills it in the background at server
+start, so the first page opened on a big session does not wait for its one-scan summary."""

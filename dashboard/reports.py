@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
-from dashboard.data import file_signature
+from dashboard.data import FileMemo
 from profiler.diagnosis import diagnose
 from profiler.reader import open_session
 from profiler.report import build_report
 
 Report = tuple[dict[str, Any], list[dict[str, Any]]]
-
-_MEMO: dict[tuple[str, int, float], Report] = {}
-_LOCK = threading.Lock()
-
 
 def compute_report(path: str | Path) -> Report:
     """``profiler.report.build_report`` of a session plus its diagnosis findings (as dicts)."""
@@ -27,16 +22,5 @@ def compute_report(path: str | Path) -> Report:
         session.close()
 
 
-def report_memo(path: str | Path) -> Report:
-    """``compute_report`` remembered per (path, size, mtime) in this process (filled at start)."""
-    key = file_signature(path)
-    with _LOCK:
-        hit = _MEMO.get(key)
-    if hit is not None:
-        return hit
-    rep = compute_report(path)
-    with _LOCK:
-        _MEMO[key] = rep
-        while len(_MEMO) > 8:
-            _MEMO.pop(next(iter(_MEMO)))
-    return rep
+report_memo = FileMemo(compute_report)
+"""``compute_report`` remembered per (path, size, mtime) in this process (filled at start)."""
