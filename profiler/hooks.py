@@ -9,6 +9,7 @@ observe: they call the original, record, and re-raise whatever the original rais
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import re
@@ -97,7 +98,27 @@ def _patch(cls: type, name: str, make: Callable[[Callable[..., Any]], Callable[.
 # --- frontend -------------------------------------------------------------------------------
 
 
+def _called_from_engine_args() -> bool:
+    """True when vLLM loads plugins from ``vllm/engine/arg_utils.py`` (EngineArgs construction or
+    CLI parsing): this process is about to build an engine (a frontend), not an engine core or a
+    worker, which load plugins from their own start-up code."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_filename.replace("\\", "/").endswith("vllm/engine/arg_utils.py"):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _patch_frontend() -> None:
+    if _called_from_engine_args():
+        # `vllm serve` imports AsyncLLM only after the config is built: import it now, so the class
+        # it constructs is the patched one.
+        import importlib
+
+        for name in ("vllm.v1.engine.async_llm", "vllm.v1.engine.llm_engine"):
+            with contextlib.suppress(ImportError):
+                importlib.import_module(name)
     llm_engine = sys.modules.get("vllm.v1.engine.llm_engine")
     async_llm = sys.modules.get("vllm.v1.engine.async_llm")
     if llm_engine is None and async_llm is None:
