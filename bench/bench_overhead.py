@@ -61,8 +61,11 @@ def main() -> int:
         steps_bytes = conn.execute(
             "SELECT SUM(pgsize) FROM dbstat WHERE name = 'steps'").fetchone()[0]
         file_bytes = sessions[-1].stat().st_size
+    pairs = [r / p for r, p in zip(recorded, plain, strict=True)]
     result = {
         "throughput_ratio": statistics.median(recorded) / statistics.median(plain),
+        "pair_ratios": pairs,
+        "pair_ratio_median": statistics.median(pairs),
         "plain_tok_s_median": statistics.median(plain),
         "recorded_tok_s_median": statistics.median(recorded),
         "steps_recorded": steps,
