@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="after start-up, a second process takes all but this much free GPU memory")
     ap.add_argument("--arrivals-per-step", type=int, default=0,
                     help="llmengine: add this many requests per step instead of all at once")
+    ap.add_argument("--log-stats", action="store_true", help="llm: turn vLLM's own stats on")
     ap.add_argument("--counts", default=None)
     ap.add_argument("--api-session", default=None, help="record with profiler.record(PATH)")
     a = ap.parse_args(argv)
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.engine == "llm":
             from vllm import LLM
 
-            llm = LLM(**kwargs)
+            llm = LLM(**kwargs, disable_log_stats=not a.log_stats)
             maybe_hog(a.hog_leave_gib)
             t0 = time.perf_counter()
             outs = llm.generate(texts, params, use_tqdm=False)
