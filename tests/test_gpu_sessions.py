@@ -98,3 +98,18 @@ def test_h200_runtime_oom_records_cuda_error_and_foreign_process() -> None:
     dev = s.table("gpu_samples", "WHERE device_index = 0")
     # it took the headroom: the device filled up to its last ~250 MiB just before the OOM
     assert (dev["total_bytes"] - dev["used_bytes"]).min() < 256 * 2**20
+
+
+def test_h200_allocator_fragmentation_is_diagnosed() -> None:
+    """Real caching-allocator fragmentation on an H200, recorded by kvscope's own allocator and
+    NVML collectors (bench/gpu_fragmentation.py: a torch process, no vLLM)."""
+    from profiler.diagnosis import diagnose
+
+    s = _session("gpu_h200_fragmentation")
+    alloc = s.table("allocator_samples")
+    slack = alloc["reserved_bytes"] - alloc["allocated_bytes"]
+    assert slack.max() == 7.5 * GIB  # 120 freed 64 MiB blocks that 96 MiB requests cannot reuse
+    frag = [f for f in diagnose(s) if f.code == "GPU_MEMORY_PRESSURE"]
+    assert len(frag) == 1 and "fragmentation" in frag[0].message
+    assert frag[0].metrics["max_slack_bytes"] == 7.5 * GIB
+    assert "expandable_segments" in (frag[0].recommendation or "")
