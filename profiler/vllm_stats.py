@@ -43,13 +43,16 @@ def engine_row(vllm_config: Any, engine_index: int) -> dict[str, Any]:
     model = _get(vllm_config, "model_config")
     par = _get(vllm_config, "parallel_config")
     prefix = _get(cache, "enable_prefix_caching")
+    name = _get(model, "served_model_name") or _get(model, "model")
+    if isinstance(name, list):  # served_model_name may list several aliases
+        name = name[0] if name else None
     return {
         "pid": os.getpid(),
         "engine_index": engine_index,
         "source": "inproc",
         "created_unix_s": time.time(),
         "vllm_version": _version(),
-        "model": _get(model, "served_model_name") or _get(model, "model"),
+        "model": name,
         "block_size": _get(cache, "block_size"),
         "num_gpu_blocks": _get(cache, "num_gpu_blocks"),
         "gpu_memory_utilization": _get(cache, "gpu_memory_utilization"),
@@ -71,8 +74,6 @@ _pending_engine_id: int | None = None
 
 def insert_engine(writer: Any, row: dict[str, Any]) -> int | None:
     """Insert one ``engines`` row; returns its engine_id."""
-    if isinstance(row["model"], list):
-        row["model"] = row["model"][0] if row["model"] else None
     cols = ", ".join(row)
     return writer.execute_now(
         f"INSERT INTO engines ({cols}) VALUES ({', '.join('?' * len(row))})", tuple(row.values())
@@ -111,8 +112,6 @@ class KvscopeStatLogger(StatLoggerBase):
         if self.writer is None:
             return
         row = engine_row(vllm_config, engine_index)
-        if isinstance(row["model"], list):
-            row["model"] = row["model"][0] if row["model"] else None
         self.engine_id = adopt_pending_engine(engine_index)
         if self.engine_id is None:
             self.engine_id = insert_engine(self.writer, row)
