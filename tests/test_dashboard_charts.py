@@ -115,10 +115,10 @@ def test_large_session_arrives_downsampled(big: SessionData) -> None:
     for chart in (charts.kv_usage_chart(b, whole, big.num_blocks()), charts.queue_chart(b, whole),
                   charts.throughput_chart(b, whole, smooth_s=5.0)):
         assert 0 < rows_of(chart.to_dict()) <= 2 * 2 * 400 + 10
-    nav = charts.navigator_chart(b, whole, None, 40.0)
+    nav = charts.navigator_panel(b, whole, None, 40.0)
     view = serving_view(big, 400)
-    panels = [charts.kv_usage_chart(big.buckets(view), view, big.num_blocks()),
-              charts.queue_chart(big.buckets(view), view)]
+    panels = [charts.kv_usage_panel(big.buckets(view), view, big.num_blocks()),
+              charts.queue_panel(big.buckets(view), view)]
     linked = charts.linked_timeline(nav, panels, view)
     spec = linked.spec()
     assert linked.rows() <= 400 + 2 * 400 + 4 * 400 + 10
@@ -131,9 +131,9 @@ def test_large_session_arrives_downsampled(big: SessionData) -> None:
              if "x" in lay.get("encoding", {}) and "scale" in lay["encoding"]["x"]]
     assert bound and all(d == {"param": charts.ZOOM_PARAM, "encoding": "x"} for d in bound)
     zoom = View(view.t0_s + 100, view.t0_s + 130, 400)
-    nav2 = charts.navigator_chart(b, whole, None, 40.0)
-    panels2 = [charts.kv_usage_chart(big.buckets(zoom), zoom, big.num_blocks()),
-               charts.queue_chart(big.buckets(zoom), zoom)]
+    nav2 = charts.navigator_panel(b, whole, None, 40.0)
+    panels2 = [charts.kv_usage_panel(big.buckets(zoom), zoom, big.num_blocks()),
+               charts.queue_panel(big.buckets(zoom), zoom)]
     spec2 = charts.linked_timeline(nav2, panels2, zoom).spec()
     strip = {k: v for k, v in spec.items() if k != "datasets"}
     strip2 = {k: v for k, v in spec2.items() if k != "datasets"}

@@ -53,7 +53,7 @@ if data is not None:
 
     engine_start = data.events[data.events["kind"] == "engine_start"]["t_s"]
     startup_end = float(engine_start.min()) if not engine_start.empty else None
-    nav = charts.navigator_chart(state.buckets(data, whole), whole, state.brush_value(data), startup_end,
+    nav = charts.navigator_panel(state.buckets(data, whole), whole, state.brush_value(data), startup_end,
                                  view)
     panels = []
     if data.has_gpu_samples:
@@ -62,17 +62,17 @@ if data is not None:
             dev = int(g["device_index"])
             s = data.gpu_samples[data.gpu_samples["device_index"] == dev]
             s = minmax_frame(s, "t_s", ["used_bytes"], t0, t1, BUCKETS)
-            panels.append(charts.gpu_memory_chart(
+            panels.append(charts.gpu_memory_panel(
                 s, startup, g["total_bytes"], view, f"GPU {dev} memory ({g['name']}): NVML used, split by "
                 "the start-up profile"))
     else:
         state.not_measured("GPU memory per device", data, "nvml")
     panels += [
-        charts.kv_usage_chart(b, view, data.num_blocks()),
-        charts.queue_chart(b, view),
-        charts.preemption_chart(b, view, smooth_s=float(rolling_s)),
-        charts.prefix_hit_chart(b, view, float(rolling_s)),
-        charts.throughput_chart(b, view, smooth_s=float(rolling_s)),
+        charts.kv_usage_panel(b, view, data.num_blocks()),
+        charts.queue_panel(b, view),
+        charts.preemption_panel(b, view, smooth_s=float(rolling_s)),
+        charts.prefix_hit_panel(b, view, float(rolling_s)),
+        charts.throughput_panel(b, view, smooth_s=float(rolling_s)),
     ]
     linked = charts.linked_timeline(nav, panels, view)
     st.vega_lite_chart(linked.spec(), key=nav_key, on_select=on_brush,
