@@ -77,6 +77,16 @@ class SessionData:
         """True when NVML sampled device memory."""
         return not self.gpu_samples.empty
 
+    def serving_range(self) -> tuple[float, float]:
+        """Default zoom: from shortly before the first engine step to the end of the session."""
+        f = self.steps.fine
+        if f.empty:
+            return 0.0, max(self.duration_s, 1e-3)
+        first = float(f["t_lo_s"].min())
+        last = max(float(f["t_hi_s"].max()), self.duration_s)
+        pad = max((last - first) * 0.02, 0.05)
+        return max(first - pad, 0.0), last
+
     @contextmanager
     def open(self) -> Iterator[Session]:
         """A fresh read-only connection (one per query keeps Streamlit's threads apart)."""

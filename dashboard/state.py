@@ -157,21 +157,10 @@ def zoom_key(data: SessionData) -> str:
     return f"zoom::{data.path}"
 
 
-def serving_range(data: SessionData) -> tuple[float, float]:
-    """Default zoom: from shortly before the first engine step to the end of the session."""
-    f = data.steps.fine
-    if f.empty:
-        return 0.0, max(data.duration_s, 1e-3)
-    first = float(f["t_lo_s"].min())
-    last = max(float(f["t_hi_s"].max()), data.duration_s)
-    pad = max((last - first) * 0.02, 0.05)
-    return max(first - pad, 0.0), last
-
-
 def get_zoom(data: SessionData) -> tuple[float, float]:
     """The session's current zoom range (default: the serving period)."""
     z = st.session_state.get(zoom_key(data))
-    return tuple(z) if z else serving_range(data)  # type: ignore[return-value]
+    return tuple(z) if z else data.serving_range()  # type: ignore[return-value]
 
 
 def brush_value(data: SessionData) -> tuple[float, float] | None:

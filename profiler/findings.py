@@ -132,7 +132,7 @@ def engine_views(session: Session) -> list[EngineView]:
     """One view per engine that has a configuration row."""
     t0 = session_t0(session)
     engines = session.table("engines")
-    steps = session.table("steps")
+    steps = session.numeric("steps")
     requests = session.table("requests")
     out = []
     for _, row in engines.iterrows():

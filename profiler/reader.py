@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from profiler.schema import TABLES, SessionFormatError, check_version
@@ -27,7 +28,7 @@ class Session:
     def meta(self) -> dict[str, Any]:
         """Session metadata (started_unix_s, host, command, ended_unix_s, exit_code, ...)."""
         out: dict[str, Any] = {}
-        for key, value in self._query("SELECT key, value FROM meta"):
+        for key, value in self.rows("SELECT key, value FROM meta"):
             try:
                 out[key] = json.loads(value)
             except (TypeError, ValueError):
@@ -47,10 +48,26 @@ class Session:
 
     def scalar(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
         """First column of the first row of a query (None when empty)."""
-        rows = self._query(sql, params)
+        rows = self.rows(sql, params)
         return rows[0][0] if rows else None
 
-    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    def numeric(self, name: str, where: str = "", params: tuple[Any, ...] = ()) -> pd.DataFrame:
+        """A table of numbers only (``steps``) as float64 columns, NULL as NaN.
+
+        About twice as fast as ``table`` on a million rows: the rows go straight into one numpy
+        array instead of through pandas' per-column object conversion.
+        """
+        cols = TABLES[name]
+        rows = self.rows(f"SELECT {', '.join(cols)} FROM {name} {where}", params)
+        try:
+            arr = np.array(rows, dtype=np.float64).reshape(len(rows), len(cols))
+        except (TypeError, ValueError) as exc:
+            raise SessionFormatError(f"{self.path}: damaged session file (a non-number in {name}: "
+                                     f"{_first_line(exc)})") from exc
+        return pd.DataFrame(arr, columns=list(cols))
+
+    def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """All rows of a trusted query; a damaged file raises SessionFormatError."""
         try:
             return self.conn.execute(sql, params).fetchall()
         except sqlite3.DatabaseError as exc:

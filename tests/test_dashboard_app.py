@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dashboard import derive
+from dashboard import charts as dashboard_charts
+from dashboard import derive, serve
 from dashboard.data import load_session
 from dashboard.reports import compute_report
 from dashboard.sources import ENV_UI_SESSIONS
@@ -97,7 +98,9 @@ def test_overview_gpu_shows_device_memory(app: Any) -> None:
     assert "GiB" in metric(at, "Peak GPU memory")
     peak = max(g["peak_used_bytes"] for g in rep["gpus"])
     assert metric(at, "Peak GPU memory") == f"{peak / 2**30:,.2f} GiB"
-    assert len(at.dataframe) >= 3  # info, config, GPUs
+    assert len(at.table) >= 3  # info, config, GPUs
+    gpu_table = at.table[2].value
+    assert set(gpu_table["device_index"]) == set(load_session(GPU).gpus["device_index"])
 
 
 def test_timeline_cpu_zoom_and_no_nvml(app: Any) -> None:
@@ -118,6 +121,19 @@ def test_timeline_cpu_zoom_and_no_nvml(app: Any) -> None:
     at.run()
     showing = next(m.value for m in at.markdown if m.value.startswith("Showing"))
     assert showing.startswith("Showing **50.00 – 51.00 s**")
+
+
+def test_served_timeline_opens_on_the_spec_built_at_start(app: Any) -> None:
+    """``dashboard.serve.warm`` builds the first session's Timeline spec with the same shape the
+    page asks for, so opening the Timeline builds no new spec (a cold build costs ~0.2 s)."""
+    dashboard_charts._TEMPLATES.clear()
+    serve.warm([CPU])
+    built = dict(dashboard_charts._TEMPLATES)
+    assert len(built) == 1
+    at = go(app(CPU), "timeline")
+    assert dashboard_charts._TEMPLATES == built
+    template = next(iter(built.values()))
+    assert len(charts(at)[0]["vconcat"]) == len(template["vconcat"])
 
 
 def test_timeline_gpu_has_memory_panels(app: Any) -> None:

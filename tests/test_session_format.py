@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import shutil
 import signal
+import sqlite3
 import time
 from pathlib import Path
 
+import pytest
+
+from profiler.diagnosis import diagnose
 from profiler.reader import open_session
-from profiler.schema import TABLES
+from profiler.schema import TABLES, SessionFormatError
 from profiler.writer import FLUSH_INTERVAL_S, SessionWriter
 
 
@@ -82,3 +87,18 @@ def test_every_table_documented_in_schema_md() -> None:
         assert f"`{table}`" in doc, table
         for col in cols:
             assert f"`{col}`" in doc, (table, col)
+
+
+def test_a_non_number_in_steps_is_a_one_line_error(tmp_path: Path) -> None:
+    """``Session.numeric`` (the diagnosis' fast read of steps) names the damage in one line."""
+    path = tmp_path / "damaged.kvscope"
+    shutil.copy(Path(__file__).resolve().parent.parent / "sessions" / "kv_saturation.kvscope", path)
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE steps SET running = 'lots' WHERE rowid = 7")
+    session = open_session(path)
+    intact = session.numeric("steps", "WHERE rowid != 7")
+    assert len(intact) == session.scalar("SELECT COUNT(*) FROM steps") - 1
+    assert intact["running"].dtype == "float64"
+    with pytest.raises(SessionFormatError) as exc:
+        diagnose(session)
+    assert "\n" not in str(exc.value) and str(path) in str(exc.value) and "steps" in str(exc.value)

@@ -49,7 +49,7 @@ if not diff.empty:
 rolling_s = 1.0
 series: dict[str, list[pd.DataFrame]] = {}
 for src, data in ((src_a, data_a), (src_b, data_b)):
-    first, end = state.serving_range(data)
+    first, end = data.serving_range()
     f = data.steps.fine
     first_step = float(f["t_lo_s"].min()) if not f.empty else first
     view = View(first_step, max(end, first_step + 1e-3), BUCKETS)

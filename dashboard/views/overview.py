@@ -18,7 +18,7 @@ if data is not None:
     status = "complete" if data.complete else "INCOMPLETE: the recording was cut off"
     st.caption(f"`{data.path}` · {status}")
     cards = st.container()
-    t0, t1 = state.serving_range(data)
+    t0, t1 = data.serving_range()
     view = View(t0, t1, 500)
     b = state.buckets(data, view)
     left, right = st.columns(2)
@@ -83,21 +83,22 @@ if data is not None:
         "device": eng.get("device"), "engines": rep["engines"],
         "command": " ".join(meta.get("command") or []),
     }
-    left.dataframe(pd.DataFrame({"field": list(info), "value": [str(v) for v in info.values()]}),
-                   hide_index=True, width="stretch")
+    # Small key-value tables: static HTML (st.table), not the interactive grid, so the page stays light.
+    left.table(pd.DataFrame({"field": list(info), "value": [str(v) for v in info.values()]}),
+               hide_index=True)
     config_cols = ["engine_id", "block_size", "num_gpu_blocks", "gpu_memory_utilization",
                    "enable_prefix_caching", "max_num_seqs", "max_num_batched_tokens", "max_model_len",
                    "tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size",
                    "kv_cache_dtype"]
     cfg = data.engines[[c for c in config_cols if c in data.engines]].T.reset_index()
     cfg.columns = ["setting"] + [f"engine {int(e)}" for e in data.engines["engine_id"]]
-    right.dataframe(cfg.astype(str), hide_index=True, width="stretch")
+    right.table(cfg.astype(str), hide_index=True)
     state.csv_download(data.engines, f"{data.name}-engines", "Engine config CSV")
     if data.gpus.empty:
         st.caption("GPUs: not measured on this machine (no NVML).")
     else:
         gpus = data.gpus.assign(total_gib=data.gpus["total_bytes"] / 2**30)
-        st.dataframe(gpus[["device_index", "name", "total_gib"]], hide_index=True)
+        st.table(gpus[["device_index", "name", "total_gib"]].round({"total_gib": 2}), hide_index=True)
         state.csv_download(gpus, f"{data.name}-gpus", "GPUs CSV")
     with st.expander(f"Events ({len(data.events)})"):
         ev = data.events[["t_s", "kind", "message", "pid", "engine_id"]]

@@ -13,7 +13,7 @@ BUCKETS = 400
 data = state.current_session()
 if data is not None:
     st.title(f"Replay · {data.name}")
-    _, hi = state.serving_range(data)
+    _, hi = data.serving_range()
     lo = float(data.steps.fine["t_lo_s"].min()) if data.steps.total_steps else 0.0
     ckey = f"cursor::{data.path}"
     if ckey not in st.session_state:

@@ -5,14 +5,12 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import charts, state
-from dashboard.downsample import minmax_frame
+from dashboard import timeline as tl
 from dashboard.steps import View
-
-BUCKETS = 400
 
 data = state.current_session()
 if data is not None:
-    whole = View(0.0, max(data.duration_s, 1e-3), BUCKETS)
+    whole = tl.whole_view(data)
     nav_key = f"nav::{data.path}"
 
     # ?t0=&t1= (links from findings, shared URLs) set the zoom once.
@@ -35,7 +33,7 @@ if data is not None:
 
     st.title(f"Timeline · {data.name}")
     t0, t1 = state.get_zoom(data)
-    view = View(t0, t1, BUCKETS)
+    view = View(t0, t1, tl.BUCKETS)
     b = state.buckets(data, view)
     steps_in_view = int(b["n_steps"].sum()) if not b.empty else 0
 
@@ -43,37 +41,17 @@ if data is not None:
     c[0].markdown(f"Showing **{t0:,.2f} – {t1:,.2f} s** ({t1 - t0:,.2f} s, {steps_in_view:,} engine steps, "
                   f"{view.width_s * 1000:,.2f} ms per bucket)")
     if c[1].button("Serving period", icon=":material/fit_screen:", help="From the first engine step on"):
-        state.set_zoom(data, *state.serving_range(data))
+        state.set_zoom(data, *data.serving_range())
         st.rerun()
     if c[2].button("Whole session", icon=":material/zoom_out_map:", help="Including engine start-up"):
         state.set_zoom(data, whole.t0_s, whole.t1_s)
         st.rerun()
-    rolling_s = c[3].select_slider("Rolling window for rates (s)", options=[0.1, 0.5, 1, 5, 10, 30, 60],
-                                   value=1, key="rolling_s")
+    rolling_s = c[3].select_slider("Rolling window for rates (s)", options=tl.ROLLING_OPTIONS_S,
+                                   value=tl.DEFAULT_ROLLING_S, key="rolling_s")
 
-    engine_start = data.events[data.events["kind"] == "engine_start"]["t_s"]
-    startup_end = float(engine_start.min()) if not engine_start.empty else None
-    nav = charts.navigator_panel(state.buckets(data, whole), whole, state.brush_value(data), startup_end,
-                                 view)
-    panels = []
-    if data.has_gpu_samples:
-        startup = data.startup_memory.iloc[0] if not data.startup_memory.empty else None
-        for _, g in data.gpus.drop_duplicates("device_index").iterrows():
-            dev = int(g["device_index"])
-            s = data.gpu_samples[data.gpu_samples["device_index"] == dev]
-            s = minmax_frame(s, "t_s", ["used_bytes"], t0, t1, BUCKETS)
-            panels.append(charts.gpu_memory_panel(
-                s, startup, g["total_bytes"], view, f"GPU {dev} memory ({g['name']}): NVML used, split by "
-                "the start-up profile"))
-    else:
+    if not data.has_gpu_samples:
         state.not_measured("GPU memory per device", data, "nvml")
-    panels += [
-        charts.kv_usage_panel(b, view, data.num_blocks()),
-        charts.queue_panel(b, view),
-        charts.preemption_panel(b, view, smooth_s=float(rolling_s)),
-        charts.prefix_hit_panel(b, view, float(rolling_s)),
-        charts.throughput_panel(b, view, smooth_s=float(rolling_s)),
-    ]
-    linked = charts.linked_timeline(nav, panels, view)
+    linked = tl.linked_chart(data, view, b, state.buckets(data, whole), state.brush_value(data),
+                             float(rolling_s))
     st.vega_lite_chart(linked.spec(), key=nav_key, on_select=on_brush,
                        selection_mode=[charts.ZOOM_PARAM], width="stretch")
