@@ -29,13 +29,19 @@ T = TypeVar("T")
 
 
 def file_signature(path: str | Path) -> tuple[str, int, float]:
-    """(resolved path, size, mtime) of a session including its WAL: the cache key of its contents."""
+    """(resolved path, size, mtime) of a session including its WAL: the cache key of its contents.
+
+    An empty WAL holds nothing and is left out: the first read-only open of a checkpointed
+    session creates one, which must not make its first reader's cached summary look stale.
+    """
     p = Path(path).resolve()
     size, mtime = 0, 0.0
     for suffix in ("", "-wal"):
         try:
             st = Path(f"{p}{suffix}").stat()
         except OSError:
+            continue
+        if suffix and st.st_size == 0:
             continue
         size += st.st_size
         mtime = max(mtime, st.st_mtime)

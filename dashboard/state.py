@@ -141,8 +141,12 @@ def not_measured(what: str, data: SessionData, topic: str = "nvml") -> None:
 
 
 def show(chart: Any, key: str, **kwargs: Any) -> Any:
-    """Draw an Altair chart across the page width, keeping each panel's own height."""
-    fitted = chart.properties(autosize=alt.AutoSizeParams(type="fit-x", contains="padding"))
+    """Draw an Altair chart across the page width, keeping each panel's own height.
+
+    Marks carry no per-point ARIA attributes: with hundreds of points each they only slow the
+    drawing (axes and titles keep theirs)."""
+    fitted = chart.properties(autosize=alt.AutoSizeParams(type="fit-x", contains="padding")
+                              ).configure_mark(aria=False)
     return st.altair_chart(fitted, key=key, width="stretch", **kwargs)
 
 

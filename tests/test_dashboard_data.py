@@ -252,3 +252,22 @@ def test_startup_waterfall_and_gpu_breakdown_on_gpu_session() -> None:
     lat = derive.latency_percentiles(data.requests()).set_index("metric")
     assert lat.loc["TTFT", "p95_s"] == pytest.approx(data.requests()["ttft_s"].quantile(0.95))
     assert isinstance(lat, pd.DataFrame)
+
+
+def test_first_open_keeps_the_cache_key(tmp_path: Path) -> None:
+    """Opening a checkpointed session creates an empty WAL; the key of its contents stays the same,
+    so a summary warmed before serving is still the one the first page uses."""
+    path = tmp_path / "copy.kvscope"
+    shutil.copy(SESSIONS / "healthy.kvscope", path)
+    conn = sqlite3.connect(path)  # as recorded: WAL mode, checkpointed and closed (no -wal left)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.close()
+    assert not Path(f"{path}-wal").exists()
+    before = file_signature(path)
+    time.sleep(0.05)  # file times are coarse: let the new WAL's differ from the file's
+    load_session(path)
+    assert Path(f"{path}-wal").exists() and Path(f"{path}-wal").stat().st_size == 0
+    assert file_signature(path) == before
+    with sqlite3.connect(path) as conn:  # a real write still changes it
+        conn.execute("INSERT INTO events (t_unix_s, kind, message) VALUES (1, 'note', 'x')")
+    assert file_signature(path) != before
