@@ -57,7 +57,7 @@ if data is not None:
                    icon=":material/check_circle:")
     for i, f in enumerate(findings):
         with st.container(border=True):
-            cols = st.columns([6, 1])
+            cols = st.columns([5, 1.6])
             rng = ""
             if f.get("t_start_s") is not None:
                 rng = f" · {f['t_start_s']:.2f}–{(f.get('t_end_s') or f['t_start_s']):.2f} s"
@@ -98,7 +98,8 @@ if data is not None:
         st.caption("GPUs: not measured on this machine (no NVML).")
     else:
         gpus = data.gpus.assign(total_gib=data.gpus["total_bytes"] / 2**30)
-        st.table(gpus[["device_index", "name", "total_gib"]].round({"total_gib": 2}), hide_index=True)
+        st.table(gpus[["device_index", "name"]].assign(total=gpus["total_bytes"].map(state.fmt_gib)),
+                 hide_index=True)
         state.csv_download(gpus, f"{data.name}-gpus", "GPUs CSV")
     with st.expander(f"Events ({len(data.events)})"):
         ev = data.events[["t_s", "kind", "message", "pid", "engine_id"]]
