@@ -183,12 +183,6 @@ def preemption_panel(buckets: pd.DataFrame, view: View, cursor_s: float | None =
     return _with_cursor(panel, cursor_s, view)
 
 
-def preemption_chart(buckets: pd.DataFrame, view: View, cursor_s: float | None = None,
-                     height: int = PANEL_HEIGHT, smooth_s: float = 0.0) -> alt.Chart | alt.LayerChart:
-    """``preemption_panel`` with its data inline."""
-    return preemption_panel(buckets, view, cursor_s, height, smooth_s).chart()
-
-
 def prefix_hit_panel(buckets: pd.DataFrame, view: View, rolling_s: float,
                      cursor_s: float | None = None, height: int = PANEL_HEIGHT) -> Panel:
     """Prefix-cache hit rate per bucket (points) and over a rolling window (line)."""
@@ -219,12 +213,6 @@ def prefix_hit_panel(buckets: pd.DataFrame, view: View, rolling_s: float,
     panel = Panel({"points": df[first].reset_index(drop=True), "rolling": df[~first].reset_index(drop=True)},
                   ("hit", names, height), draw)
     return _with_cursor(panel, cursor_s, view)
-
-
-def prefix_hit_chart(buckets: pd.DataFrame, view: View, rolling_s: float,
-                     cursor_s: float | None = None, height: int = PANEL_HEIGHT) -> alt.Chart | alt.LayerChart:
-    """``prefix_hit_panel`` with its data inline."""
-    return prefix_hit_panel(buckets, view, rolling_s, cursor_s, height).chart()
 
 
 def _smooth_note(smooth_s: float) -> str:
@@ -296,13 +284,6 @@ def gpu_memory_panel(samples: pd.DataFrame, startup: pd.Series | None, total_byt
     return _with_cursor(panel, cursor_s, view)
 
 
-def gpu_memory_chart(samples: pd.DataFrame, startup: pd.Series | None, total_bytes: float | None,
-                     view: View, title: str, cursor_s: float | None = None,
-                     height: int = PANEL_HEIGHT + 30) -> alt.Chart | alt.LayerChart:
-    """``gpu_memory_panel`` with its data inline."""
-    return gpu_memory_panel(samples, startup, total_bytes, view, title, cursor_s, height).chart()
-
-
 def navigator_panel(buckets: pd.DataFrame, whole: View, zoom: tuple[float, float] | None,
                     startup_end_s: float | None, view: View | None = None) -> Panel:
     """Whole-session strip (peak KV usage per bucket) with a brush: drag to choose the range every
@@ -344,12 +325,6 @@ def navigator_panel(buckets: pd.DataFrame, whole: View, zoom: tuple[float, float
         return alt.layer(*layers).properties(height=60, title=title)
 
     return Panel(frames, ("nav", whole.t0_s, whole.t1_s, value, tuple(frames)), draw)
-
-
-def navigator_chart(buckets: pd.DataFrame, whole: View, zoom: tuple[float, float] | None,
-                    startup_end_s: float | None, view: View | None = None) -> alt.LayerChart:
-    """``navigator_panel`` with its data inline."""
-    return navigator_panel(buckets, whole, zoom, startup_end_s, view).chart()  # type: ignore[return-value]
 
 
 def compare_chart(df: pd.DataFrame, value: str, title: str, y_title: str, fmt: str | None = None,

@@ -162,8 +162,8 @@ def _relative(df: pd.DataFrame, col: str, start: float, out: str = "t_s") -> pd.
 class FileMemo(Generic[T]):
     """Values computed from a session file, remembered per (path, size, mtime) in this process.
 
-    The lock is held while computing, so a background warm-up and the first page never compute
-    the same big session twice; the oldest entry goes once ``size`` are held.
+    The lock is held while computing, so two script threads opening the same big session compute
+    it once; the oldest entry goes once ``size`` are held.
     """
 
     def __init__(self, compute: Callable[[str | Path], T], size: int = 8) -> None:
@@ -181,8 +181,6 @@ class FileMemo(Generic[T]):
                 while len(self._memo) > self._size:
                     self._memo.pop(next(iter(self._memo)))
             return hit
-
-
 
 
 def load_session(path: str | Path) -> SessionData:
@@ -288,5 +286,5 @@ def load_recent(path: str | Path, window_s: float,
 
 
 load_session_memo = FileMemo(load_session)
-"""``load_session`` remembered per file; ``dashboard.serve`` fills it in the background at server
-start, so the first page opened on a big session does not wait for its one-scan summary."""
+"""``load_session`` remembered per file; ``dashboard.serve`` fills it before serving, so the first
+page opened on a big session does not wait for its one-scan summary."""

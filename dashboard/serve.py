@@ -2,10 +2,11 @@
 
     python -m dashboard.serve [SESSION ...] [--host 127.0.0.1] [--port 8501]
 
-Before serving, the dashboard's modules are imported, every offered session is summarised (one
-scan each, about 1.5 s per million steps) and the first one, which the browser opens on, is also
-diagnosed (about 5 s per million steps) and has its Timeline chart built, so the first page draws from memory instead of reading
-a million-step file while the user waits. Other sessions are diagnosed when first opened.
+Before serving, the dashboard's modules are imported and every offered session is summarised (one
+scan each, about 1.5 s per million steps); the first one, which the browser opens on, is also
+diagnosed (about 5 s per million steps) and has its Timeline chart built. The first page then draws
+from memory instead of reading a million-step file while the user waits. Other sessions are
+diagnosed when first opened.
 """
 
 from __future__ import annotations

@@ -72,8 +72,8 @@ def test_timeline_panels_fields_and_axes(cpu: SessionData) -> None:
     built = {
         "kv": charts.kv_usage_chart(b, view, cpu.num_blocks()),
         "queue": charts.queue_chart(b, view),
-        "preempt": charts.preemption_chart(b, view, smooth_s=0.5),
-        "hit": charts.prefix_hit_chart(b, view, 1.0),
+        "preempt": charts.preemption_panel(b, view, smooth_s=0.5).chart(),
+        "hit": charts.prefix_hit_panel(b, view, 1.0).chart(),
         "tput": charts.throughput_chart(b, view, smooth_s=0.5),
     }
     expected_y = {"kv": "value", "queue": "value", "preempt": "per_s", "hit": "hit_rate_frac",
@@ -157,7 +157,7 @@ def test_memory_charts_on_gpu_session(gpu: SessionData) -> None:
     s = gpu.gpu_samples[gpu.gpu_samples["device_index"] == dev]
     s = minmax_frame(s, "t_s", ["used_bytes"], whole.t0_s, whole.t1_s, whole.buckets)
     total = float(gpu.gpus[gpu.gpus["device_index"] == dev]["total_bytes"].iloc[0])
-    spec = charts.gpu_memory_chart(s, gpu.startup_memory.iloc[0], total, whole, "GPU").to_dict()
+    spec = charts.gpu_memory_panel(s, gpu.startup_memory.iloc[0], total, whole, "GPU").chart().to_dict()
     assert ("y", "gib") in encoding_fields(spec) and ("color", "part") in encoding_fields(spec)
     assert any(lay["mark"]["type"] == "area" for lay in layers(spec))
     proc = minmax_frame(gpu.gpu_process_samples.dropna(subset=["used_bytes"]), "t_s", ["used_bytes"],
