@@ -1,11 +1,12 @@
 # Two commands do all set-up on a fresh machine:
 #   make ui    -> dashboard on the sessions bundled in sessions/ (http://127.0.0.1:8501)
-#   make test  -> the whole test suite against a real vLLM CPU engine
+#   make test  -> the whole test suite against a real vLLM CPU engine (unit, engine and browser tiers)
+#   make test-unit -> the unit tier only (no engine, no browser; under a minute)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: ui test lint install-ui install-test
+.PHONY: ui test test-unit lint install-ui install-test
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
@@ -31,9 +32,14 @@ install-test: $(VENV)/.test-installed
 ui: $(VENV)/.ui-installed
 	$(VENV)/bin/kvscope ui
 
-test: $(VENV)/.test-installed
-	$(VENV)/bin/ruff check profiler dashboard tests bench sessions
+test: lint
 	$(PY) -m pytest -x -q tests
 
+test-unit: lint
+	$(PY) -m pytest -x -q -m unit tests
+
+# ruff, and the architecture contract (pyproject's [tool.importlinter]: no cycles, layers, the
+# dashboard reads sessions only).
 lint: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check profiler dashboard tests bench sessions
+	$(VENV)/bin/lint-imports

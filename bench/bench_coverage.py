@@ -3,7 +3,7 @@
     python bench/bench_coverage.py MODEL_DIR [workload args...]
     python bench/bench_coverage.py --session S.kvscope --counts C.json   # an existing GPU run
 
-Runs ``tests/workload.py --engine llmengine`` under ``kvscope record`` with an independent
+Runs ``tests/support/workload.py --engine llmengine`` under ``kvscope record`` with an independent
 StatLoggerBase counting in the same process, and prints recorded/engine ratios.
 """
 
@@ -51,7 +51,7 @@ def main() -> int:
         session, counts = Path(tmp) / "cov.kvscope", Path(tmp) / "counts.json"
         env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"))
         subprocess.run([sys.executable, "-m", "profiler.cli", "record", "--session", str(session),
-                        "--", sys.executable, str(ROOT / "tests" / "workload.py"), a.model,
+                        "--", sys.executable, str(ROOT / "tests" / "support" / "workload.py"), a.model,
                         "--engine", "llmengine", "--counts", str(counts), *extra],
                        check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)

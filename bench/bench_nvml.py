@@ -54,8 +54,8 @@ def main() -> int:
                          "processes to list (use when no engine is running)")
     a = ap.parse_args()
     holders = _start_holders(a.gpu_processes)
-    from profiler import nvml
-    from profiler.writer import SessionWriter
+    from profiler.recorder import nvml
+    from profiler.session.writer import SessionWriter
 
     with tempfile.TemporaryDirectory() as tmp:
         w = SessionWriter(Path(tmp) / "nvml.kvscope")

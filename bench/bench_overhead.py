@@ -2,7 +2,7 @@
 
     python bench/bench_overhead.py MODEL_DIR [--repeats 3] [workload args...]
 
-Runs ``tests/workload.py --engine llm`` (vLLM's offline path, stats off by default: the worst case,
+Runs ``tests/support/workload.py --engine llm`` (vLLM's offline path, stats off by default: the worst case,
 since kvscope turns per-step stats on) alternately plain and under ``kvscope record``, and prints
 the throughput ratio (with / without) from this one run, plus coverage and storage numbers.
 """
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def run_once(model: str, extra: list[str], session: Path | None, out_dir: Path) -> dict:
     """One workload run; returns its counts (generate_s, output_tokens, ...)."""
     counts = out_dir / f"counts-{os.getpid()}-{len(list(out_dir.iterdir()))}.json"
-    cmd = [sys.executable, str(ROOT / "tests" / "workload.py"), model, "--engine", "llm",
+    cmd = [sys.executable, str(ROOT / "tests" / "support" / "workload.py"), model, "--engine", "llm",
            "--counts", str(counts), *extra]
     if session is not None:
         cmd = [sys.executable, "-m", "profiler.cli", "record", "--session", str(session), "--", *cmd]

@@ -18,10 +18,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from profiler.reader import open_session  # noqa: E402
-from profiler.tinymodel import build_tiny_llama  # noqa: E402
-from profiler.whatif import analyse, session_point  # noqa: E402
-from tests.scenarios import THRASH, record  # noqa: E402
+from profiler.analysis.whatif import analyse, session_point  # noqa: E402
+from profiler.session.reader import open_session  # noqa: E402
+from tests.support.scenarios import THRASH, record  # noqa: E402
+from tests.support.tinymodel import build_tiny_llama  # noqa: E402
 
 
 def _run(blocks: int, out: Path, model: Path) -> Path:

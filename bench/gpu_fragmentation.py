@@ -21,8 +21,8 @@ def main() -> int:
     os.environ["KVSCOPE_SESSION"] = out
     import torch
 
-    from profiler import context
-    from profiler.allocator import start_allocator_sampler
+    from profiler.recorder import context
+    from profiler.recorder.allocator import start_allocator_sampler
 
     w = context.writer()
     assert w is not None

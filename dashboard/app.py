@@ -13,7 +13,7 @@ import streamlit as st  # noqa: E402
 
 from dashboard import state  # noqa: E402
 
-VIEWS = Path(__file__).resolve().parent / "views"
+PAGES_DIR = Path(__file__).resolve().parent / "views"  # not "pages/": Streamlit treats that name as its own multipage folder
 
 # (file in views/, title, icon); files that do not exist (optional pages) are skipped.
 PAGES: list[tuple[str, str, str]] = [
@@ -34,15 +34,13 @@ def main() -> None:
     """Configure the page, build the navigation, draw the picker, run the chosen page."""
     st.set_page_config(page_title="kvscope", page_icon=":material/memory:", layout="wide")
     pages = [
-        st.Page(VIEWS / name, title=title, icon=icon, default=(name == "overview.py"))
-        for name, title, icon in PAGES if (VIEWS / name).exists()
+        st.Page(PAGES_DIR / name, title=title, icon=icon, default=(name == "overview.py"))
+        for name, title, icon in PAGES if (PAGES_DIR / name).exists()
     ]
     page = st.navigation(pages)
     with st.sidebar:
         st.markdown("### kvscope")
-        src = state.pick_session()
-    # Pages written against the plain key (What if, KV events) read the choice from here.
-    st.session_state["session_path"] = str(src.path) if src is not None else None
+        state.pick_session()
     page.run()
 
 

@@ -26,11 +26,11 @@ WARM_MAX = 16
 def warm(paths: list[Path]) -> None:
     """Load (and remember) every session's summary, and the first one's report, findings and
     Timeline spec; bad files are left for the page to report."""
-    from dashboard import timeline as tl
-    from dashboard.data import load_session_memo
-    from dashboard.reports import report_memo
-    from dashboard.steps import View
-    from profiler.schema import SessionFormatError
+    from dashboard.charts import timeline as tl
+    from dashboard.data.reports import report_memo
+    from dashboard.data.session import load_session_memo
+    from dashboard.data.steps import View
+    from profiler.errors import SessionFormatError
 
     for i, p in enumerate(paths):
         try:
@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     import altair  # noqa: F401  (imported now rather than on the first page view)
     import pyarrow  # noqa: F401
 
-    from dashboard import charts  # noqa: F401
-    from dashboard.sources import discover_sessions
+    from dashboard.charts import panels as charts  # noqa: F401
+    from dashboard.data.sources import discover_sessions
 
     paths = [s.path for s in discover_sessions()][:WARM_MAX]
     started = time.perf_counter()

@@ -15,44 +15,36 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from dashboard.data import SessionData, file_signature, load_session_memo
-from dashboard.reports import report_memo
-from dashboard.sources import SessionSource, discover_sessions
-from dashboard.steps import View
-from profiler.schema import SessionFormatError
+from dashboard.data.reports import kv_events_memo, report_memo, whatif_memo
+from dashboard.data.session import SessionData, file_signature, load_session_memo
+from dashboard.data.sources import SessionSource, discover_sessions
+from dashboard.data.steps import View
+from profiler.analysis.kv_events import KvEventSummary
+from profiler.analysis.whatif import WhatIf
+from profiler.errors import SessionFormatError
 
 SESSION_KEY = "kvscope_session"
 """st.session_state key (and ``?session=`` query parameter) holding the selected session label."""
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def _load(path: str, size: int, mtime: float) -> SessionData:
-    return load_session_memo(path)
-
-
-@st.cache_data(show_spinner=False, max_entries=16)
 def _requests(path: str, size: int, mtime: float) -> pd.DataFrame:
-    return _load(path, size, mtime).requests()
+    return load_session_memo(path).requests()
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _preempting(path: str, size: int, mtime: float) -> pd.DataFrame:
-    return _load(path, size, mtime).preempting_steps()
+    return load_session_memo(path).preempting_steps()
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def _buckets(path: str, size: int, mtime: float, t0_s: float, t1_s: float, n: int) -> pd.DataFrame:
-    return _load(path, size, mtime).buckets(View(t0_s, t1_s, n))
-
-
-@st.cache_data(show_spinner=False, max_entries=16)
-def _report(path: str, size: int, mtime: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    return report_memo(path)
+    return load_session_memo(path).buckets(View(t0_s, t1_s, n))
 
 
 def load(path: str | Path) -> SessionData:
-    """The session at ``path``, cached on (path, size, mtime); raises SessionFormatError."""
-    return _load(*file_signature(path))
+    """The session at ``path``, remembered per (path, size, mtime); raises SessionFormatError."""
+    return load_session_memo(path)
 
 
 def requests(data: SessionData) -> pd.DataFrame:
@@ -71,8 +63,18 @@ def buckets(data: SessionData, view: View) -> pd.DataFrame:
 
 
 def report(data: SessionData) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """``profiler.report.build_report`` of the session and its diagnosis findings (cached)."""
-    return _report(*file_signature(data.path))
+    """``profiler.analysis.report.build_report`` of the session and its diagnosis findings (cached)."""
+    return report_memo(data.path)
+
+
+def whatif(data: SessionData) -> WhatIf:
+    """The session's what-if model (cached); ValueError when the session has no trace for it."""
+    return whatif_memo(data.path)
+
+
+def kv_events(data: SessionData) -> KvEventSummary:
+    """The session's KV-event summary (cached)."""
+    return kv_events_memo(data.path)
 
 
 def sources() -> list[SessionSource]:
@@ -189,19 +191,3 @@ def set_zoom(data: SessionData, t0_s: float, t1_s: float, by_brush: bool = False
         whole = hi - lo >= 0.98 * max(data.duration_s, 1e-3)
         st.session_state[f"brushval::{data.path}"] = None if whole else (lo, hi)
 
-
-def fmt_s(value: float | None, unit: str = "s") -> str:
-    """Seconds for display (ms below 1 s)."""
-    if value is None or pd.isna(value):
-        return "n/a"
-    return f"{value * 1000:.1f} ms" if abs(value) < 1 and unit == "s" else f"{value:,.2f} {unit}"
-
-
-def fmt_gib(value: float | None) -> str:
-    """Bytes as GiB for display."""
-    return "n/a" if value is None or pd.isna(value) else f"{value / 2**30:,.2f} GiB"
-
-
-def fmt_pct(value: float | None) -> str:
-    """A fraction as a percentage for display."""
-    return "n/a" if value is None or pd.isna(value) else f"{value:.1%}"

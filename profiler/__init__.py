@@ -6,7 +6,7 @@ this package never imports vLLM, torch or NVML; collectors load them only in rec
 
 from __future__ import annotations
 
-from profiler.api import record
+from profiler.recorder.api import record
 
 __version__ = "0.1.0"
 

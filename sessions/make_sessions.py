@@ -2,7 +2,7 @@
 
     python sessions/make_sessions.py [--only NAME]
 
-Each scenario runs ``tests/workload.py`` under ``kvscope record`` on the tiny test model, then the
+Each scenario runs ``tests/support/workload.py`` under ``kvscope record`` on the tiny test model, then the
 file is checkpointed out of WAL mode and vacuumed so it opens from a read-only folder.
 """
 
@@ -49,7 +49,7 @@ def record(name: str, model_dir: Path, out_dir: Path) -> Path:
         Path(f"{out}{suffix}").unlink(missing_ok=True)
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1")
     cmd = [sys.executable, "-m", "profiler.cli", "record", "--session", str(out), "--",
-           sys.executable, str(ROOT / "tests" / "workload.py"), str(model_dir), *SCENARIOS[name]]
+           sys.executable, str(ROOT / "tests" / "support" / "workload.py"), str(model_dir), *SCENARIOS[name]]
     subprocess.run(cmd, check=True, env=env, cwd=ROOT)
     finalize(out)
     return out
@@ -61,7 +61,7 @@ def main() -> int:
     ap.add_argument("--only", choices=sorted(SCENARIOS))
     ap.add_argument("--out", default=str(HERE))
     a = ap.parse_args()
-    from profiler.tinymodel import build_tiny_llama
+    from tests.support.tinymodel import build_tiny_llama
 
     model_dir = build_tiny_llama(Path(tempfile.gettempdir()) / "kvscope-tiny-llama")
     for name in [a.only] if a.only else list(SCENARIOS):

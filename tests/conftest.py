@@ -1,53 +1,28 @@
-"""Shared fixtures: the tiny real model, and helpers to run real vLLM programs under kvscope."""
+"""Shared fixtures (the tiny real model) and the test tiers: ``engine`` and ``browser`` modules say
+so with ``pytestmark``; every other test is ``unit`` (``make test-unit``)."""
 
 from __future__ import annotations
 
-import fcntl
-import os
-import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-WORKLOAD = ROOT / "tests" / "workload.py"
-ENGINE_LOCK = "/tmp/kvscope-engine.lock"
+TIERS = ("engine", "browser")
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight 2-layer Llama with a byte-level tokenizer, built once per test run."""
-    from profiler.tinymodel import build_tiny_llama
+    from tests.support.tinymodel import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
-@contextmanager
-def engine_lock() -> Iterator[None]:
-    """Serialise real engines across concurrently running test processes (2-core machines)."""
-    with open(ENGINE_LOCK, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def engine_env(**extra: str) -> dict[str, str]:
-    """Environment for a child vLLM process: small CPU KV space, no leaked kvscope settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KVSCOPE_")}
-    env.update(VLLM_CPU_KVCACHE_SPACE="1", PYTHONUNBUFFERED="1")
-    env.update(extra)
-    return env
-
-
-def kvscope(*args: str, timeout_s: float = 600, env: dict[str, str] | None = None,
-            check: bool = False) -> subprocess.CompletedProcess[str]:
-    """Run the ``kvscope`` CLI of this checkout and capture its output."""
-    return subprocess.run(
-        [sys.executable, "-m", "profiler.cli", *args], capture_output=True, text=True,
-        timeout=timeout_s, env=env or engine_env(), cwd=ROOT, check=check,
-    )
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that is neither ``engine`` nor ``browser`` as ``unit``; an engine test must
+    say so (a test that asks for the tiny model and is not marked ``engine`` is an error)."""
+    for item in items:
+        if not any(item.get_closest_marker(t) for t in TIERS):
+            if "tiny_model" in getattr(item, "fixturenames", ()):
+                raise pytest.UsageError(f"{item.nodeid} uses a real engine: mark it engine")
+            item.add_marker(pytest.mark.unit)

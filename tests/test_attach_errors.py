@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -16,15 +15,12 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from profiler.attach.kv_events import KvEventsConfigError, connectable, parse_endpoint_arg
+from tests.support.ports import free_port
 
 KVSCOPE = str(Path(sys.executable).parent / "kvscope")
 """The installed console script (``python -m profiler.cli`` would duplicate its classes)."""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def other_exporter_text() -> bytes:

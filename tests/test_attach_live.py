@@ -25,13 +25,15 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from profiler import thresholds as th
-from profiler.attach.derive import kv_event_summary
+from profiler.analysis.diagnosis import diagnose
+from profiler.analysis.diagnosis import thresholds as th
+from profiler.analysis.kv_events import kv_event_summary
+from profiler.analysis.whatif import analyse
 from profiler.attach.metrics import CounterTracker, parse_metrics
-from profiler.diagnosis import diagnose
-from profiler.reader import open_session
-from profiler.tinymodel import build_tiny_llama
-from profiler.whatif import analyse
+from profiler.session.reader import open_session
+from tests.support.tinymodel import build_tiny_llama
+
+pytestmark = pytest.mark.engine
 
 BLOCKS = 24
 MAX_TOKENS = 32

@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dashboard import charts as dashboard_charts
-from dashboard import derive, serve
-from dashboard.data import load_session
-from dashboard.reports import compute_report
-from dashboard.sources import ENV_UI_SESSIONS
+from dashboard import serve
+from dashboard.charts import panels as dashboard_charts
+from dashboard.data import derive
+from dashboard.data.reports import compute_report
+from dashboard.data.session import load_session
+from dashboard.data.sources import ENV_UI_SESSIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "dashboard" / "app.py"
@@ -233,7 +234,7 @@ def test_live_page_follows_a_session_being_written(app: Any, tmp_path: Path) -> 
     import sqlite3
     import time
 
-    from profiler.writer import SessionWriter
+    from profiler.session.writer import SessionWriter
 
     live = tmp_path / "growing.kvscope"
     shutil.copy(CPU, live)

@@ -9,12 +9,15 @@ import altair as alt
 import pandas as pd
 import pytest
 
-from bench.bench_dashboard import build_big_session
-from dashboard import charts, charts_kv, charts_memory, derive, replay
-from dashboard import charts_requests as cr
-from dashboard.data import SessionData, load_session
-from dashboard.downsample import minmax_frame
-from dashboard.steps import View
+from dashboard.charts import kv_cache as charts_kv
+from dashboard.charts import memory as charts_memory
+from dashboard.charts import panels as charts
+from dashboard.charts import requests as cr
+from dashboard.data import derive, replay
+from dashboard.data.downsample import minmax_frame
+from dashboard.data.session import SessionData, load_session
+from dashboard.data.steps import View
+from tests.support.big_session import build_big_session
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU_SESSION = ROOT / "sessions" / "kv_saturation.kvscope"

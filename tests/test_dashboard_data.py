@@ -11,14 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dashboard import compare, derive, replay
-from dashboard.data import file_signature, load_recent, load_session
-from dashboard.downsample import minmax_indices, rolling_ratio
-from dashboard.reports import compute_report
-from dashboard.sources import ENV_SESSIONS_DIR, ENV_UI_SESSIONS, discover_sessions
-from dashboard.steps import BASE_BUCKETS, View
-from profiler.schema import SessionFormatError
-from profiler.writer import SessionWriter
+from dashboard.data import compare, derive, replay
+from dashboard.data.downsample import minmax_indices, rolling_ratio
+from dashboard.data.reports import compute_report
+from dashboard.data.session import file_signature, load_recent, load_session
+from dashboard.data.sources import ENV_SESSIONS_DIR, ENV_UI_SESSIONS, discover_sessions
+from dashboard.data.steps import BASE_BUCKETS, View
+from profiler.errors import SessionFormatError
+from profiler.session.writer import SessionWriter
 
 ROOT = Path(__file__).resolve().parent.parent
 SESSIONS = ROOT / "sessions"

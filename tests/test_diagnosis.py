@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from profiler.diagnosis import Finding, diagnose
-from profiler.reader import open_session
-from profiler.whatif import analyse
-from tests import scenarios as sc
-from tests.conftest import kvscope
+from profiler.analysis.diagnosis import Finding, diagnose
+from profiler.analysis.whatif import analyse
+from profiler.session.reader import open_session
+from tests.support import scenarios as sc
+from tests.support.engine import kvscope
+
+pytestmark = pytest.mark.engine
 
 GPU_CODES = {"OOM_RUNTIME", "GPU_MEMORY_PRESSURE"}
 

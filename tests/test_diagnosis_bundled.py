@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from profiler.diagnosis import Finding, diagnose
-from profiler.reader import open_session
-from profiler.report import build_report
-from profiler.whatif import analyse
+from profiler.analysis.diagnosis import Finding, diagnose
+from profiler.analysis.report import build_report
+from profiler.analysis.whatif import analyse
+from profiler.session.reader import open_session
 
 SESSIONS = Path(__file__).resolve().parent.parent / "sessions"
 ALARMS = ("warning", "critical")

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from profiler.diagnosis import Finding, diagnose
-from profiler.reader import open_session
-from profiler.whatif import analyse, session_point
-from tests import scenarios as sc
+from profiler.analysis.diagnosis import Finding, diagnose
+from profiler.analysis.whatif import analyse, session_point
+from profiler.session.reader import open_session
+from tests.support import scenarios as sc
+
+pytestmark = pytest.mark.engine
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from profiler.reader import open_session
-from profiler.report import build_report
+from profiler.analysis.report import build_report
+from profiler.session.reader import open_session
 
 SESSIONS = Path(__file__).resolve().parent.parent / "sessions"
 GIB = 2**30
@@ -103,7 +103,7 @@ def test_h200_runtime_oom_records_cuda_error_and_foreign_process() -> None:
 def test_h200_allocator_fragmentation_is_diagnosed() -> None:
     """Real caching-allocator fragmentation on an H200, recorded by kvscope's own allocator and
     NVML collectors (bench/gpu_fragmentation.py: a torch process, no vLLM)."""
-    from profiler.diagnosis import diagnose
+    from profiler.analysis.diagnosis import diagnose
 
     s = _session("gpu_h200_fragmentation")
     alloc = s.table("allocator_samples")

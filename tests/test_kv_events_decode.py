@@ -154,7 +154,7 @@ def test_seq_frame_and_unknown_event_types() -> None:
 def test_summary_counts_the_gpu_tier_only_and_times_restores() -> None:
     import pandas as pd
 
-    from profiler.attach.derive import summarize_kv_events
+    from profiler.analysis.kv_events import summarize_kv_events
 
     def stored(h: int, medium: str) -> BlockStored:
         return BlockStored(block_hashes=[h], parent_block_hash=None, token_ids=[1] * 4,

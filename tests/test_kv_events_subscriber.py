@@ -3,7 +3,6 @@ gap filling through the replay socket, lost batches recorded as gaps, duplicates
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,17 +11,12 @@ import msgspec
 import pytest
 from vllm.distributed.kv_events import BlockRemoved, BlockStored, KVEventBatch, ZmqEventPublisher
 
-from profiler.attach.derive import kv_event_summary
+from profiler.analysis.kv_events import kv_event_summary
 from profiler.attach.kv_decode import KvBatch, decode_payload
 from profiler.attach.kv_events import KvEventSubscriber, KvSource
-from profiler.reader import open_session
-from profiler.writer import SessionWriter
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from profiler.session.reader import open_session
+from profiler.session.writer import SessionWriter
+from tests.support.ports import free_port
 
 
 def batch(i: int) -> KVEventBatch:

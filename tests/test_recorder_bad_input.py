@@ -7,9 +7,9 @@ import sqlite3
 import sys
 from pathlib import Path
 
-from profiler.schema import SCHEMA_VERSION
-from profiler.writer import SessionWriter
-from tests.conftest import kvscope
+from profiler.session.schema import SCHEMA_VERSION
+from profiler.session.writer import SessionWriter
+from tests.support.engine import kvscope
 
 
 def _small_session(path: Path) -> Path:

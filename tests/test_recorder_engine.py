@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, WORKLOAD, engine_env, engine_lock, kvscope
+from tests.support.engine import ROOT, WORKLOAD, engine_env, engine_lock, kvscope
+
+pytestmark = pytest.mark.engine
 
 PRESSURE = ["--blocks", "24", "--requests", "64", "--prefixes", "2", "--prefix-len", "600",
             "--max-tokens", "48"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,16 +14,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ROOT, engine_env, engine_lock, kvscope
-from tests.workload import prompts
+from tests.support.engine import ROOT, engine_env, engine_lock, kvscope
+from tests.support.ports import free_port
+from tests.support.workload import prompts
+
+pytestmark = pytest.mark.engine
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _counters(base: str) -> dict[str, float]:
@@ -52,7 +51,7 @@ def _wait_healthy(base: str, proc: subprocess.Popen, timeout_s: float = 300) -> 
 
 def test_serve_with_env_var_matches_server_counters(tiny_model: Path, tmp_path: Path) -> None:
     session = tmp_path / "serve.kvscope"
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_model),
            "--host", "127.0.0.1", "--port", str(port), "--num-gpu-blocks-override", "24",

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from profiler.diagnosis import diagnose
-from profiler.reader import open_session
-from profiler.schema import TABLES, SessionFormatError
-from profiler.writer import FLUSH_INTERVAL_S, SessionWriter
+from profiler.analysis.diagnosis import diagnose
+from profiler.errors import SessionFormatError
+from profiler.session.reader import open_session
+from profiler.session.schema import TABLES
+from profiler.session.writer import FLUSH_INTERVAL_S, SessionWriter
 
 
 def _step(i: int, engine_id: int = 1) -> tuple:
@@ -82,7 +83,7 @@ def test_kill9_loses_at_most_the_last_flush(tmp_path: Path) -> None:
 
 
 def test_every_table_documented_in_schema_md() -> None:
-    doc = (Path(__file__).resolve().parent.parent / "profiler" / "SCHEMA.md").read_text()
+    doc = (Path(__file__).resolve().parent.parent / "profiler" / "session" / "SCHEMA.md").read_text()
     for table, cols in TABLES.items():
         assert f"`{table}`" in doc, table
         for col in cols:

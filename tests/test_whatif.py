@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from dashboard.whatif_chart import curve_frame, marks_frame, whatif_chart
-from profiler.reader import open_session
-from profiler.whatif import analyse
-from tests import scenarios as sc
-from tests.conftest import ROOT, engine_env
+from dashboard.charts.whatif import curve_frame, marks_frame, whatif_chart
+from profiler.analysis.whatif import analyse
+from profiler.session.reader import open_session
+from tests.support import scenarios as sc
+from tests.support.engine import ROOT, engine_env
+
+pytestmark = pytest.mark.engine
 
 
 def kvscope(*args: str) -> subprocess.CompletedProcess[str]:

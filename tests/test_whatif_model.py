@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from profiler.whatif import AccessTrace, RequestAccess, miss_ratio_curve
+from profiler.analysis.whatif import AccessTrace, RequestAccess, miss_ratio_curve
 
 BS = 4
 

@@ -7,10 +7,12 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from profiler.reader import open_session
-from profiler.whatif import analyse
-from tests import scenarios as sc
-from tests.conftest import ROOT
+from profiler.analysis.whatif import analyse
+from profiler.session.reader import open_session
+from tests.support import scenarios as sc
+from tests.support.engine import ROOT
+
+pytestmark = pytest.mark.engine
 
 PAGE = str(ROOT / "dashboard" / "views" / "whatif.py")
 

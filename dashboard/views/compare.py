@@ -5,8 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, compare, state
-from dashboard.steps import View
+from dashboard import state
+from dashboard.charts import panels as charts
+from dashboard.data import compare
+from dashboard.data.steps import View
 
 BUCKETS = 500
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import charts_kv, derive, state
-from dashboard.steps import View
+from dashboard import state
+from dashboard.charts import kv_cache as charts_kv
+from dashboard.data import derive
+from dashboard.data.steps import View
 
 BUCKETS = 600
 

@@ -6,10 +6,12 @@ import time
 
 import streamlit as st
 
-from dashboard import charts, state
-from dashboard.data import load_recent
-from dashboard.sources import SessionSource
-from profiler.schema import SessionFormatError
+from dashboard import state
+from dashboard.charts import panels as charts
+from dashboard.data.session import load_recent
+from dashboard.data.sources import SessionSource
+from profiler import units
+from profiler.errors import SessionFormatError
 
 st.title("Live")
 src = state.current_source()
@@ -53,7 +55,7 @@ def live_panel(source: SessionSource, window_s: float) -> None:
     m[3].metric("Finished in window", f"{len(reqs):,}")
     fine = data.steps.fine
     last_kv = float(fine.sort_values("t_hi_s")["kv_usage_frac_max"].iloc[-1]) if not fine.empty else None
-    m[4].metric("KV usage (last bucket max)", state.fmt_pct(last_kv))
+    m[4].metric("KV usage (last bucket max)", units.fmt_pct(last_kv))
     b = fine
     state.show(charts.kv_usage_chart(b, view, data.num_blocks(), height=140), key="live-kv")
     state.show(charts.queue_chart(b, view, height=140), key="live-queue")

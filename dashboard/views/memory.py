@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import charts_memory, derive, state
-from dashboard.downsample import minmax_frame
-from dashboard.steps import View
+from dashboard import state
+from dashboard.charts import memory as charts_memory
+from dashboard.data import derive
+from dashboard.data.downsample import minmax_frame
+from dashboard.data.steps import View
 
 BUCKETS = 600
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, state
-from dashboard.steps import View
+from dashboard import state
+from dashboard.charts import panels as charts
+from dashboard.data.steps import View
+from profiler import units
 
 SEVERITY_ICON = {"critical": ":material/error:", "warning": ":material/warning:",
                  "info": ":material/info:"}
@@ -31,25 +33,25 @@ if data is not None:
     with cards:
         s, kv, pc, lat = rep["session"], rep["kv_cache"], rep["prefix_cache"], rep["latency_s"]
         c = st.columns(5)
-        c[0].metric("Duration", state.fmt_s(s["duration_s"]))
+        c[0].metric("Duration", units.fmt_s(s["duration_s"]))
         c[1].metric("Engine steps", f"{rep['steps']:,}")
         c[2].metric("Requests finished", f"{rep['requests_finished']:,}")
-        c[3].metric("Peak KV usage", state.fmt_pct(kv["peak_usage_frac"]))
-        c[4].metric("Mean KV usage", state.fmt_pct(kv["mean_usage_frac"]))
+        c[3].metric("Peak KV usage", units.fmt_pct(kv["peak_usage_frac"]))
+        c[4].metric("Mean KV usage", units.fmt_pct(kv["mean_usage_frac"]))
         c = st.columns(5)
         c[0].metric("Preemptions", "n/a" if rep["preemptions"] is None else f"{int(rep['preemptions']):,}")
-        c[1].metric("Prefix hit rate", state.fmt_pct(pc["hit_rate"]),
+        c[1].metric("Prefix hit rate", units.fmt_pct(pc["hit_rate"]),
                     help=f"{pc['hits_tokens']} of {pc['queries_tokens']} queried prompt tokens hit")
         if rep["gpus"]:
             g = max(rep["gpus"], key=lambda x: x["peak_used_bytes"] or 0)
             frac = (g["peak_used_bytes"] / g["total_bytes"]) if g["peak_used_bytes"] and g["total_bytes"] else None
-            c[2].metric("Peak GPU memory", state.fmt_gib(g["peak_used_bytes"]),
-                        delta=f"of {state.fmt_gib(g['total_bytes'])} ({state.fmt_pct(frac)})",
+            c[2].metric("Peak GPU memory", units.fmt_gib(g["peak_used_bytes"]),
+                        delta=f"of {units.fmt_gib(g['total_bytes'])} ({units.fmt_pct(frac)})",
                         delta_color="off")
         else:
             c[2].metric("Peak GPU memory", "—", help="not measured on this machine (no NVML)")
-        c[3].metric("TTFT p95", state.fmt_s(lat["ttft_p95"]))
-        c[4].metric("End-to-end p95", state.fmt_s(lat["e2e_p95"]))
+        c[3].metric("TTFT p95", units.fmt_s(lat["ttft_p95"]))
+        c[4].metric("End-to-end p95", units.fmt_s(lat["e2e_p95"]))
 
     st.subheader("Findings")
     if not findings:
@@ -98,7 +100,7 @@ if data is not None:
         st.caption("GPUs: not measured on this machine (no NVML).")
     else:
         gpus = data.gpus.assign(total_gib=data.gpus["total_bytes"] / 2**30)
-        st.table(gpus[["device_index", "name"]].assign(total=gpus["total_bytes"].map(state.fmt_gib)),
+        st.table(gpus[["device_index", "name"]].assign(total=gpus["total_bytes"].map(units.fmt_gib)),
                  hide_index=True)
         state.csv_download(gpus, f"{data.name}-gpus", "GPUs CSV")
     with st.expander(f"Events ({len(data.events)})"):

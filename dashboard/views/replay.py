@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import charts, replay, state
-from dashboard.steps import View
+from dashboard import state
+from dashboard.charts import panels as charts
+from dashboard.data import replay
+from dashboard.data.steps import View
+from profiler import units
 
 TICK_S = 0.5
 BUCKETS = 400
@@ -50,7 +53,7 @@ if data is not None:
         m[0].metric("Step time", "—" if cs.t_s is None else f"{cs.t_s:.4f} s", help="the engine step at or before the cursor")
         m[1].metric("Running", int(n.get("running", 0)), delta=_delta(cs, "running"))
         m[2].metric("Waiting", int(n.get("waiting", 0)), delta=_delta(cs, "waiting"), delta_color="inverse")
-        m[3].metric("KV usage", state.fmt_pct(n.get("kv_usage_frac")),
+        m[3].metric("KV usage", units.fmt_pct(n.get("kv_usage_frac")),
                     delta=_delta(cs, "kv_blocks_used", " blocks"), delta_color="off")
         m[4].metric("Preempted this step", int(n.get("preemptions", 0) or 0))
         mem = _memory_at(cursor)

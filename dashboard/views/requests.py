@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import charts_requests as cr
-from dashboard import derive, state
+from dashboard import state
+from dashboard.charts import requests as cr
+from dashboard.data import derive
 
 data = state.current_session()
 if data is not None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import charts, state
-from dashboard import timeline as tl
-from dashboard.steps import View
+from dashboard import state
+from dashboard.charts import panels as charts
+from dashboard.charts import timeline as tl
+from dashboard.data.steps import View
 
 data = state.current_session()
 if data is not None:

@@ -1,49 +1,28 @@
-"""Dashboard page: predicted prefix-cache hit rate at other KV cache sizes for the chosen session."""
+"""What if page: predicted prefix-cache hit rate at other KV cache sizes for the chosen session."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-from dashboard.whatif_chart import whatif_chart
-from profiler.reader import open_session
-from profiler.schema import SessionFormatError
-from profiler.whatif import WhatIf, analyse, predictions
+from dashboard import state
+from dashboard.charts.whatif import whatif_chart
+from dashboard.data.session import SessionData
+from profiler.analysis.whatif import predictions
 
 
-@st.cache_resource(max_entries=8, show_spinner="replaying the block-hash sequence…")
-def _analyse(path: str, size_bytes: int, mtime: float) -> WhatIf:
-    """One replay per session file version (size and mtime are part of the cache key)."""
-    session = open_session(path)
-    try:
-        return analyse(session)
-    finally:
-        session.close()
+def _default_sizes(actual: int | None) -> list[int]:
+    n = actual or 16
+    return sorted({max(n // 2, 1), n, n * 2, n * 4})
 
 
-def _signature(path: Path) -> tuple[str, int, float]:
-    size, mtime = 0, 0.0
-    for suffix in ("", "-wal"):
-        p = Path(f"{path}{suffix}")
-        if p.exists():
-            size += p.stat().st_size
-            mtime = max(mtime, p.stat().st_mtime)
-    return str(path.resolve()), size, mtime
-
-
-def render() -> None:
-    """Draw the page."""
+def render(data: SessionData) -> None:
+    """Draw the page for ``data``."""
     st.header("What-if: prefix-cache hit rate vs KV cache size")
-    path = st.session_state.get("session_path")
-    if not path:
-        st.info("Choose a session first.")
-        return
     try:
-        w = _analyse(*_signature(Path(path)))
-    except (ValueError, SessionFormatError) as exc:
-        st.warning(f"No what-if for this session: {exc}")
+        w = state.whatif(data)
+    except ValueError as exc:
+        st.info(f"No what-if for this session: {exc}")
         return
     a, c = w.actual, w.curve
     cols = st.columns(4)
@@ -64,7 +43,7 @@ def render() -> None:
     st.caption(how + " Red: the hit rate vLLM measured; blue: the model at the same size; "
                "green: every reuse hits.")
     text = st.text_input("predict at sizes (blocks, space separated)",
-                         " ".join(str(n) for n in _default_sizes(a.num_blocks)))
+                         " ".join(str(n) for n in _default_sizes(a.num_blocks)), key="whatif-sizes")
     try:
         sizes = [int(t) for t in text.split() if int(t) > 0]
     except ValueError:
@@ -79,10 +58,6 @@ def render() -> None:
                      f"({obj['blocks_for_90pct_of_max'] * c.block_size:,} tokens).")
 
 
-def _default_sizes(actual: int | None) -> list[int]:
-    n = actual or 16
-    return sorted({max(n // 2, 1), n, n * 2, n * 4})
-
-
-if __name__ == "__main__":
-    render()
+data = state.current_session()
+if data is not None:
+    render(data)

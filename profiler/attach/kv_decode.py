@@ -16,6 +16,8 @@ from typing import Any
 
 import msgspec
 
+from profiler.units import first_line
+
 _MASK64 = (1 << 64) - 1
 
 END_SEQ = -1
@@ -121,7 +123,7 @@ def decode_payload(seq: int, payload: bytes) -> KvBatch:
     try:
         batch = _batch_decoder.decode(payload)
     except (msgspec.MsgspecError, ValueError) as exc:  # ValueError: bad UTF-8 in a string
-        raise KvDecodeError(f"batch {seq}: not an EventBatch ({_first_line(exc)})") from exc
+        raise KvDecodeError(f"batch {seq}: not an EventBatch ({first_line(exc)})") from exc
     if not math.isfinite(batch.ts):
         raise KvDecodeError(f"batch {seq}: timestamp is not a finite number")
     events: list[KvEvent] = []
@@ -156,7 +158,7 @@ def _event(seq: int, raw: Any) -> KvEvent | None:
     try:
         ev = msgspec.convert(raw, target)
     except (msgspec.MsgspecError, ValueError) as exc:
-        raise KvDecodeError(f"batch {seq}: bad {tag} event ({_first_line(exc)})") from exc
+        raise KvDecodeError(f"batch {seq}: bad {tag} event ({first_line(exc)})") from exc
     if isinstance(ev, _ClearedMap | _ClearedArray):
         return KvEvent("cleared")
     hashes = tuple(fold_hash(h) for h in ev.block_hashes)
@@ -182,7 +184,3 @@ def event_rows(
             parent = h
     return rows
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text.splitlines()[0][:160]

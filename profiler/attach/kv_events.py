@@ -30,7 +30,7 @@ from profiler.attach.kv_decode import (
     event_rows,
 )
 from profiler.attach.metrics import FetchError, fetch_text
-from profiler.writer import SessionWriter
+from profiler.session.writer import SessionWriter
 
 POLL_S = 0.1
 """How long the subscriber waits for a frame before checking for stop."""

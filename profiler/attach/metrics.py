@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from profiler.units import first_line
+
 GAUGES: dict[str, tuple[str, ...]] = {
     "running": ("vllm:num_requests_running",),
     "waiting": ("vllm:num_requests_waiting",),
@@ -102,7 +104,7 @@ def parse_metrics(text: str, t_unix_s: float, url: str = "") -> Scrape:
                 families.setdefault(_base_name(s.name), []).append((s.name, s.labels, s.value))
     except Exception as exc:  # the parser raises ValueError/TypeError/IndexError on garbage
         raise NotVllmError(
-            f"{url or 'endpoint'}: /metrics is not Prometheus text ({_first_line(exc)}); "
+            f"{url or 'endpoint'}: /metrics is not Prometheus text ({first_line(exc)}); "
             "not a vLLM server?"
         ) from exc
     if not any(name.startswith("vllm:") for name in families):
@@ -147,10 +149,6 @@ def _base_name(sample_name: str) -> str:
             return sample_name[: -len(suffix)]
     return sample_name
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text.splitlines()[0][:160]
 
 
 @dataclass

@@ -17,14 +17,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from profiler.attach.gpu import (
-    ProcessWatcher,
-    is_local,
-    listening_pid,
-    start_gpu_sampling,
-    stop_gpu_sampling,
-    url_port,
-)
 from profiler.attach.kv_events import (
     KvEventsConfigError,
     KvEventSubscriber,
@@ -42,7 +34,15 @@ from profiler.attach.metrics import (
     fetch_text,
     parse_metrics,
 )
-from profiler.writer import SessionWriter, get_writer
+from profiler.attach.processes import (
+    ProcessWatcher,
+    is_local,
+    listening_pid,
+    start_gpu_sampling,
+    stop_gpu_sampling,
+    url_port,
+)
+from profiler.session.writer import SessionWriter, get_writer
 
 MAX_BACKOFF_S = 5.0
 """Longest wait between two retries of a failing server."""

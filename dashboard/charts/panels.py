@@ -1,0 +1,443 @@
+"""Altair chart builders for the time-based views: one function per chart, data already downsampled."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import altair as alt
+import pandas as pd
+import pyarrow as pa
+
+from dashboard.data import derive
+from dashboard.data.steps import View
+
+TIME_TITLE = "time since session start (s)"
+PANEL_HEIGHT = 150
+COLORS = {
+    "kv": "#4c78a8", "running": "#4c78a8", "waiting": "#f58518", "preempt": "#e45756",
+    "prompt": "#72b7b2", "generation": "#54a24b", "hit": "#b279a2", "rolling": "#7b3294",
+    "used": "#4c78a8", "total": "#333333", "cursor": "#d62728", "startup": "#dddddd",
+}
+ZOOM_PARAM = "zoom"
+"""Name of the navigator's interval selection (Streamlit returns it under this key)."""
+
+
+def time_x(view: View, title: str | None = TIME_TITLE, labels: bool = True) -> alt.X:
+    """The shared time axis of every timeline panel, fixed to the view's range."""
+    return alt.X("t_s:Q", title=title, scale=alt.Scale(domain=[view.t0_s, view.t1_s], nice=False),
+                 axis=alt.Axis(labels=labels, grid=True, tickCount=10))
+
+
+Source = pd.DataFrame | alt.NamedData
+"""What a panel draws from: its frame inline, or a named dataset that carries it."""
+
+
+@dataclass
+class Panel:
+    """A chart split into its data and its drawing.
+
+    ``frames`` are the rows it shows; ``draw`` builds the chart from one data source per frame
+    (the frames themselves, or named datasets); ``shape`` is everything besides the rows that the
+    drawn spec depends on. Two panels of equal shape draw the same spec from the same names, so
+    the Timeline builds its spec once and only swaps the rows on a zoom.
+    """
+
+    frames: dict[str, pd.DataFrame]
+    shape: tuple[Any, ...]
+    draw: Callable[[dict[str, Source]], alt.Chart | alt.LayerChart]
+
+    def chart(self) -> alt.Chart | alt.LayerChart:
+        """The chart with its data inline."""
+        return self.draw(dict(self.frames))
+
+
+def _empty_panel(text: str, view: View, height: int) -> Panel:
+    df = pd.DataFrame({"t_s": [(view.t0_s + view.t1_s) / 2], "y": [0.5], "text": [text]})
+
+    def draw(d: dict[str, Source]) -> alt.Chart:
+        return alt.Chart(d["note"]).mark_text(color="#888", fontSize=13).encode(
+            x=time_x(view), y=alt.Y("y:Q", axis=None, scale=alt.Scale(domain=[0, 1])), text="text:N"
+        ).properties(height=height)
+
+    return Panel({"note": df}, ("empty", text, height), draw)
+
+
+def _with_cursor(panel: Panel, cursor_s: float | None, view: View) -> Panel:
+    """The panel with a vertical rule at the replay cursor (unchanged when there is none)."""
+    if cursor_s is None:
+        return panel
+
+    def draw(d: dict[str, Source]) -> alt.LayerChart:
+        rule = alt.Chart(d["cursor"]).mark_rule(color=COLORS["cursor"], strokeWidth=2, clip=True).encode(
+            x=time_x(view), tooltip=["label:N"])
+        return alt.layer(panel.draw(d), rule)
+
+    cursor = pd.DataFrame({"t_s": [cursor_s], "label": ["replay cursor"]})
+    return Panel({**panel.frames, "cursor": cursor}, (*panel.shape, "cursor"), draw)
+
+
+def _multi_engine(df: pd.DataFrame) -> bool:
+    return "engine_id" in df and df["engine_id"].nunique() > 1
+
+
+def _engine_color(multi: bool, default: str) -> dict[str, object]:
+    """Color by engine only when the data holds more than one."""
+    if multi:
+        return {"color": alt.Color("engine_id:N", title="engine")}
+    return {"color": alt.value(default)}
+
+
+CAPACITY = pd.DataFrame({"value": [1.0]})
+
+
+def kv_usage_panel(buckets: pd.DataFrame, view: View, num_blocks: int | None = None,
+                   cursor_s: float | None = None, height: int = PANEL_HEIGHT) -> Panel:
+    """KV cache usage (% of blocks) per pixel bucket, with the 100 % capacity line."""
+    df = derive.kv_series(buckets)
+    if df.empty:
+        return _empty_panel("no engine steps in this range", view, height)
+    cap = f" of {num_blocks} blocks" if num_blocks else ""
+    multi = _multi_engine(df)
+
+    def draw(d: dict[str, Source]) -> alt.LayerChart:
+        line = alt.Chart(d["line"]).mark_line(interpolate="step-after", strokeWidth=1.5).encode(
+            x=time_x(view),
+            y=alt.Y("value:Q", title="KV usage", axis=alt.Axis(format="%"),
+                    scale=alt.Scale(domain=[0, 1.05])),
+            tooltip=[alt.Tooltip("t_s:Q", format=".3f", title="t (s)"),
+                     alt.Tooltip("value:Q", format=".1%", title="KV usage")],
+            **_engine_color(multi, COLORS["kv"]),
+        )
+        capacity = alt.Chart(d["capacity"]).mark_rule(
+            strokeDash=[4, 3], color=COLORS["total"]).encode(y="value:Q")
+        return alt.layer(line, capacity).properties(title=f"KV cache usage{cap}", height=height)
+
+    panel = Panel({"line": df, "capacity": CAPACITY}, ("kv", cap, multi, height), draw)
+    return _with_cursor(panel, cursor_s, view)
+
+
+def kv_usage_chart(buckets: pd.DataFrame, view: View, num_blocks: int | None = None,
+                   cursor_s: float | None = None, height: int = PANEL_HEIGHT) -> alt.Chart | alt.LayerChart:
+    """``kv_usage_panel`` with its data inline."""
+    return kv_usage_panel(buckets, view, num_blocks, cursor_s, height).chart()
+
+
+def queue_panel(buckets: pd.DataFrame, view: View, cursor_s: float | None = None,
+                height: int = PANEL_HEIGHT) -> Panel:
+    """Running and waiting requests per pixel bucket."""
+    df = derive.queue_series(buckets)
+    if df.empty:
+        return _empty_panel("no engine steps in this range", view, height)
+
+    def draw(d: dict[str, Source]) -> alt.Chart:
+        return alt.Chart(d["line"]).mark_line(interpolate="step-after", strokeWidth=1.5).encode(
+            x=time_x(view),
+            y=alt.Y("value:Q", title="requests"),
+            color=alt.Color("state:N", title=None,
+                            scale=alt.Scale(domain=["running", "waiting"],
+                                            range=[COLORS["running"], COLORS["waiting"]]),
+                            legend=alt.Legend(orient="top", direction="horizontal")),
+            detail="engine_id:N",
+            tooltip=[alt.Tooltip("t_s:Q", format=".3f", title="t (s)"), "state:N",
+                     alt.Tooltip("value:Q", title="requests")],
+        ).properties(title="Requests running and waiting", height=height)
+
+    return _with_cursor(Panel({"line": df}, ("queue", height), draw), cursor_s, view)
+
+
+def queue_chart(buckets: pd.DataFrame, view: View, cursor_s: float | None = None,
+                height: int = PANEL_HEIGHT) -> alt.Chart | alt.LayerChart:
+    """``queue_panel`` with its data inline."""
+    return queue_panel(buckets, view, cursor_s, height).chart()
+
+
+def preemption_panel(buckets: pd.DataFrame, view: View, cursor_s: float | None = None,
+                     height: int = PANEL_HEIGHT, smooth_s: float = 0.0) -> Panel:
+    """Preemptions per second (area, averaged over ``smooth_s``) with a tick at every bucket that
+    preempted."""
+    rate = derive.rate_series(buckets, view, {"preemptions": "preemptions/s"}, smooth_s)
+    if rate.empty:
+        return _empty_panel("no engine steps in this range", view, height)
+
+    def draw(d: dict[str, Source]) -> alt.LayerChart:
+        area = alt.Chart(d["rate"]).mark_area(interpolate="step", color=COLORS["preempt"],
+                                              opacity=0.5).encode(
+            x=time_x(view), y=alt.Y("per_s:Q", title="preemptions / s", axis=alt.Axis(format=",.4~f")),
+            tooltip=[alt.Tooltip("t_s:Q", format=".3f", title="t (s)"),
+                     alt.Tooltip("per_s:Q", format=".1f", title="preemptions/s")],
+        )
+        ticks = alt.Chart(d["marks"]).mark_tick(color=COLORS["preempt"], thickness=2, size=10,
+                                                clip=True).encode(
+            x=time_x(view), y=alt.value(4),
+            tooltip=[alt.Tooltip("t_s:Q", format=".3f", title="t (s)"), "preemptions:Q"],
+        )
+        return alt.layer(area, ticks).properties(
+            title=f"Preemptions per second{_smooth_note(smooth_s)} (ticks mark the preempting steps)",
+            height=height)
+
+    panel = Panel({"rate": rate, "marks": derive.preemption_markers(buckets)},
+                  ("preempt", smooth_s, height), draw)
+    return _with_cursor(panel, cursor_s, view)
+
+
+def prefix_hit_panel(buckets: pd.DataFrame, view: View, rolling_s: float,
+                     cursor_s: float | None = None, height: int = PANEL_HEIGHT) -> Panel:
+    """Prefix-cache hit rate per bucket (points) and over a rolling window (line)."""
+    df = derive.hit_rate_series(buckets, view, rolling_s)
+    if df.empty:
+        return _empty_panel("no prefix-cache queries in this range", view, height)
+    names = tuple(dict.fromkeys(df["series"]))
+    first = df["series"] == names[0]
+
+    def draw(d: dict[str, Source]) -> alt.LayerChart:
+        def base(src: Source) -> alt.Chart:
+            return alt.Chart(src).encode(
+                x=time_x(view),
+                y=alt.Y("hit_rate_frac:Q", title="hit rate", axis=alt.Axis(format="%"),
+                        scale=alt.Scale(domain=[0, 1])),
+                color=alt.Color("series:N", title=None, scale=alt.Scale(
+                    domain=list(names), range=[COLORS["hit"], COLORS["rolling"]]),
+                    legend=alt.Legend(orient="top", direction="horizontal")),
+                tooltip=[alt.Tooltip("t_s:Q", format=".3f", title="t (s)"), "series:N",
+                         alt.Tooltip("hit_rate_frac:Q", format=".1%", title="hit rate"),
+                         alt.Tooltip("queries_tokens:Q", title="queried tokens")],
+            )
+        points = base(d["points"]).mark_circle(size=14, opacity=0.5)
+        line = base(d["rolling"]).mark_line(strokeWidth=2)
+        return alt.layer(points, line).properties(
+            title="Prefix-cache hit rate (tokens hit / tokens queried)", height=height)
+
+    panel = Panel({"points": df[first].reset_index(drop=True), "rolling": df[~first].reset_index(drop=True)},
+                  ("hit", names, height), draw)
+    return _with_cursor(panel, cursor_s, view)
+
+
+def _smooth_note(smooth_s: float) -> str:
+    return f", rolling {smooth_s:g} s" if smooth_s > 0 else ""
+
+
+def throughput_panel(buckets: pd.DataFrame, view: View, cursor_s: float | None = None,
+                     height: int = PANEL_HEIGHT, smooth_s: float = 0.0) -> Panel:
+    """Prompt and generation tokens per second (per pixel bucket, averaged over ``smooth_s``)."""
+    df = derive.rate_series(buckets, view, {"prompt_tokens": "prompt", "generation_tokens": "generation"},
+                            smooth_s)
+    if df.empty:
+        return _empty_panel("no engine steps in this range", view, height)
+
+    def draw(d: dict[str, Source]) -> alt.Chart:
+        return alt.Chart(d["line"]).mark_line(interpolate="step-after", strokeWidth=1.5).encode(
+            x=time_x(view),
+            y=alt.Y("per_s:Q", title="tokens / s"),
+            color=alt.Color("series:N", title=None, scale=alt.Scale(
+                domain=["prompt", "generation"], range=[COLORS["prompt"], COLORS["generation"]]),
+                legend=alt.Legend(orient="top", direction="horizontal")),
+            detail="engine_id:N",
+            tooltip=[alt.Tooltip("t_s:Q", format=".3f", title="t (s)"), "series:N",
+                     alt.Tooltip("per_s:Q", format=",.0f", title="tokens/s")],
+        ).properties(title=f"Throughput: prompt and generation tokens per second{_smooth_note(smooth_s)}",
+                     height=height)
+
+    return _with_cursor(Panel({"line": df}, ("tput", smooth_s, height), draw), cursor_s, view)
+
+
+def throughput_chart(buckets: pd.DataFrame, view: View, cursor_s: float | None = None,
+                     height: int = PANEL_HEIGHT, smooth_s: float = 0.0) -> alt.Chart | alt.LayerChart:
+    """``throughput_panel`` with its data inline."""
+    return throughput_panel(buckets, view, cursor_s, height, smooth_s).chart()
+
+
+GPU_PARTS = ["weights", "KV cache", "activations + other", "used (no start-up profile)"]
+
+
+def gpu_memory_panel(samples: pd.DataFrame, startup: pd.Series | None, total_bytes: float | None,
+                     view: View, title: str, cursor_s: float | None = None,
+                     height: int = PANEL_HEIGHT + 30) -> Panel:
+    """One device's NVML memory: stacked weights / KV cache / activations+other, and the total."""
+    df = derive.gpu_breakdown(samples, startup)
+    if df.empty:
+        return _empty_panel("no NVML samples in this range", view, height)
+    df = df.assign(part_order=df["part"].map({p: i for i, p in enumerate(GPU_PARTS)}))
+    total = pd.DataFrame({"gib": [total_bytes / derive.GIB]}) if total_bytes else None
+
+    def draw(d: dict[str, Source]) -> alt.LayerChart:
+        area = alt.Chart(d["used"]).mark_area(interpolate="step-after", opacity=0.85).encode(
+            x=time_x(view),
+            y=alt.Y("gib:Q", title="GiB", stack="zero"),
+            color=alt.Color("part:N", title=None, sort=GPU_PARTS, scale=alt.Scale(
+                domain=GPU_PARTS, range=["#9ecae9", "#4c78a8", "#f58518", "#4c78a8"]),
+                legend=alt.Legend(orient="top", direction="horizontal")),
+            order=alt.Order("part_order:Q"),
+            tooltip=[alt.Tooltip("t_s:Q", format=".2f", title="t (s)"), "part:N",
+                     alt.Tooltip("gib:Q", format=".2f", title="GiB")],
+        )
+        layers: list[alt.Chart] = [area]
+        if "total" in d:
+            layers.append(alt.Chart(d["total"]).mark_rule(strokeDash=[5, 3], color=COLORS["total"]).encode(
+                y="gib:Q", tooltip=[alt.Tooltip("gib:Q", format=".1f", title="device total GiB")]))
+        return alt.layer(*layers).properties(title=title, height=height)
+
+    frames = {"used": df} | ({"total": total} if total is not None else {})
+    panel = Panel(frames, ("gpu", title, total is not None, height), draw)
+    return _with_cursor(panel, cursor_s, view)
+
+
+def navigator_panel(buckets: pd.DataFrame, whole: View, zoom: tuple[float, float] | None,
+                    startup_end_s: float | None, view: View | None = None) -> Panel:
+    """Whole-session strip (peak KV usage per bucket) with a brush: drag to choose the range every
+    panel shows. ``zoom`` is the brush's initial range (None: no brush yet); ``view`` is shaded as
+    the range the panels show."""
+    if buckets.empty:
+        df = pd.DataFrame({"t_s": [whole.t0_s, whole.t1_s], "kv": [0.0, 0.0]})
+    else:
+        df = pd.DataFrame({"t_s": buckets["t_lo_s"], "kv": buckets["kv_usage_frac_max"]})
+    frames = {"kv": df}
+    if startup_end_s is not None and startup_end_s > whole.t0_s:
+        frames["startup"] = pd.DataFrame({"t_s": [whole.t0_s], "t_end_s": [startup_end_s],
+                                          "label": ["engine start-up"]})
+    if view is not None:
+        frames["here"] = pd.DataFrame({"t_s": [view.t0_s], "t_end_s": [view.t1_s],
+                                       "label": ["range shown below"]})
+    value = (float(zoom[0]), float(zoom[1])) if zoom is not None else None
+
+    def draw(d: dict[str, Source]) -> alt.LayerChart:
+        if value is not None:
+            brush = alt.selection_interval(name=ZOOM_PARAM, encodings=["x"], value={"x": list(value)})
+        else:
+            brush = alt.selection_interval(name=ZOOM_PARAM, encodings=["x"])
+        layers: list[alt.Chart] = []
+        if "startup" in d:
+            layers.append(alt.Chart(d["startup"]).mark_rect(color=COLORS["startup"], opacity=0.6).encode(
+                x=time_x(whole, title=None), x2="t_end_s:Q", tooltip=["label:N"]))
+        layers.append(alt.Chart(d["kv"]).mark_area(interpolate="step-after", color=COLORS["kv"],
+                                                   opacity=0.7).encode(
+            x=time_x(whole, title=None),
+            y=alt.Y("kv:Q", title="KV", axis=alt.Axis(format="%", tickCount=2),
+                    scale=alt.Scale(domain=[0, 1])),
+        ).add_params(brush))
+        if "here" in d:  # on top of the area, so the shown range stays visible under any brush
+            layers.append(alt.Chart(d["here"]).mark_rect(color="#f58518", opacity=0.3).encode(
+                x=time_x(whole, title=None), x2="t_end_s:Q", tooltip=["label:N"]))
+        title = alt.TitleParams("Whole session (peak KV usage): drag to zoom every panel, double-click "
+                                "to reset", fontSize=12, fontWeight="normal", color="#555")
+        return alt.layer(*layers).properties(height=60, title=title)
+
+    return Panel(frames, ("nav", whole.t0_s, whole.t1_s, value, tuple(frames)), draw)
+
+
+def compare_chart(df: pd.DataFrame, value: str, title: str, y_title: str, fmt: str | None = None,
+                  height: int = 180) -> alt.Chart:
+    """Two sessions' series on time from their own start, colored by session."""
+    axis = alt.Axis(format=fmt) if fmt else alt.Axis()
+    return alt.Chart(df).mark_line(interpolate="step-after", strokeWidth=1.5).encode(
+        x=alt.X("t_s:Q", title="time since first engine step (s)"),
+        y=alt.Y(f"{value}:Q", title=y_title, axis=axis),
+        color=alt.Color("session:N", title=None, legend=alt.Legend(orient="top", labelLimit=400),
+                        scale=alt.Scale(range=["#4c78a8", "#f58518"])),
+        tooltip=["session:N", alt.Tooltip("t_s:Q", format=".2f", title="t (s)"),
+                 alt.Tooltip(f"{value}:Q", format=fmt or ",.2f", title=y_title)],
+    ).properties(title=title, height=height)
+
+
+def _bind_x_to_brush(chart: alt.Chart | alt.LayerChart) -> alt.Chart | alt.LayerChart:
+    """Make a panel's time axis follow the navigator brush (zoom without a round trip); in place."""
+    layers = chart.layer if isinstance(chart, alt.LayerChart) else [chart]
+    for layer in layers:
+        x = layer.encoding.x if layer.encoding is not alt.Undefined else alt.Undefined
+        if isinstance(x, alt.X):
+            x.scale = alt.Scale(domain={"param": ZOOM_PARAM, "encoding": "x"}, nice=False)
+        elif isinstance(layer, alt.LayerChart):
+            _bind_x_to_brush(layer)
+    return chart
+
+
+@dataclass
+class LinkedTimeline:
+    """The Timeline as one Vega-Lite view: navigator + panels, data in fixed-name datasets.
+
+    The spec depends only on the panels' shapes, so it is built once and reused: a zoom changes
+    the datasets only, and Streamlit swaps them into the live chart instead of rebuilding it.
+    """
+
+    template: dict[str, Any]
+    datasets: dict[str, pd.DataFrame]
+
+    def spec(self) -> dict[str, Any]:
+        """The Vega-Lite spec with the datasets attached as Arrow IPC bytes, which
+        ``st.vega_lite_chart`` passes through as they are."""
+        spec = copy.deepcopy(self.template)
+        spec["datasets"] = {name: arrow_ipc(df) for name, df in self.datasets.items()}
+        return spec
+
+    def rows(self) -> int:
+        """Rows sent to the browser in all datasets together."""
+        return sum(len(d) for d in self.datasets.values())
+
+
+def arrow_ipc(df: pd.DataFrame) -> bytes:
+    """A frame as Arrow IPC stream bytes, converted on this thread.
+
+    pyarrow's default conversion starts a thread pool per frame once it has a few hundred rows,
+    which costs more than the conversion itself for the Timeline's small frames.
+    """
+    table = pa.Table.from_pandas(df, preserve_index=False, nthreads=1)
+    sink = pa.BufferOutputStream()
+    with pa.RecordBatchStreamWriter(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+_TEMPLATES: dict[tuple[Any, ...], dict[str, Any]] = {}
+TEMPLATES_MAX = 32
+"""Timeline specs remembered per shape (a zoom reuses the one it had)."""
+
+
+def linked_timeline(navigator: Panel, panels: list[Panel], view: View) -> LinkedTimeline:
+    """The navigator and the panels stacked in one view: brushing the navigator zooms every panel
+    at once in the browser, while the server re-reads the new range at full resolution."""
+    anchor = pd.DataFrame({"t_s": [view.t0_s, view.t1_s]})
+    datasets = {f"nav_{k}": v for k, v in navigator.frames.items()}
+    for i, p in enumerate(panels):
+        datasets |= {f"panel{i}_{k}": v for k, v in p.frames.items()}
+        # An invisible point at each end of the view: with no brush, the axis spans the view.
+        datasets[f"panel{i}_anchor"] = anchor
+    key = (navigator.shape, tuple(p.shape for p in panels))
+    template = _TEMPLATES.get(key)
+    if template is None:
+        template = _timeline_template(navigator, panels, view)
+        while len(_TEMPLATES) >= TEMPLATES_MAX:
+            _TEMPLATES.pop(next(iter(_TEMPLATES)))
+        _TEMPLATES[key] = template
+    return LinkedTimeline(template, datasets)
+
+
+def _named(prefix: str, panel: Panel) -> dict[str, Source]:
+    return {k: alt.NamedData(name=f"{prefix}_{k}") for k in panel.frames}
+
+
+def _timeline_template(navigator: Panel, panels: list[Panel], view: View) -> dict[str, Any]:
+    nav = navigator.draw(_named("nav", navigator))
+    bound = []
+    for i, p in enumerate(panels):
+        chart = p.draw(_named(f"panel{i}", p))
+        anchor = alt.Chart(alt.NamedData(name=f"panel{i}_anchor")).mark_point(opacity=0).encode(
+            x=time_x(view))
+        if isinstance(chart, alt.LayerChart):
+            chart.layer = [*chart.layer, anchor]
+        else:
+            chart = alt.layer(chart, anchor)
+        bound.append(_bind_x_to_brush(chart))
+    chart = alt.vconcat(nav, *bound, spacing=22).resolve_scale(
+        x="independent", color="independent").configure_axisY(minExtent=58)
+    # The builders' output is validated in the tests; the template is built once per shape.
+    spec = chart.to_dict(validate=False)
+    view_cfg = spec.get("config", {}).get("view", {})
+    view_cfg.pop("continuousWidth", None)
+    view_cfg.pop("continuousHeight", None)
+    # Fit the stacked panels to the page width (Streamlit leaves nested layers unfitted).
+    spec["autosize"] = {"type": "fit-x", "contains": "padding"}
+    # No ARIA attributes per point: thousands of them slow every redraw (axes keep theirs).
+    spec.setdefault("config", {}).setdefault("mark", {})["aria"] = False
+    return spec

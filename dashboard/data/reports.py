@@ -1,0 +1,50 @@
+"""What the profiler's analysis says about a session (report + diagnosis, what-if, KV events),
+computed once per file version and remembered in this process (``FileMemo``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from dashboard.data.session import FileMemo
+from profiler.analysis.diagnosis import diagnose
+from profiler.analysis.kv_events import KvEventSummary, kv_event_summary
+from profiler.analysis.report import build_report
+from profiler.analysis.whatif import WhatIf, analyse
+from profiler.session.reader import open_session
+
+Report = tuple[dict[str, Any], list[dict[str, Any]]]
+
+
+def compute_report(path: str | Path) -> Report:
+    """``profiler.analysis.report.build_report`` of a session plus its diagnosis findings (as dicts)."""
+    session = open_session(path)
+    try:
+        findings = [f.as_dict() for f in diagnose(session)]
+        return build_report(session, findings=findings), findings
+    finally:
+        session.close()
+
+
+def compute_whatif(path: str | Path) -> WhatIf:
+    """The what-if model of the session's busiest engine; ValueError when it has no trace."""
+    session = open_session(path)
+    try:
+        return analyse(session)
+    finally:
+        session.close()
+
+
+def compute_kv_events(path: str | Path) -> KvEventSummary:
+    """Resident blocks, evictions and re-stores derived from the session's KV events."""
+    session = open_session(path)
+    try:
+        return kv_event_summary(session)
+    finally:
+        session.close()
+
+
+report_memo = FileMemo(compute_report)
+"""``compute_report`` remembered per (path, size, mtime) in this process (filled at start)."""
+whatif_memo = FileMemo(compute_whatif)
+kv_events_memo = FileMemo(compute_kv_events)

@@ -1,0 +1,135 @@
+"""``kvscope report``: the session's key numbers as the documented JSON object or a short text.
+
+Every number comes from the session; what the session did not measure is None (``null``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from profiler.session.reader import Session
+from profiler.units import finite_or_none, fmt, fmt_gib, percentile
+
+REPORT_VERSION = 1
+
+
+_STEP_TOTALS = """
+SELECT COUNT(running), SUM(preemptions), SUM(prefix_queries_tokens), SUM(prefix_hits_tokens),
+       SUM(preempted_prefix_queries_tokens), SUM(preempted_prefix_hits_tokens),
+       MAX(CASE WHEN running IS NOT NULL THEN kv_usage_frac END),
+       AVG(CASE WHEN running IS NOT NULL THEN kv_usage_frac END), SUM(finished)
+FROM steps
+"""
+"""One scan of ``steps`` in SQLite: a 1M-step session never has to become a DataFrame here."""
+
+
+def build_report(session: Session, findings: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The ``kvscope report --json`` object (see README / issue spec for the key list)."""
+    meta = session.meta()
+    engines = session.table("engines")
+    requests = session.table("requests")
+    start, end = session.bounds()
+    eng = engines.iloc[0] if not engines.empty else None
+    steps_n, pre, pq, ph, ppq, pph, kv_peak, kv_mean, finished = session.rows(_STEP_TOTALS)[0]
+    startup = session.table("startup_memory")
+    mem = startup.iloc[0] if not startup.empty else None
+    engine = {
+        k: (finite_or_none(eng[k]) if eng is not None else None)
+        for k in ("block_size", "num_gpu_blocks", "enable_prefix_caching", "max_num_seqs",
+                  "max_model_len", "gpu_memory_utilization")
+    }
+    if engine["enable_prefix_caching"] is not None:
+        engine["enable_prefix_caching"] = bool(engine["enable_prefix_caching"])
+    return {
+        "kvscope_report": REPORT_VERSION,
+        "session": {
+            "path": str(session.path),
+            "vllm_version": meta.get("vllm_version") or (finite_or_none(eng["vllm_version"]) if eng is not None else None),
+            "model": meta.get("model") or (finite_or_none(eng["model"]) if eng is not None else None),
+            "started_at_unix_s": finite_or_none(start),
+            "duration_s": finite_or_none(end - start) if start is not None and end is not None else None,
+            "complete": meta.get("ended_unix_s") is not None and not meta.get("incomplete_reason"),
+        },
+        "engine": engine,
+        "engines": int(len(engines)),
+        "steps": int(steps_n),
+        "preemptions": pre,
+        "requests_finished": int(len(requests)) if not requests.empty or finished is None else int(finished),
+        "prefix_cache": {
+            "queries_tokens": pq,
+            "hits_tokens": ph,
+            "hit_rate": (ph / pq) if pq else None,
+            "preempted_queries_tokens": ppq,
+            "preempted_hits_tokens": pph,
+        },
+        "kv_cache": {"peak_usage_frac": kv_peak, "mean_usage_frac": kv_mean},
+        "memory": {
+            k: (finite_or_none(mem[k]) if mem is not None else None)
+            for k in ("weights_bytes", "kv_cache_bytes", "activation_peak_bytes",
+                      "non_torch_bytes", "cuda_graph_bytes")
+        },
+        "gpus": _gpus(session),
+        "latency_s": {
+            f"{name}_p{int(q * 100)}": percentile(requests[col], q) if not requests.empty else None
+            for name, col in (("ttft", "ttft_s"), ("e2e", "e2e_s"))
+            for q in (0.5, 0.95, 0.99)
+        },
+        "events": _event_counts(session),
+        "findings": findings or [],
+    }
+
+
+def _gpus(session: Session) -> list[dict[str, Any]]:
+    gpus = session.table("gpus").drop_duplicates("device_index")
+    out = []
+    for _, g in gpus.iterrows():
+        peak = session.scalar(
+            "SELECT MAX(used_bytes) FROM gpu_samples WHERE device_index = ?", (int(g["device_index"]),)
+        )
+        out.append({"index": int(g["device_index"]), "name": g["name"],
+                    "total_bytes": finite_or_none(g["total_bytes"]), "peak_used_bytes": finite_or_none(peak)})
+    return out
+
+
+def _event_counts(session: Session) -> dict[str, int]:
+    rows = session.conn.execute("SELECT kind, COUNT(*) FROM events GROUP BY kind").fetchall()
+    return {k: int(n) for k, n in rows}
+
+
+def format_text(report: dict[str, Any]) -> str:
+    """Human summary of a report dict."""
+    s, e, pc, kv = report["session"], report["engine"], report["prefix_cache"], report["kv_cache"]
+    lines = [
+        f"session   {s['path']}  ({'complete' if s['complete'] else 'INCOMPLETE: recording was cut off'})",
+        f"vLLM      {s['vllm_version']}   model {s['model']}",
+        f"duration  {fmt(s['duration_s'], '{:.1f} s')}   steps {report['steps']}   "
+        f"requests finished {report['requests_finished']}",
+        f"KV cache  {e['num_gpu_blocks']} blocks x {e['block_size']} tokens   "
+        f"peak {fmt(kv['peak_usage_frac'], '{:.0%}')}  mean {fmt(kv['mean_usage_frac'], '{:.0%}')}",
+        f"preempt   {report['preemptions']}",
+        f"prefix    hit rate {fmt(pc['hit_rate'], '{:.1%}')} "
+        f"({pc['hits_tokens']} of {pc['queries_tokens']} tokens)",
+    ]
+    m = report["memory"]
+    if any(v is not None for v in m.values()):
+        lines.append(
+            f"memory    weights {fmt_gib(m['weights_bytes'])}, KV {fmt_gib(m['kv_cache_bytes'])}, "
+            f"activations {fmt_gib(m['activation_peak_bytes'])}, non-torch {fmt_gib(m['non_torch_bytes'])}, "
+            f"CUDA graphs {fmt_gib(m['cuda_graph_bytes'])}"
+        )
+    for g in report["gpus"]:
+        lines.append(f"GPU {g['index']}     {g['name']}: peak {fmt_gib(g['peak_used_bytes'])} of {fmt_gib(g['total_bytes'])}")
+    lat = report["latency_s"]
+    lines.append(
+        f"latency   TTFT p50/p95/p99 {fmt(lat['ttft_p50'], '{:.3f}')}/{fmt(lat['ttft_p95'], '{:.3f}')}/"
+        f"{fmt(lat['ttft_p99'], '{:.3f}')} s   e2e p50/p95/p99 {fmt(lat['e2e_p50'], '{:.3f}')}/"
+        f"{fmt(lat['e2e_p95'], '{:.3f}')}/{fmt(lat['e2e_p99'], '{:.3f}')} s"
+    )
+    if report["events"]:
+        lines.append("events    " + ", ".join(f"{k} {n}" for k, n in sorted(report["events"].items())))
+    for f in report["findings"]:
+        lines.append(f"[{f['severity'].upper()}] {f['code']}: {f['message']}")
+        if f.get("recommendation"):
+            lines.append(f"    -> {f['recommendation']}")
+    return "\n".join(lines)
+

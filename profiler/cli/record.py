@@ -1,0 +1,58 @@
+"""``kvscope record --session PATH -- COMMAND``: run a vLLM program with recording on."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from profiler.errors import UserError
+from profiler.recorder import context
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``kvscope record``."""
+    r = sub.add_parser("record", help="run a vLLM program and record every engine it creates")
+    r.add_argument("--session", required=True, help="session file to write (SQLite)")
+    r.add_argument("--nvml-interval-ms", type=int, default=None, help="GPU sampling period (default 100)")
+    r.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+    r.set_defaults(func=cmd_record)
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    """Run COMMAND with recording on; exit with its exit code."""
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise UserError("nothing to run: kvscope record --session PATH -- COMMAND [ARGS...]")
+    path = Path(args.session).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.environ[context.ENV_SESSION] = str(path)
+    os.environ.pop(context.ENV_OWNER_PID, None)
+    if args.nvml_interval_ms is not None:
+        os.environ[context.ENV_NVML_INTERVAL_MS] = str(args.nvml_interval_ms)
+    w = context.writer()
+    assert w is not None
+    context.claim_owner(command)
+    context.register_process("recorder")
+    try:
+        child = subprocess.Popen(command)
+    except OSError as exc:
+        w.event("error", f"could not start {command[0]}: {exc}")
+        context.finish_session(w, exit_code=127)
+        raise UserError(f"could not start {command[0]}: {exc.strerror or exc}") from exc
+
+    def forward(signum: int, _frame: object) -> None:
+        child.send_signal(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, forward)
+    code = child.wait()
+    if code != 0:
+        w.event("exit", f"recorded program exited with code {code}", exit_code=code)
+    context.finish_session(w, exit_code=code)
+    return code if code >= 0 else 128 - code

@@ -1,0 +1,15 @@
+"""The errors kvscope reports to a user as one line (``kvscope: ...``, exit 2); anything else is a bug."""
+
+from __future__ import annotations
+
+
+class KvscopeError(Exception):
+    """A problem the user can act on: printed as one line, never as a traceback."""
+
+
+class SessionFormatError(KvscopeError):
+    """The file is not a session this kvscope can read (or is damaged)."""
+
+
+class UserError(KvscopeError):
+    """A bad argument or an unreachable endpoint: the message says what to change."""

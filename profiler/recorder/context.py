@@ -1,0 +1,101 @@
+"""Process-wide recording context: which session, which process role, who owns the session.
+
+Every process of a recorded program (frontend, engine core, workers) finds the session through
+environment variables inherited from the process that started recording. The *owner* writes the
+session's start/end metadata and runs the NVML sampler; exactly one process claims it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import socket
+import sys
+import time
+
+from profiler.session.writer import SessionWriter, get_writer
+
+ENV_SESSION = "KVSCOPE_SESSION"
+"""Path of the session file; recording is on in any process that sees it."""
+ENV_OWNER_PID = "KVSCOPE_OWNER_PID"
+"""Pid of the process that owns the session (set once claimed, inherited by children)."""
+ENV_NVML_INTERVAL_MS = "KVSCOPE_NVML_INTERVAL_MS"
+"""NVML sampling period in milliseconds (default 100)."""
+ENV_ALLOCATOR_INTERVAL_MS = "KVSCOPE_ALLOCATOR_INTERVAL_MS"
+"""Worker allocator sampling period in milliseconds (default 100)."""
+
+DEFAULT_INTERVAL_MS = 100
+
+_registered_roles: set[tuple[str, int | None]] = set()
+os.register_at_fork(after_in_child=_registered_roles.clear)
+
+
+def session_path() -> str | None:
+    """The session file this process records into, or None when recording is off."""
+    return os.environ.get(ENV_SESSION) or None
+
+
+def writer() -> SessionWriter | None:
+    """This process's writer for the active session (None when recording is off)."""
+    path = session_path()
+    if path is None:
+        return None
+    return get_writer(path)
+
+
+def interval_s(env_name: str) -> float:
+    """A sampling period from the environment, in seconds (bad values fall back to the default)."""
+    try:
+        ms = float(os.environ.get(env_name, DEFAULT_INTERVAL_MS))
+    except ValueError:
+        ms = DEFAULT_INTERVAL_MS
+    return max(ms, 1.0) / 1000.0
+
+
+def register_process(role: str, rank: int | None = None, engine_id: int | None = None) -> None:
+    """Record that this pid plays ``role`` (frontend, engine_core, worker, recorder) once."""
+    w = writer()
+    if w is None or (role, rank) in _registered_roles:
+        return
+    _registered_roles.add((role, rank))
+    w.append("processes", (os.getpid(), role, rank, engine_id, socket.gethostname(), time.time()))
+
+
+def claim_owner(command: list[str] | None = None) -> bool:
+    """Become the session's owner unless another process already is; returns True if claimed.
+
+    The owner writes start metadata now, starts the NVML sampler, and marks the session complete
+    when this process exits normally.
+    """
+    w = writer()
+    if w is None or os.environ.get(ENV_OWNER_PID):
+        return False
+    os.environ[ENV_OWNER_PID] = str(os.getpid())
+    from profiler import __version__
+
+    w.set_meta_default(
+        started_unix_s=time.time(),
+        host=socket.gethostname(),
+        kvscope_version=__version__,
+        command=command if command is not None else list(sys.argv),
+    )
+    from profiler.recorder.nvml import start_nvml_sampler
+
+    start_nvml_sampler(w, interval_s(ENV_NVML_INTERVAL_MS))
+    atexit.register(finish_session, w)
+    return True
+
+
+def finish_session(w: SessionWriter, exit_code: int | None = None) -> None:
+    """Mark the session complete (owner only) and flush it; idempotent."""
+    if w.closed:
+        return
+    try:
+        from profiler.recorder.nvml import stop_nvml_sampler
+
+        stop_nvml_sampler()
+        w.flush()
+        w.set_meta(ended_unix_s=time.time(), exit_code=exit_code)
+        w.close()
+    except Exception as exc:  # never fail the user's exit
+        print(f"kvscope: could not finish session: {exc}", file=sys.stderr)

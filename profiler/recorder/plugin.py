@@ -1,0 +1,310 @@
+"""vLLM general-plugin entry point: installs kvscope's hooks in whichever vLLM process loads it.
+
+vLLM loads ``vllm.general_plugins`` in the frontend, the engine core and every worker. When
+KVSCOPE_SESSION is set, ``install`` wraps a few vLLM methods (names checked with getattr, so
+0.20–0.33 all work): engine construction in the frontend (adds the stat logger), KV-cache start-up
+and the busy loop in the engine core, device/memory/execute methods in workers. Wrappers only
+observe: they call the original, record, and re-raise whatever the original raised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from profiler.recorder import context, prompt_blocks
+from profiler.recorder.failures import observe_failures, record_failure
+
+_suppress_default_loggers = threading.local()
+
+
+def install() -> None:
+    """Entry point (``vllm.general_plugins``): patch what this process has, when recording is on."""
+    if context.session_path() is None:
+        return
+    try:
+        _patch_frontend()
+        _patch_engine_core()
+        _patch_worker_resolution()
+    except Exception as exc:  # a recorder bug must never stop the engine
+        w = context.writer()
+        if w is not None:
+            w.event("error", f"kvscope could not install its vLLM hooks: {exc!r}")
+
+
+def _patch(cls: type, name: str, make: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+    original = getattr(cls, name, None)
+    if original is None or getattr(original, "__kvscope__", False):
+        return
+    wrapped = make(original)
+    wrapped.__kvscope__ = True  # type: ignore[attr-defined]
+    setattr(cls, name, wrapped)
+
+
+# --- frontend -------------------------------------------------------------------------------
+
+
+def _called_from_engine_args() -> bool:
+    """True when vLLM loads plugins from ``vllm/engine/arg_utils.py`` (EngineArgs construction or
+    CLI parsing): this process is about to build an engine (a frontend), not an engine core or a
+    worker, which load plugins from their own start-up code."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_filename.replace("\\", "/").endswith("vllm/engine/arg_utils.py"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _patch_frontend() -> None:
+    if _called_from_engine_args():
+        # `vllm serve` imports AsyncLLM only after the config is built: import it now, so the class
+        # it constructs is the patched one.
+        import importlib
+
+        for name in ("vllm.v1.engine.async_llm", "vllm.v1.engine.llm_engine"):
+            with contextlib.suppress(ImportError):
+                importlib.import_module(name)
+    llm_engine = sys.modules.get("vllm.v1.engine.llm_engine")
+    async_llm = sys.modules.get("vllm.v1.engine.async_llm")
+    if llm_engine is None and async_llm is None:
+        return
+    if llm_engine is not None:
+        _patch(llm_engine.LLMEngine, "__init__", _wrap_engine_init)
+    if async_llm is not None:
+        _patch(async_llm.AsyncLLM, "__init__", _wrap_engine_init)
+    from vllm.v1.metrics import loggers, stats
+
+    _patch(loggers.StatLoggerManager, "__init__", _wrap_logger_manager_init)
+    _patch(stats.IterationStats, "update_from_finished_request", _wrap_finished_request)
+    output_processor = sys.modules.get("vllm.v1.engine.output_processor")
+    if output_processor is not None:
+        _patch(output_processor.OutputProcessor, "add_request", _wrap_add_request)
+
+
+def _wrap_engine_init(init: Callable[..., Any]) -> Callable[..., Any]:
+    sig = inspect.signature(init)
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        if context.session_path() is None:
+            return init(self, *args, **kwargs)
+        context.claim_owner()
+        context.register_process("frontend")
+        _record_vllm_version()
+        bound = sig.bind(self, *args, **kwargs)
+        user_log_stats = bound.arguments.get("log_stats", True)
+        if "log_stats" in sig.parameters:
+            bound.arguments["log_stats"] = True
+        if "stat_loggers" in sig.parameters:
+            from profiler.recorder.stat_logger import KvscopeStatLogger
+
+            loggers = list(bound.arguments.get("stat_loggers") or [])
+            loggers.append(KvscopeStatLogger)
+            bound.arguments["stat_loggers"] = loggers
+        vllm_config = bound.arguments.get("vllm_config")
+        w = context.writer()
+        if vllm_config is not None and w is not None:
+            from profiler.recorder.stat_logger import insert_pending_engine
+
+            insert_pending_engine(w, vllm_config)
+        # The user turned stats off: keep vLLM's own periodic log lines off too.
+        _suppress_default_loggers.on = not user_log_stats
+        try:
+            init(*bound.args, **bound.kwargs)
+        except BaseException as exc:
+            if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                record_failure(exc, "frontend: engine start-up")
+            raise
+        finally:
+            _suppress_default_loggers.on = False
+
+    return __init__
+
+
+def _record_vllm_version() -> None:
+    """Keep vLLM's version in the session even when no engine ever starts."""
+    w = context.writer()
+    version = getattr(sys.modules.get("vllm"), "__version__", None)
+    if w is not None and version is not None:
+        w.set_meta_default(vllm_version=str(version))
+
+
+def _wrap_logger_manager_init(init: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        suppress = getattr(_suppress_default_loggers, "on", False)
+        if suppress and "enable_default_loggers" in kwargs:
+            kwargs["enable_default_loggers"] = False
+        init(self, *args, **kwargs)
+        if suppress:
+            # vLLM always adds its Prometheus logger when stats are on; the program had them off,
+            # so nobody reads it, and its per-step histogram work is the bulk of stats overhead.
+            loggers = getattr(self, "stat_loggers", None)
+            if isinstance(loggers, list):
+                self.stat_loggers = [
+                    lg for lg in loggers if type(lg).__name__ != "PrometheusStatLogger"
+                ]
+
+    return __init__
+
+
+def _wrap_finished_request(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Keep each finished request's TTFT (frontend-measured) next to the iteration's stats."""
+    sig = inspect.signature(method)
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        out = method(self, *args, **kwargs)
+        try:
+            a = sig.bind(self, *args, **kwargs).arguments
+            ttft = getattr(a.get("req_stats"), "first_token_latency", None)
+            rid = a.get("request_id")
+            if ttft is not None and rid is not None:
+                if not hasattr(self, "_kvscope_ttft_s"):
+                    self._kvscope_ttft_s = {}
+                self._kvscope_ttft_s[rid] = ttft
+        except Exception:
+            pass
+        return out
+
+    return wrapper
+
+
+def _wrap_add_request(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Store the content hashes of each new request's full prompt blocks (for what-if)."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        out = method(self, request, *args, **kwargs)
+        try:
+            prompt_blocks.record_prompt_blocks(request)
+        except Exception:
+            pass
+        return out
+
+    return wrapper
+
+
+# --- engine core ----------------------------------------------------------------------------
+
+
+def _patch_engine_core() -> None:
+    core = sys.modules.get("vllm.v1.engine.core")
+    if core is None:
+        return
+    _patch(core.EngineCore, "_initialize_kv_caches", _wrap_initialize_kv_caches)
+    _patch(core.EngineCore, "reset_prefix_cache", _wrap_reset_prefix_cache)
+    proc = getattr(core, "EngineCoreProc", None)
+    if proc is not None:
+        _patch(proc, "run_busy_loop", lambda f: observe_failures(f, "engine core: busy loop"))
+
+
+def _wrap_initialize_kv_caches(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        context.register_process("engine_core")
+        try:
+            config = method(self, *args, **kwargs)
+        except BaseException as exc:
+            if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                record_failure(exc, "engine core: KV cache initialisation")
+            raise
+        _record_kv_cache_config(config)
+        return config
+
+    return wrapper
+
+
+def _record_kv_cache_config(config: Any) -> None:
+    """Store the KV cache the engine core allocated: blocks and bytes per block (per worker)."""
+    w = context.writer()
+    blocks = getattr(config, "num_blocks", None)
+    tensors = getattr(config, "kv_cache_tensors", None)
+    if w is None or not isinstance(blocks, int) or tensors is None:
+        return
+    try:
+        total_bytes = sum(int(t.size) for t in tensors)
+    except Exception:
+        return
+    per_block = total_bytes // blocks if blocks else None
+    w.event("kv_cache_config", f"KV cache: {blocks} blocks, {per_block} bytes per block per worker",
+            num_blocks=blocks, kv_cache_bytes=total_bytes, bytes_per_block=per_block)
+
+
+def _wrap_reset_prefix_cache(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        out = method(self, *args, **kwargs)
+        w = context.writer()
+        if w is not None:
+            w.event("prefix_cache_reset", "prefix cache reset requested", result=str(out))
+        return out
+
+    return wrapper
+
+
+# --- workers --------------------------------------------------------------------------------
+
+_WORKER_METHODS = {
+    "load_model": "worker: load_model",
+    "compile_or_warm_up_model": "worker: compile/warm-up (CUDA graphs)",
+    "initialize_from_config": "worker: KV cache allocation",
+    "execute_model": "worker: execute_model",
+    "sample_tokens": "worker: sample_tokens",
+}
+
+
+def _patch_worker_resolution() -> None:
+    """Wrap the worker class when vLLM resolves it by name (only worker processes do that)."""
+    worker_base = sys.modules.get("vllm.v1.worker.worker_base")
+    if worker_base is None or not hasattr(worker_base, "resolve_obj_by_qualname"):
+        return
+    resolve = worker_base.resolve_obj_by_qualname
+    if getattr(resolve, "__kvscope__", False):
+        return
+
+    @functools.wraps(resolve)
+    def resolve_and_patch(qualname: str) -> Any:
+        obj = resolve(qualname)
+        if isinstance(obj, type) and hasattr(obj, "determine_available_memory"):
+            patch_worker_class(obj)
+        return obj
+
+    resolve_and_patch.__kvscope__ = True  # type: ignore[attr-defined]
+    worker_base.resolve_obj_by_qualname = resolve_and_patch
+
+
+def patch_worker_class(cls: type) -> None:
+    """Wrap a worker class: role + allocator sampler at init_device, start-up memory, failures."""
+    from profiler.recorder import startup_memory
+
+    for name, where in _WORKER_METHODS.items():
+        _patch(cls, name, lambda f, where=where: observe_failures(f, where))
+    _patch(cls, "init_device", _wrap_init_device)
+    _patch(cls, "determine_available_memory", startup_memory.wrap_determine_available_memory)
+    startup_memory.capture_profiling_results()
+
+
+def _wrap_init_device(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            out = method(self, *args, **kwargs)
+        except BaseException as exc:
+            record_failure(exc, "worker: init_device")
+            raise
+        w = context.writer()
+        if w is not None:
+            context.register_process("worker", rank=getattr(self, "rank", None))
+            from profiler.recorder.allocator import start_allocator_sampler
+
+            start_allocator_sampler(w, context.interval_s(context.ENV_ALLOCATOR_INTERVAL_MS))
+        return out
+
+    return wrapper

@@ -1,0 +1,52 @@
+"""Prompt-block hashes for what-if: the chained content hash of each new request's full prompt
+blocks, stored against the engine the frontend's stat logger created last."""
+
+from __future__ import annotations
+
+import time
+from array import array
+from dataclasses import dataclass
+from typing import Any
+
+from profiler.recorder import context
+
+
+@dataclass
+class _Target:
+    engine_id: int | None = None
+    block_size: int | None = None
+    """None turns hashing off (no prefix caching, or no engine yet)."""
+
+
+_target = _Target()
+
+
+def set_target(engine_id: int | None, block_size: int | None) -> None:
+    """Hash new requests' prompts in blocks of ``block_size`` and store them for ``engine_id``."""
+    _target.engine_id = engine_id
+    _target.block_size = block_size
+
+
+def prompt_block_hashes(token_ids: list[int], block_size: int) -> array:
+    """Chained content hashes of the full blocks of ``token_ids`` (one int64 per block)."""
+    out = array("q")
+    h = 0
+    for start in range(0, len(token_ids) - block_size + 1, block_size):
+        h = hash((h, tuple(token_ids[start : start + block_size])))
+        out.append(h)
+    return out
+
+
+def record_prompt_blocks(request: Any) -> None:
+    """Append a ``prompt_blocks`` row for ``request`` (a vLLM EngineCoreRequest)."""
+    if _target.block_size is None:
+        return
+    ids = getattr(request, "prompt_token_ids", None)
+    w = context.writer()
+    if not ids or w is None:
+        return
+    hashes = prompt_block_hashes(list(ids), _target.block_size)
+    w.append(
+        "prompt_blocks",
+        (_target.engine_id, time.time(), getattr(request, "request_id", None), hashes.tobytes()),
+    )

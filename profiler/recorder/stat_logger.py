@@ -1,0 +1,204 @@
+"""vLLM stats collector: a StatLoggerBase that turns every engine step into session rows.
+
+vLLM calls ``record`` in the frontend process once per engine-core output batch. The fields of
+SchedulerStats / IterationStats / FinishedRequestStats are "not stable interfaces", so every read
+goes through getattr with a None default: a field a vLLM version lacks is stored as NULL.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from vllm.v1.metrics.loggers import StatLoggerBase
+
+from profiler.recorder import context, prompt_blocks
+
+"""Engine id of the most recently created engine in this process (for prompt-block rows)."""
+
+
+def _get(obj: Any, *names: str) -> Any:
+    for name in names:
+        obj = getattr(obj, name, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def _version() -> str | None:
+    try:
+        from vllm import __version__
+
+        return str(__version__)
+    except Exception:
+        return None
+
+
+def engine_row(vllm_config: Any, engine_index: int) -> dict[str, Any]:
+    """The static description of one engine, read defensively from its VllmConfig."""
+    cache = _get(vllm_config, "cache_config")
+    sched = _get(vllm_config, "scheduler_config")
+    model = _get(vllm_config, "model_config")
+    par = _get(vllm_config, "parallel_config")
+    prefix = _get(cache, "enable_prefix_caching")
+    name = _get(model, "served_model_name") or _get(model, "model")
+    if isinstance(name, list):  # served_model_name may list several aliases
+        name = name[0] if name else None
+    return {
+        "pid": os.getpid(),
+        "engine_index": engine_index,
+        "source": "inproc",
+        "created_unix_s": time.time(),
+        "vllm_version": _version(),
+        "model": name,
+        "block_size": _get(cache, "block_size"),
+        "num_gpu_blocks": _get(cache, "num_gpu_blocks"),
+        "gpu_memory_utilization": _get(cache, "gpu_memory_utilization"),
+        "enable_prefix_caching": None if prefix is None else int(bool(prefix)),
+        "max_num_seqs": _get(sched, "max_num_seqs"),
+        "max_num_batched_tokens": _get(sched, "max_num_batched_tokens"),
+        "max_model_len": _get(model, "max_model_len"),
+        "tensor_parallel_size": _get(par, "tensor_parallel_size"),
+        "pipeline_parallel_size": _get(par, "pipeline_parallel_size"),
+        "data_parallel_size": _get(par, "data_parallel_size"),
+        "kv_cache_dtype": str(_get(cache, "cache_dtype")),
+        "device": str(_get(vllm_config, "device_config", "device_type")),
+    }
+
+
+_pending_engine_id: int | None = None
+"""Row written for engine index 0 before its engine core started (see ``insert_pending_engine``)."""
+
+
+def insert_engine(writer: Any, row: dict[str, Any]) -> int | None:
+    """Insert one ``engines`` row; returns its engine_id."""
+    cols = ", ".join(row)
+    return writer.execute_now(
+        f"INSERT INTO engines ({cols}) VALUES ({', '.join('?' * len(row))})", tuple(row.values())
+    )
+
+
+def insert_pending_engine(writer: Any, vllm_config: Any) -> None:
+    """Describe the engine before it starts, so a start-up failure still has its config."""
+    global _pending_engine_id
+    _pending_engine_id = insert_engine(writer, engine_row(vllm_config, 0))
+
+
+def adopt_pending_engine(engine_index: int) -> int | None:
+    """The pending row's id for the first engine index-0 logger of this process (then cleared)."""
+    global _pending_engine_id
+    if engine_index != 0 or _pending_engine_id is None:
+        return None
+    engine_id, _pending_engine_id = _pending_engine_id, None
+    return engine_id
+
+
+def _name(value: Any) -> str | None:
+    if value is None:
+        return None
+    return getattr(value, "name", None) or str(value)
+
+
+class KvscopeStatLogger(StatLoggerBase):
+    """Writes one ``steps`` row per record() and one ``requests`` row per finished request."""
+
+    def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+        self.vllm_config = vllm_config
+        self.writer = context.writer()
+        self.engine_id: int | None = None
+        if self.writer is None:
+            return
+        row = engine_row(vllm_config, engine_index)
+        self.engine_id = adopt_pending_engine(engine_index)
+        if self.engine_id is None:
+            self.engine_id = insert_engine(self.writer, row)
+        else:
+            sets = ", ".join(f"{k} = ?" for k in row)
+            self.writer.execute_now(
+                f"UPDATE engines SET {sets} WHERE engine_id = ?", (*row.values(), self.engine_id)
+            )
+        prompt_blocks.set_target(
+            self.engine_id, row["block_size"] if row["enable_prefix_caching"] else None)
+        self.writer.set_meta_default(vllm_version=row["vllm_version"], model=row["model"])
+        context.register_process("frontend", engine_id=self.engine_id)
+
+    def record(self, scheduler_stats: Any, iteration_stats: Any, *args: Any, **kwargs: Any) -> None:
+        """Append this step's row; never raises into the engine."""
+        w = self.writer
+        if w is None:
+            return
+        try:
+            self._record(w, scheduler_stats, iteration_stats)
+        except Exception as exc:
+            w.event("error", f"kvscope could not read vLLM stats: {exc!r}", self.engine_id)
+            self.writer = None  # stop after the first failure rather than flood events
+
+    def _record(self, w: Any, s: Any, it: Any) -> None:
+        if s is None and it is None:
+            return
+        t = time.time()
+        running = waiting = kv = pq = ph = ppq = pph = None
+        if s is not None:
+            running = getattr(s, "num_running_reqs", None)
+            waiting = getattr(s, "num_waiting_reqs", None)
+            kv = getattr(s, "kv_cache_usage", None)
+            pcs = getattr(s, "prefix_cache_stats", None)
+            if pcs is not None:
+                pq = getattr(pcs, "queries", None)
+                ph = getattr(pcs, "hits", None)
+                ppq = getattr(pcs, "preempted_queries", None)
+                pph = getattr(pcs, "preempted_hits", None)
+                if getattr(pcs, "reset", False):
+                    w.event("prefix_cache_reset", "prefix cache was reset", self.engine_id)
+        pre = prompt = gen = fin = None
+        if it is not None:
+            pre = getattr(it, "num_preempted_reqs", None)
+            prompt = getattr(it, "num_prompt_tokens", None)
+            gen = getattr(it, "num_generation_tokens", None)
+            finished = getattr(it, "finished_requests", None) or ()
+            fin = len(finished)
+            if finished:
+                self._finished(w, it, finished)
+        w.append(
+            "steps",
+            (self.engine_id, t, running, waiting, kv, pq, ph, ppq, pph, pre, prompt, gen, fin, 0),
+        )
+        if running == 0 and waiting == 0:
+            # The engine just drained: make the run durable now, programs often exit right after.
+            w.flush()
+
+    def _finished(self, w: Any, it: Any, finished: Any) -> None:
+        ttfts: dict[str, float] = getattr(it, "_kvscope_ttft_s", None) or {}
+        now = time.time()
+        for f in finished:
+            rid = getattr(f, "request_id", None)
+            w.append(
+                "requests",
+                (
+                    self.engine_id, rid, now,
+                    getattr(f, "queued_time", None), getattr(f, "prefill_time", None),
+                    getattr(f, "decode_time", None), getattr(f, "inference_time", None),
+                    getattr(f, "e2e_latency", None), ttfts.get(rid) if rid is not None else None,
+                    getattr(f, "num_prompt_tokens", None), getattr(f, "num_generation_tokens", None),
+                    getattr(f, "num_cached_tokens", None), getattr(f, "num_preemptions", None),
+                    _name(getattr(f, "finish_reason", None)),
+                ),
+            )
+
+    def log_engine_initialized(self) -> None:
+        """Store the KV cache size the engine settled on and an ``engine_start`` event."""
+        if self.writer is None:
+            return
+        cache = _get(self.vllm_config, "cache_config")
+        blocks = _get(cache, "num_gpu_blocks")
+        self.writer.execute_now(
+            "UPDATE engines SET num_gpu_blocks = ?, block_size = ? WHERE engine_id = ?",
+            (blocks, _get(cache, "block_size"), self.engine_id),
+        )
+        self.writer.event(
+            "engine_start", f"engine ready: {blocks} KV blocks", self.engine_id, num_gpu_blocks=blocks
+        )
+
+    def log(self) -> None:
+        """vLLM's periodic log hook: kvscope writes continuously, nothing to do."""

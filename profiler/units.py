@@ -1,0 +1,93 @@
+"""Units and formatting in one place: every number kvscope shows or writes to JSON passes here.
+
+A value that was not measured is ``None`` in data and ``"n/a"`` on screen; NaN and ±Inf are never
+shown or emitted (``finite_or_none``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+NOT_MEASURED = "n/a"
+"""What a value that was not measured reads as on screen and in the text report."""
+
+GIB = 2**30
+MIB = 2**20
+KIB = 2**10
+
+
+def finite_or_none(value: Any) -> Any:
+    """JSON-safe scalar: numpy types to Python, NaN/±Inf to None; other values unchanged."""
+    if value is None:
+        return None
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        try:
+            value = value.item()
+        except (ValueError, TypeError):
+            return value
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def is_number(value: Any) -> bool:
+    """True for a finite int/float (bools excluded)."""
+    return (isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+            and math.isfinite(float(value)))
+
+
+def percentile(values: Iterable[Any], q: float) -> float | None:
+    """The ``q`` quantile (0..1, linear interpolation) of the finite values; None when there are none."""
+    arr = np.asarray([v for v in values if is_number(v)], dtype=np.float64)
+    return None if arr.size == 0 else float(np.quantile(arr, q))
+
+
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's text (its type name when it has none), at most ``limit`` chars."""
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:limit] if text.strip() else type(exc).__name__
+
+
+def gib(n_bytes: float | None) -> float | None:
+    """Bytes in GiB (None when unknown)."""
+    n_bytes = finite_or_none(n_bytes)
+    return None if n_bytes is None else n_bytes / GIB
+
+
+def fmt(value: Any, pattern: str) -> str:
+    """``pattern.format(value)``, or n/a when the value was not measured."""
+    value = finite_or_none(value)
+    return NOT_MEASURED if value is None else pattern.format(value)
+
+
+def fmt_bytes(n_bytes: float | None) -> str:
+    """``12.34 GiB`` (``MiB``/``KiB`` below 1 GiB/1 MiB; n/a when unknown)."""
+    n_bytes = finite_or_none(n_bytes)
+    if n_bytes is None:
+        return NOT_MEASURED
+    for unit, size in (("GiB", GIB), ("MiB", MIB)):
+        if abs(n_bytes) >= size:
+            return f"{n_bytes / size:.2f} {unit}"
+    return f"{n_bytes / KIB:.1f} KiB"
+
+
+def fmt_gib(n_bytes: float | None) -> str:
+    """Bytes as ``1,234.56 GiB`` (n/a when unknown)."""
+    return fmt(None if finite_or_none(n_bytes) is None else n_bytes / GIB, "{:,.2f} GiB")
+
+
+def fmt_pct(frac: float | None, digits: int = 1) -> str:
+    """A fraction as a percentage, ``12.3%`` (n/a when unknown)."""
+    return fmt(frac, f"{{:.{digits}%}}")
+
+
+def fmt_s(seconds: float | None) -> str:
+    """Seconds for display: ``12.3 ms`` below one second, else ``1.23 s`` (n/a when unknown)."""
+    seconds = finite_or_none(seconds)
+    if seconds is None:
+        return NOT_MEASURED
+    return f"{seconds * 1000:.1f} ms" if abs(seconds) < 1 else f"{seconds:,.2f} s"

@@ -1,0 +1,43 @@
+"""Running real vLLM programs under kvscope: one engine at a time, a clean environment, the CLI."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKLOAD = ROOT / "tests" / "support" / "workload.py"
+ENGINE_LOCK = "/tmp/kvscope-engine.lock"
+
+
+@contextmanager
+def engine_lock() -> Iterator[None]:
+    """Serialise real engines across concurrently running test processes (2-core machines)."""
+    with open(ENGINE_LOCK, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def engine_env(**extra: str) -> dict[str, str]:
+    """Environment for a child vLLM process: small CPU KV space, no leaked kvscope settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KVSCOPE_")}
+    env.update(VLLM_CPU_KVCACHE_SPACE="1", PYTHONUNBUFFERED="1")
+    env.update(extra)
+    return env
+
+
+def kvscope(*args: str, timeout_s: float = 600, env: dict[str, str] | None = None,
+            check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run the ``kvscope`` CLI of this checkout and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "profiler.cli", *args], capture_output=True, text=True,
+        timeout=timeout_s, env=env or engine_env(), cwd=ROOT, check=check,
+    )
