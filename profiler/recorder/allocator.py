@@ -11,6 +11,7 @@ import threading
 import time
 from typing import Any
 
+from profiler.session.rows import AllocatorSampleRow
 from profiler.session.writer import SessionWriter
 
 _started = False
@@ -59,11 +60,13 @@ def _run(writer: SessionWriter, device: int, period_s: float) -> None:
         time.sleep(period_s)
 
 
-def _row(pid: int, device: int, s: dict[str, Any]) -> tuple[Any, ...]:
-    return (
-        time.time(), pid, device,
-        s.get("allocated_bytes.all.current"), s.get("reserved_bytes.all.current"),
-        s.get("allocated_bytes.all.peak"), s.get("num_alloc_retries"), s.get("num_ooms"),
+def _row(pid: int, device: int, s: dict[str, Any]) -> AllocatorSampleRow:
+    return AllocatorSampleRow(
+        t_unix_s=time.time(), pid=pid, device_index=device,
+        allocated_bytes=s.get("allocated_bytes.all.current"),
+        reserved_bytes=s.get("reserved_bytes.all.current"),
+        peak_allocated_bytes=s.get("allocated_bytes.all.peak"),
+        alloc_retries=s.get("num_alloc_retries"), ooms=s.get("num_ooms"),
     )
 
 

@@ -13,6 +13,7 @@ import socket
 import sys
 import time
 
+from profiler.session.rows import ProcessRow
 from profiler.session.writer import SessionWriter, get_writer
 
 ENV_SESSION = "KVSCOPE_SESSION"
@@ -58,7 +59,8 @@ def register_process(role: str, rank: int | None = None, engine_id: int | None =
     if w is None or (role, rank) in _registered_roles:
         return
     _registered_roles.add((role, rank))
-    w.append("processes", (os.getpid(), role, rank, engine_id, socket.gethostname(), time.time()))
+    w.append("processes", ProcessRow(pid=os.getpid(), role=role, rank=rank, engine_id=engine_id,
+                                     host=socket.gethostname(), started_unix_s=time.time()))
 
 
 def claim_owner(command: list[str] | None = None) -> bool:

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from profiler.session.rows import GpuProcessSampleRow, GpuRow, GpuSampleRow
 from profiler.session.writer import SessionWriter
 
 
@@ -60,7 +61,8 @@ def start_nvml_sampler(writer: SessionWriter, period_s: float) -> bool:
         return False
     for i, h in enumerate(handles):
         mem = pynvml.nvmlDeviceGetMemoryInfo(h)
-        writer.append("gpus", (i, _text(pynvml.nvmlDeviceGetName(h)), _uuid(pynvml, h), mem.total))
+        writer.append("gpus", GpuRow(device_index=i, name=_text(pynvml.nvmlDeviceGetName(h)),
+                                     uuid=_uuid(pynvml, h), total_bytes=mem.total))
     _stop.clear()
     _thread = threading.Thread(
         target=_run, args=(writer, handles, period_s), name="kvscope-nvml", daemon=True
@@ -119,13 +121,14 @@ def _sample_once(
     now = time.time()
     for i, h in enumerate(handles):
         mem = pynvml.nvmlDeviceGetMemoryInfo(h)
-        writer.append("gpu_samples", (now, i, mem.used, mem.total))
+        writer.append("gpu_samples", GpuSampleRow(now, i, mem.used, mem.total))
         if not with_processes:
             continue
         for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h):
             used = p.usedGpuMemory
             # NVML reports "not available" as a huge sentinel; store None, never a fake number.
-            writer.append("gpu_process_samples", (now, i, p.pid, used if used < 1 << 60 else None))
+            writer.append("gpu_process_samples",
+                          GpuProcessSampleRow(now, i, p.pid, used if used < 1 << 60 else None))
 
 
 def _reason(exc: BaseException) -> str:

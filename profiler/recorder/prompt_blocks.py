@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from profiler.recorder import context
+from profiler.session.rows import PromptBlocksRow
 
 
 @dataclass
@@ -46,7 +47,7 @@ def record_prompt_blocks(request: Any) -> None:
     if not ids or w is None:
         return
     hashes = prompt_block_hashes(list(ids), _target.block_size)
-    w.append(
-        "prompt_blocks",
-        (_target.engine_id, time.time(), getattr(request, "request_id", None), hashes.tobytes()),
-    )
+    w.append("prompt_blocks", PromptBlocksRow(
+        engine_id=_target.engine_id, t_unix_s=time.time(),
+        request_id=getattr(request, "request_id", None), block_hashes=hashes.tobytes(),
+    ))

@@ -18,6 +18,7 @@ from typing import Any
 
 from profiler.recorder import context
 from profiler.recorder.failures import record_failure
+from profiler.session.rows import StartupMemoryRow
 
 _last_profile: Any = None
 """The MemoryProfilingResult of this process's last ``memory_profiling`` block (GPU only)."""
@@ -103,13 +104,8 @@ def wrap_determine_available_memory(method: Callable[..., Any]) -> Callable[...,
         if w is not None:
             try:
                 b = breakdown(self, kv if isinstance(kv, int) else None, _last_profile)
-                w.append(
-                    "startup_memory",
-                    (time.time(), os.getpid(), getattr(self, "rank", None), b["device"],
-                     b["total_bytes"], b["budget_bytes"], b["weights_bytes"],
-                     b["activation_peak_bytes"], b["non_torch_bytes"], b["cuda_graph_bytes"],
-                     b["kv_cache_bytes"], b["free_after_bytes"], b["profile_s"]),
-                )
+                w.append("startup_memory", StartupMemoryRow(
+                    t_unix_s=time.time(), pid=os.getpid(), rank=getattr(self, "rank", None), **b))
                 w.flush()
             except Exception as exc:
                 w.event("error", f"kvscope could not read the start-up memory profile: {exc!r}")

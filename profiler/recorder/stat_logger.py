@@ -14,6 +14,7 @@ from typing import Any
 from vllm.v1.metrics.loggers import StatLoggerBase
 
 from profiler.recorder import context, prompt_blocks
+from profiler.session.rows import RequestRow, StepRow
 
 """Engine id of the most recently created engine in this process (for prompt-block rows)."""
 
@@ -160,10 +161,12 @@ class KvscopeStatLogger(StatLoggerBase):
             fin = len(finished)
             if finished:
                 self._finished(w, it, finished)
-        w.append(
-            "steps",
-            (self.engine_id, t, running, waiting, kv, pq, ph, ppq, pph, pre, prompt, gen, fin, 0),
-        )
+        w.append("steps", StepRow(
+            engine_id=self.engine_id, t_unix_s=t, running=running, waiting=waiting, kv_usage_frac=kv,
+            prefix_queries_tokens=pq, prefix_hits_tokens=ph, preempted_prefix_queries_tokens=ppq,
+            preempted_prefix_hits_tokens=pph, preemptions=pre, prompt_tokens=prompt,
+            generation_tokens=gen, finished=fin, scraped=0,
+        ))
         if running == 0 and waiting == 0:
             # The engine just drained: make the run durable now, programs often exit right after.
             w.flush()
@@ -173,18 +176,18 @@ class KvscopeStatLogger(StatLoggerBase):
         now = time.time()
         for f in finished:
             rid = getattr(f, "request_id", None)
-            w.append(
-                "requests",
-                (
-                    self.engine_id, rid, now,
-                    getattr(f, "queued_time", None), getattr(f, "prefill_time", None),
-                    getattr(f, "decode_time", None), getattr(f, "inference_time", None),
-                    getattr(f, "e2e_latency", None), ttfts.get(rid) if rid is not None else None,
-                    getattr(f, "num_prompt_tokens", None), getattr(f, "num_generation_tokens", None),
-                    getattr(f, "num_cached_tokens", None), getattr(f, "num_preemptions", None),
-                    _name(getattr(f, "finish_reason", None)),
-                ),
-            )
+            w.append("requests", RequestRow(
+                engine_id=self.engine_id, request_id=rid, t_finished_unix_s=now,
+                queued_s=getattr(f, "queued_time", None), prefill_s=getattr(f, "prefill_time", None),
+                decode_s=getattr(f, "decode_time", None), inference_s=getattr(f, "inference_time", None),
+                e2e_s=getattr(f, "e2e_latency", None),
+                ttft_s=ttfts.get(rid) if rid is not None else None,
+                prompt_tokens=getattr(f, "num_prompt_tokens", None),
+                generation_tokens=getattr(f, "num_generation_tokens", None),
+                cached_tokens=getattr(f, "num_cached_tokens", None),
+                preemptions=getattr(f, "num_preemptions", None),
+                finish_reason=_name(getattr(f, "finish_reason", None)),
+            ))
 
     def log_engine_initialized(self) -> None:
         """Store the KV cache size the engine settled on and an ``engine_start`` event."""
