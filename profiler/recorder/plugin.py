@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import os
+import re
 import sys
 import threading
 from collections.abc import Callable
@@ -23,9 +25,37 @@ from profiler.recorder.failures import observe_failures, record_failure
 _suppress_default_loggers = threading.local()
 
 
+SUPPORTED_VLLM = ((0, 20), (0, 33))
+"""Oldest and newest vLLM minor releases whose internals kvscope's hooks know (both included)."""
+
+_ENV_UNSUPPORTED_SAID = "KVSCOPE_UNSUPPORTED_VLLM_SAID"
+
+
+def unsupported_vllm(version: str | None) -> str | None:
+    """Why kvscope cannot record this vLLM version (None when it can)."""
+    m = re.match(r"(\d+)\.(\d+)", version or "")
+    lo, hi = SUPPORTED_VLLM
+    if m is None:
+        return f"vLLM version {version!r} is unknown to kvscope"
+    if not lo <= (int(m[1]), int(m[2])) <= hi:
+        return (f"vLLM {version} is not supported by this kvscope (it knows {lo[0]}.{lo[1]} to "
+                f"{hi[0]}.{hi[1]}); recording is off")
+    return None
+
+
 def install() -> None:
     """Entry point (``vllm.general_plugins``): patch what this process has, when recording is on."""
     if context.session_path() is None:
+        return
+    reason = unsupported_vllm(getattr(sys.modules.get("vllm"), "__version__", None))
+    if reason is not None:
+        # One line for the whole process tree (children inherit the variable), and an event.
+        if not os.environ.get(_ENV_UNSUPPORTED_SAID):
+            os.environ[_ENV_UNSUPPORTED_SAID] = "1"
+            print(f"kvscope: {reason}", file=sys.stderr, flush=True)
+            w = context.writer()
+            if w is not None:
+                w.event("error", reason, kind_detail="unsupported_vllm")
         return
     try:
         _patch_frontend()
