@@ -3,12 +3,18 @@
 Many processes (frontend, engine core, workers, the NVML sampler) write one session file at the
 same time; SQLite's WAL plus a busy timeout serialises their small transactions. A writer never
 raises into the engine: its own failures are reported once on stderr and retried.
+
+A bad value never costs good rows: at flush every row is checked, ints outside SQLite's 64-bit
+range and non-finite floats become NULL, and a row SQLite still refuses (wrong arity, a type it
+cannot bind) is dropped on its own; each kind of problem is recorded once as an ``error`` event.
+The connection is never left inside a transaction.
 """
 
 from __future__ import annotations
 
 import atexit
 import json
+import math
 import os
 import sqlite3
 import sys
@@ -25,6 +31,12 @@ FLUSH_INTERVAL_S = 0.25
 
 MAX_PENDING_ROWS = 2_000_000
 """Rows kept in memory while the file is unwritable; older rows are dropped past this."""
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+"""SQLite's INTEGER range; Python ints outside it cannot be bound."""
+
+_RETRIABLE = (sqlite3.OperationalError,)
+"""Errors of the file (locked, disk full, I/O): the whole batch is kept and retried later."""
 
 _INSERT = {t: f"INSERT INTO {t} VALUES ({', '.join('?' * len(c))})" for t, c in TABLES.items()}
 
@@ -54,6 +66,8 @@ class SessionWriter:
         self._conn = connect(self.path)
         self._closed = False
         self._reported_error = False
+        self._problems: set[tuple[str, str, str]] = set()
+        """(table, column, problem) already recorded as an ``error`` event."""
         self._wake = threading.Event()
         self._interval_s = flush_interval_s
         self._thread = threading.Thread(target=self._run, name="kvscope-writer", daemon=True)
@@ -71,7 +85,10 @@ class SessionWriter:
 
     def event(self, kind: str, message: str, engine_id: int | None = None, **details: Any) -> None:
         """Queue an event row and commit it now: events are rare and must survive a crash."""
-        payload = json.dumps(details, default=str) if details else None
+        try:
+            payload = json.dumps(details, default=str) if details else None
+        except (TypeError, ValueError) as exc:  # a circular structure, a key json refuses
+            payload = json.dumps({"unserialisable_details": repr(exc)})
         self.append("events", (time.time(), os.getpid(), engine_id, kind, message, payload))
         self.flush()
 
@@ -98,26 +115,102 @@ class SessionWriter:
             )
 
     def flush(self) -> None:
-        """Commit everything queued so far in one transaction."""
+        """Commit everything queued so far in one transaction; never raises.
+
+        Bad values are nulled first; if SQLite still refuses the batch for a reason of its data,
+        the rows go in one by one so that only the rows it refuses are dropped.
+        """
         with self._lock:
             if self._closed:
                 return
             n = len(self._pending)
             if n == 0:
                 return
-            rows = [self._pending.popleft() for _ in range(n)]
-            by_table: dict[str, list[tuple[Any, ...]]] = {}
-            for table, row in rows:
-                by_table.setdefault(table, []).append(row)
+            notes: list[tuple[str, tuple[Any, ...]]] = []
+            rows = [(t, self._clean(t, r, notes)) for t, r in
+                    (self._pending.popleft() for _ in range(n))]
+            rows += notes
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                for table, batch in by_table.items():
-                    self._conn.executemany(_INSERT[table], batch)
-                self._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
+                self._commit(rows)
+            except _RETRIABLE as exc:
                 self._rollback_quietly()
                 self._requeue(rows)
                 self._report(exc)
+            except Exception:  # a row SQLite refuses: keep every other one
+                self._rollback_quietly()
+                self._commit_row_by_row(rows)
+            finally:
+                if self._conn.in_transaction:  # never leave BEGIN IMMEDIATE behind
+                    self._rollback_quietly()
+
+    def _commit(self, rows: list[tuple[str, tuple[Any, ...]]]) -> None:
+        by_table: dict[str, list[tuple[Any, ...]]] = {}
+        for table, row in rows:
+            by_table.setdefault(table, []).append(row)
+        self._conn.execute("BEGIN IMMEDIATE")
+        for table, batch in by_table.items():
+            self._conn.executemany(_INSERT[table], batch)
+        self._conn.execute("COMMIT")
+
+    def _commit_row_by_row(self, rows: list[tuple[str, tuple[Any, ...]]]) -> None:
+        """One transaction, one statement per row; a refused row is dropped and noted once."""
+        notes: list[tuple[str, tuple[Any, ...]]] = []
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            for table, row in rows:
+                try:
+                    self._conn.execute(_INSERT[table], row)
+                except _RETRIABLE:
+                    raise
+                except Exception as exc:  # dropping this row alone is the point
+                    self._note(table, "*", type(exc).__name__,
+                               f"row dropped: {type(exc).__name__}: {exc}", row, notes)
+            for table, row in notes:
+                self._conn.execute(_INSERT[table], row)
+            self._conn.execute("COMMIT")
+        except Exception as exc:  # the file itself failed: keep the rows for the next flush
+            self._rollback_quietly()
+            self._requeue(rows + notes)
+            self._report(exc)
+
+    def _clean(self, table: str, row: tuple[Any, ...],
+               notes: list[tuple[str, tuple[Any, ...]]]) -> tuple[Any, ...]:
+        """``row`` with out-of-range ints and non-finite floats replaced by None."""
+        try:
+            for v in row:
+                t = type(v)
+                if (t is float and not math.isfinite(v)) or (
+                        t is int and not INT64_MIN <= v <= INT64_MAX):
+                    break
+            else:
+                return row
+        except TypeError:  # not a sequence: the row-by-row pass drops it
+            return row
+        cols = TABLES.get(table, ())
+        out = list(row)
+        for i, v in enumerate(row):
+            if isinstance(v, float) and not math.isfinite(v):
+                kind, problem = "non-finite", f"non-finite float {v!r} stored as NULL"
+            elif isinstance(v, int) and not isinstance(v, bool) and not INT64_MIN <= v <= INT64_MAX:
+                kind, problem = "int64", "int beyond SQLite's 64-bit range stored as NULL"
+            else:
+                continue
+            out[i] = None
+            self._note(table, cols[i] if i < len(cols) else str(i), kind, problem, v, notes)
+        return tuple(out)
+
+    def _note(self, table: str, column: str, kind: str, problem: str, value: Any,
+              notes: list[tuple[str, tuple[Any, ...]]]) -> None:
+        """Queue one ``error`` event the first time this (table, column, kind) is seen."""
+        key = (table, column, kind)
+        if key in self._problems:
+            return
+        self._problems.add(key)
+        text = repr(value)
+        details = json.dumps({"table": table, "column": column,
+                              "value": text if len(text) <= 200 else text[:200] + "..."})
+        message = f"{table}.{column}: {problem} (further rows with this problem are not reported)"
+        notes.append(("events", (time.time(), os.getpid(), None, "error", message, details)))
 
     def close(self) -> None:
         """Flush and close; safe to call twice (atexit also calls it)."""
@@ -142,7 +235,8 @@ class SessionWriter:
 
     def _rollback_quietly(self) -> None:
         try:
-            self._conn.execute("ROLLBACK")
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
         except sqlite3.Error:
             pass
 
