@@ -139,7 +139,7 @@ def test_every_good_row_is_stored(tmp_path: Path, spec: list[tuple[bool, list[ob
     got = rows(path, "SELECT engine_id FROM gaps ORDER BY engine_id")
     assert [r[0] for r in got] == list(range(len(spec)))  # bad values never cost a row
     stored = rows(path, "SELECT * FROM gaps ORDER BY engine_id")
-    for (bad, good_vals, bad_vals), row in zip(spec, stored, strict=True):
+    for (bad, _good, bad_vals), row in zip(spec, stored, strict=True):
         for j, v in enumerate(row[1:]):
             if bad and j < len(bad_vals):
                 assert v is None
