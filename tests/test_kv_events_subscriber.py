@@ -3,7 +3,6 @@ gap filling through the replay socket, lost batches recorded as gaps, duplicates
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from profiler.attach.kv_events import KvEventSubscriber, KvSource
 from profiler.session.reader import open_session
 from profiler.session.writer import SessionWriter
 from tests.support.ports import free_port
+from tests.support.waiting import wait_until
 
 
 def batch(i: int) -> KVEventBatch:
@@ -45,7 +45,10 @@ class Publisher:
             b = batch(len(self.sent))
             self.sent.append(msgspec.msgpack.encode(b))
             self.pub.publish(b)
-        time.sleep(0.3)  # the publisher sends from its own thread
+        # the publisher sends from its own thread, and buffers each batch (for replay) once sent
+        last = len(self.sent) - 1
+        wait_until(lambda: self.pub._buffer and self.pub._buffer[-1][0] == last, 10,
+                   f"the publisher to send batch {last}")
 
     def decoded(self, seq: int) -> KvBatch:
         return decode_payload(seq, self.sent[seq])
@@ -72,15 +75,28 @@ def test_attach_mid_stream_replays_history_then_goes_live(publisher: Publisher, 
     publisher.publish(5)
     sub = KvEventSubscriber(w, publisher.source(), lambda rank: 1, "test")
     sub.start()
-    time.sleep(0.3)
+    # A SUB socket hears nothing until its subscription reaches the publisher (ZeroMQ's "slow
+    # joiner"), and nothing tells when that happened: publish one batch at a time until the
+    # subscriber has heard one live. Every batch before that one is history from the replay.
+    while True:
+        publisher.publish(1)
+        try:
+            wait_until(lambda: sub.stats.batches > 0, 0.5, "the subscriber to hear a batch")
+            break
+        except AssertionError:
+            assert len(publisher.sent) < 50, "the subscriber never heard the publisher"
     publisher.publish(3)
+    n = len(publisher.sent)
+    wait_until(lambda: sub.stats.batches == n, 10, f"the subscriber to write {n} batches")
     sub.stop()
     w.close()
+    first_live = sub.stats.history_batches  # the batch that triggered the replay of all before it
+    assert 5 <= first_live <= n - 4  # everything published before attaching is history
     got = rows(path)
-    assert [s for s, k, _ in got if k == "stored"] == list(range(8))
-    assert {s: src for s, _, src in got} == {**dict.fromkeys(range(5), "history"),
-                                            **dict.fromkeys(range(5, 8), "live")}
-    assert sub.stats.history_batches == 5 and sub.stats.lost_batches == 0
+    assert [s for s, k, _ in got if k == "stored"] == list(range(n))
+    assert {s: src for s, _, src in got} == {**dict.fromkeys(range(first_live), "history"),
+                                            **dict.fromkeys(range(first_live, n), "live")}
+    assert sub.stats.lost_batches == 0
     assert len(open_session(path).table("gaps")) == 0
 
 

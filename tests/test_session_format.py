@@ -17,10 +17,10 @@ from profiler.errors import SessionFormatError
 from profiler.session.reader import open_session
 from profiler.session.schema import TABLES
 from profiler.session.writer import FLUSH_INTERVAL_S, SessionWriter
+from tests.support.waiting import wait_until
+from tests.support.writers import committed_steps, step_row, write_steps, write_steps_until_killed
 
-
-def _step(i: int, engine_id: int = 1) -> tuple:
-    return (engine_id, time.time(), 1, 0, 0.5, 10, 5, 0, 0, 0, 3, 4, 0, 0)
+_step = step_row
 
 
 def test_session_is_readable_while_being_written(tmp_path: Path) -> None:
@@ -33,24 +33,16 @@ def test_session_is_readable_while_being_written(tmp_path: Path) -> None:
     assert len(reader.table("steps")) == 100
     for i in range(50):
         w.append("steps", _step(i))
-    time.sleep(FLUSH_INTERVAL_S * 3)  # the writer thread commits on its own
-    assert len(reader.table("steps")) == 150
-    w.close()
-
-
-def _child_writer(path: str, engine_id: int, n: int) -> None:
-    w = SessionWriter(path)
-    for i in range(n):
-        w.append("steps", _step(i, engine_id))
-        if i % 100 == 0:
-            time.sleep(0.01)
+    # no flush() this time: the writer thread commits on its own within its flush interval
+    wait_until(lambda: len(reader.table("steps")) == 150, 20 * FLUSH_INTERVAL_S + 5,
+               "the writer thread to commit 50 more steps")
     w.close()
 
 
 def test_many_processes_write_one_session(tmp_path: Path) -> None:
     path = str(tmp_path / "multi.kvscope")
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_child_writer, args=(path, e, 2000)) for e in range(4)]
+    procs = [ctx.Process(target=write_steps, args=(path, e, 2000)) for e in range(4)]
     for p in procs:
         p.start()
     for p in procs:
@@ -60,25 +52,21 @@ def test_many_processes_write_one_session(tmp_path: Path) -> None:
     assert steps.groupby("engine_id").size().to_dict() == {0: 2000, 1: 2000, 2: 2000, 3: 2000}
 
 
-def _writer_until_killed(path: str) -> None:
-    w = SessionWriter(path)
-    i = 0
-    while True:
-        w.append("steps", _step(i))
-        i += 1
-        time.sleep(0.001)
-
-
 def test_kill9_loses_at_most_the_last_flush(tmp_path: Path) -> None:
     path = str(tmp_path / "kill.kvscope")
-    p = mp.get_context("spawn").Process(target=_writer_until_killed, args=(path,))
+    p = mp.get_context("spawn").Process(target=write_steps_until_killed, args=(path,))
     p.start()
-    time.sleep(3.0)
-    killed_at = time.time()
-    os.kill(p.pid, signal.SIGKILL)
-    p.join(10)
+    try:
+        # kill only once the child has demonstrably committed several flushes' worth of rows
+        wait_until(lambda: committed_steps(path) > 500, 60, "the child to commit 500 steps")
+        assert p.is_alive(), p.exitcode
+        seen = committed_steps(path)
+    finally:
+        killed_at = time.time()
+        os.kill(p.pid, signal.SIGKILL)
+        p.join(10)
     steps = open_session(path).table("steps")
-    assert len(steps) > 500
+    assert len(steps) >= seen > 500  # nothing committed is lost
     assert killed_at - steps["t_unix_s"].max() < 2 * FLUSH_INTERVAL_S + 0.1
 
 
