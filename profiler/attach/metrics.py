@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import http.client
+import io
 import math
-import urllib.error
-import urllib.request
+import re
+import socket
+import time
 from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -34,6 +38,23 @@ CACHE_INFO = "vllm:cache_config_info"
 
 _SKIP_SUFFIXES = ("_created", "_bucket", "_sum", "_count", "_gsum", "_gcount")
 
+MAX_BODY_BYTES = 16 * 2**20
+"""Largest /metrics answer read (a real one is ~100 KB); a larger one fails the scrape."""
+
+COUNT_MAX = 2**31
+"""Largest plausible running/waiting gauge; a larger (or negative, or non-finite) one is NULL."""
+FRAC_TOLERANCE = 1e-3
+"""How far above 1 ``kv_usage_frac`` may read before it counts as impossible."""
+COUNTER_MAX = 2.0**63
+"""Counters at or beyond SQLite's int64 range (or negative, or non-finite) are dropped."""
+
+_WANTED = frozenset(
+    [n for names in (*GAUGES.values(), *COUNTERS.values()) for n in names]
+    + [CACHE_INFO, "process_start_time_seconds"]
+)
+"""Family names parse_metrics reads; every other line is only checked to look like Prometheus."""
+_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*(?=[{ \t])")
+
 
 class FetchError(Exception):
     """An HTTP request to a server failed; the message is one line."""
@@ -52,6 +73,8 @@ class EngineScrape:
     gauges: dict[str, float] = field(default_factory=dict)
     counters: dict[str, float] = field(default_factory=dict)
     cache_info: dict[str, str] = field(default_factory=dict)
+    bad: set[str] = field(default_factory=set)
+    """Columns with an impossible value in this scrape (absent from gauges/counters: NULL)."""
 
 
 @dataclass
@@ -62,17 +85,49 @@ class Scrape:
     engines: dict[str, EngineScrape]
     process_start_unix_s: float | None = None
     """``process_start_time_seconds`` when exposed: it changes when the server restarts."""
+    problems: dict[tuple[str, str], str] = field(default_factory=dict)
+    """(column, why) -> one-line description of each impossible value left out of this scrape."""
 
 
-def fetch_text(url: str, timeout_s: float) -> str:
-    """GET ``url`` and return the body as text; raises FetchError with a one-line reason."""
+def fetch_text(url: str, timeout_s: float, max_bytes: int = MAX_BODY_BYTES) -> str:
+    """GET ``url`` and return the body as text; raises FetchError with a one-line reason.
+
+    ``timeout_s`` bounds the whole request (connect, headers and body), not each read: a server
+    that answers one byte at a time cannot hold a scrape longer. A body over ``max_bytes`` fails.
+    """
+    deadline = time.monotonic() + timeout_s
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 (user URL)
-            return resp.read().decode("utf-8", errors="replace")
-    except urllib.error.HTTPError as exc:
-        raise FetchError(f"GET {url} returned HTTP {exc.code}") from exc
-    except urllib.error.URLError as exc:
-        raise FetchError(f"cannot reach {url}: {_reason(exc.reason)}") from exc
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("expected http://HOST[:PORT]/PATH")
+        conn_cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        conn = conn_cls(parts.hostname, parts.port, timeout=timeout_s)
+        try:
+            conn.connect()
+            conn.sock = _DeadlineSocket(conn.sock, deadline)  # type: ignore[assignment]
+            path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            conn.request("GET", path, headers={"Accept-Encoding": "identity"})
+            resp = conn.getresponse()
+            if resp.status >= 400:
+                raise FetchError(f"GET {url} returned HTTP {resp.status}")
+            length = resp.getheader("Content-Length")
+            if length and length.isdigit() and int(length) > max_bytes:
+                raise FetchError(_too_big(url, max_bytes))
+            chunks: list[bytes] = []
+            size = 0
+            while True:
+                chunk = resp.read1(1 << 16) if hasattr(resp, "read1") else resp.read(1 << 16)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > max_bytes:
+                    raise FetchError(_too_big(url, max_bytes))
+                chunks.append(chunk)
+            return b"".join(chunks).decode("utf-8", errors="replace")
+        finally:
+            conn.close()
+    except FetchError:
+        raise
     except TimeoutError as exc:
         raise FetchError(f"GET {url} timed out after {timeout_s:g} s") from exc
     except (ConnectionError, OSError) as exc:
@@ -81,6 +136,50 @@ def fetch_text(url: str, timeout_s: float) -> str:
         raise FetchError(f"GET {url}: broken HTTP answer ({_reason(exc)})") from exc
     except ValueError as exc:
         raise FetchError(f"bad URL {url}: {_reason(exc)}") from exc
+
+
+def _too_big(url: str, max_bytes: int) -> str:
+    return (f"GET {url}: answer larger than {max_bytes / 2**20:g} MiB; "
+            "not a /metrics body kvscope reads")
+
+
+class _DeadlineReader(io.RawIOBase):
+    """Socket reads that share one wall-clock deadline (each read gets what is left of it)."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("deadline passed")
+        self._sock.settimeout(left)
+        return self._sock.recv_into(buf)
+
+
+class _DeadlineSocket:
+    """Wraps a connected socket so that http.client's response reads obey ``deadline``."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def makefile(self, mode: str = "rb", *args: Any, **kwargs: Any) -> io.BufferedReader:
+        return io.BufferedReader(_DeadlineReader(self._sock, self._deadline))
+
+    def sendall(self, data: bytes) -> None:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("deadline passed")
+        self._sock.settimeout(left)
+        self._sock.sendall(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
 
 
 def _reason(exc: object) -> str:
@@ -98,17 +197,19 @@ def parse_metrics(text: str, t_unix_s: float, url: str = "") -> Scrape:
     Raises NotVllmError when the body is not Prometheus text or has no ``vllm:`` metric.
     """
     families: dict[str, list[tuple[str, dict[str, str], float]]] = {}
+    where = url or "endpoint"
+    kept, has_vllm = _wanted_lines(text, where)
     try:
-        for fam in text_string_to_metric_families(text):
+        for fam in text_string_to_metric_families(kept):
             for s in fam.samples:
                 families.setdefault(_base_name(s.name), []).append((s.name, s.labels, s.value))
     except Exception as exc:  # the parser raises ValueError/TypeError/IndexError on garbage
         raise NotVllmError(
-            f"{url or 'endpoint'}: /metrics is not Prometheus text ({first_line(exc)}); "
-            "not a vLLM server?"
+            f"{where}: /metrics is not Prometheus text ({first_line(exc)}); not a vLLM server?"
         ) from exc
-    if not any(name.startswith("vllm:") for name in families):
-        raise NotVllmError(f"{url or 'endpoint'}: /metrics has no vllm: metrics; not a vLLM server")
+    if not has_vllm:
+        raise NotVllmError(f"{where}: /metrics has no vllm: metrics; not a vLLM server")
+    problems: dict[tuple[str, str], str] = {}
     engines: dict[str, EngineScrape] = {}
 
     def engine(labels: dict[str, str]) -> EngineScrape:
@@ -124,22 +225,89 @@ def parse_metrics(text: str, t_unix_s: float, url: str = "") -> Scrape:
         for name in names:
             if name in families:
                 for _, labels, value in families[name]:
-                    if not math.isnan(value):
-                        engine(labels).gauges[column] = value
+                    eng = engine(labels)
+                    why = _bad_gauge(column, value)
+                    if why:
+                        problems[(column, why)] = f"{name} = {value!r} is {why}"
+                        eng.gauges.pop(column, None)
+                        eng.bad.add(column)
+                    elif column not in eng.bad:
+                        eng.gauges[column] = value
                 break
     for column, names in COUNTERS.items():
         for name in names:
             if name in families:
                 for sample_name, labels, value in families[name]:
-                    if sample_name.endswith(_SKIP_SUFFIXES) or math.isnan(value):
+                    if sample_name.endswith(_SKIP_SUFFIXES):
                         continue
                     eng = engine(labels)
-                    eng.counters[column] = eng.counters.get(column, 0.0) + value
+                    total = eng.counters.get(column, 0.0) + value
+                    why = _bad_counter(value) or _bad_counter(total)
+                    if why:
+                        problems[(column, why)] = f"{sample_name} = {value!r} is {why}"
+                        eng.counters.pop(column, None)
+                        eng.bad.add(column)
+                    elif column not in eng.bad:
+                        eng.counters[column] = total
                 break
     for _, labels, _ in families.get(CACHE_INFO, []):
         engine(labels).cache_info = dict(labels)
     start = families.get("process_start_time_seconds")
-    return Scrape(t_unix_s, engines, start[0][2] if start else None)
+    start_s = start[0][2] if start and math.isfinite(start[0][2]) else None
+    return Scrape(t_unix_s, engines, start_s, problems)
+
+
+def _wanted_lines(text: str, where: str) -> tuple[str, bool]:
+    """The lines of the families parse_metrics reads, and whether any ``vllm:`` sample is there.
+
+    Every line is checked to look like Prometheus text (so garbage and HTML are refused), but only
+    the few wanted families go through the full parser: a large body stays cheap to read.
+    """
+    kept: list[str] = []
+    has_vllm = False
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        if line.startswith("#"):
+            words = line.split(None, 3)
+            if len(words) >= 3 and words[1] in ("TYPE", "HELP") and _base_name(words[2]) in _WANTED:
+                kept.append(line)
+            continue
+        m = _NAME.match(line)
+        if m is None:
+            raise NotVllmError(
+                f"{where}: /metrics is not Prometheus text (line {number}: {line[:40]!r}); "
+                "not a vLLM server?"
+            )
+        name = m.group()
+        has_vllm = has_vllm or name.startswith("vllm:")
+        if _base_name(name) in _WANTED:
+            kept.append(line)
+    return "\n".join(kept) + "\n", has_vllm
+
+
+def _bad_gauge(column: str, value: float) -> str | None:
+    """Why ``value`` cannot be the gauge ``column`` (None when it can)."""
+    if not math.isfinite(value):
+        return "not a finite number"
+    if value < 0:
+        return "negative"
+    if column == "kv_usage_frac" and value > 1 + FRAC_TOLERANCE:
+        return "above 1"
+    if column != "kv_usage_frac" and value > COUNT_MAX:
+        return f"above {COUNT_MAX}"
+    return None
+
+
+def _bad_counter(value: float) -> str | None:
+    """Why ``value`` cannot be a cumulative counter (None when it can)."""
+    if not math.isfinite(value):
+        return "not a finite number"
+    if value < 0:
+        return "negative"
+    if value >= COUNTER_MAX:
+        return "beyond SQLite's 64-bit range"
+    return None
 
 
 def _base_name(sample_name: str) -> str:
@@ -158,6 +326,8 @@ class Deltas:
     values: dict[str, float | None]
     reset: bool
     """A counter went down or the server restarted: the deltas count from the restart."""
+    backwards: tuple[str, ...] = ()
+    """Columns whose counter went down while the server did not restart (their delta is None)."""
 
 
 class CounterTracker:
@@ -165,29 +335,48 @@ class CounterTracker:
 
     def __init__(self) -> None:
         self._last: dict[str, float] | None = None
+        self._unknown: set[str] = set()
+        """Columns whose value was impossible before any good one: no baseline to diff from."""
 
     @property
     def has_baseline(self) -> bool:
         """True once a first scrape has been seen."""
         return self._last is not None
 
-    def update(self, counters: dict[str, float], restarted: bool = False) -> Deltas | None:
-        """Deltas since the previous call (None on the first call, which only sets the baseline)."""
+    def update(self, counters: dict[str, float], restarted: bool = False,
+               bad: set[str] | frozenset[str] = frozenset(),
+               restart_known: bool = False) -> Deltas | None:
+        """Deltas since the previous call (None on the first call, which only sets the baseline).
+
+        ``bad``: columns whose value was impossible in this scrape (their delta is None, and the
+        next good value is diffed against the last good one). ``restart_known``: the server
+        exposes its start time, so ``restarted`` is reliable; a counter that goes down while it
+        did not restart is then that counter's fault alone (its delta is None, the others are
+        kept). Without it any counter going down is taken for a restart.
+        """
         last = self._last
-        self._last = dict(counters)
+        # a counter missing from this scrape (or impossible in it) keeps its last good value, so
+        # that the next good scrape's delta covers the interval it was missing from
+        self._last = {**(last or {}), **counters}
+        self._unknown |= {c for c in bad if c not in self._last}
         if last is None:
             return None
-        reset = restarted or any(counters.get(k, v) < v for k, v in last.items())
+        down = tuple(k for k, v in last.items() if counters.get(k, v) < v)
+        reset = restarted or (bool(down) and not restart_known)
+        backwards = () if reset else down
         values: dict[str, float | None] = {}
         for column in COUNTERS:
             now = counters.get(column)
-            if now is None:
+            if now is None or column in backwards:
                 values[column] = None
+            elif column in self._unknown and column not in last:
+                values[column] = None  # first good value after impossible ones: a baseline
             elif reset or column not in last:
                 values[column] = now
             else:
                 values[column] = now - last[column]
-        return Deltas(values, reset)
+        self._unknown -= set(counters)
+        return Deltas(values, reset, backwards)
 
 
 def cache_config(info: dict[str, str]) -> dict[str, object]:

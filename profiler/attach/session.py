@@ -14,6 +14,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,7 @@ from profiler.attach.processes import (
     url_port,
 )
 from profiler.session.writer import SessionWriter, get_writer
+from profiler.units import first_line
 
 MAX_BACKOFF_S = 5.0
 """Longest wait between two retries of a failing server."""
@@ -69,7 +71,7 @@ class AttachOptions:
     give_up_s: float = 30.0
     """A server unreachable for this long is given up (the session is marked incomplete)."""
     timeout_s: float = 2.0
-    """HTTP timeout of one request."""
+    """Deadline of one whole HTTP request (connect, headers and body)."""
 
 
 @dataclass
@@ -89,6 +91,8 @@ class AttachResult:
     kv_event_rows: int
     gaps: int
     lost: list[str]
+    incomplete: list[str] = field(default_factory=list)
+    """Why the session does not cover the requested window (empty: it does; marked complete)."""
 
 
 def normalize_url(url: str) -> str:
@@ -136,6 +140,11 @@ class ServerAttachment:
         self.intervals = 0
         self.gaps = 0
         self.lost_reason: str | None = None
+        self.last_ok_unix_s = info.first.t_unix_s
+        """When the last good scrape was taken."""
+        self.failure: str | None = None
+        """Why scrapes fail right now (None while they succeed)."""
+        self._reported: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         self._start_unix_s = info.first.process_start_unix_s
         self._watcher = ProcessWatcher(writer, pid, None, seen_pids) if pid else None
@@ -177,10 +186,24 @@ class ServerAttachment:
         )
         if scrape.process_start_unix_s is not None:
             self._start_unix_s = scrape.process_start_unix_s
+        for (column, why), text in scrape.problems.items():
+            if (column, why) not in self._reported:  # one event per kind of impossible value
+                self._reported.add((column, why))
+                msg = f"{self.url}: {text}; stored as NULL (not reported again)"
+                print(f"kvscope: {msg}", file=sys.stderr)
+                self.writer.event("bad_value", msg, self._any_engine(), column=column, why=why)
         for label, eng in scrape.engines.items():
             eid = self.engine_id(label, eng)
-            deltas = self.trackers.setdefault(label, CounterTracker()).update(eng.counters, restarted)
+            deltas = self.trackers.setdefault(label, CounterTracker()).update(
+                eng.counters, restarted, eng.bad, restart_known=scrape.process_start_unix_s is not None)
             d = deltas.values if deltas else {}
+            for column in deltas.backwards if deltas else ():
+                if (column, "backwards") not in self._reported:
+                    self._reported.add((column, "backwards"))
+                    msg = (f"{self.url}: counter {column} went down while the server did not "
+                           "restart; that interval stored as NULL (not reported again)")
+                    print(f"kvscope: {msg}", file=sys.stderr)
+                    self.writer.event("bad_value", msg, eid, column=column, why="backwards")
             if deltas is not None and deltas.reset:
                 self.writer.event("server_restart", f"{self.url}: counters restarted (server restart?)",
                                   eid)
@@ -212,40 +235,66 @@ class ServerAttachment:
         return self._thread is not None and self._thread.is_alive()
 
     def _run(self, stop: threading.Event) -> None:
+        """The scrape loop; whatever escapes it becomes a gap and a lost server, never silence."""
+        try:
+            self._loop(stop)
+        except BaseException as exc:
+            reason = f"scrape thread stopped: {type(exc).__name__}: {first_line(exc)}"
+            self.lost_reason = f"lost {self.url} ({reason})"
+            self._gap(self.last_ok_unix_s, time.time(), reason)
+            self.writer.event("error", self.lost_reason, self._any_engine(),
+                              traceback=traceback.format_exc())
+            print(f"kvscope: {self.lost_reason}", file=sys.stderr)
+
+    def _scrape(self) -> Scrape:
+        return parse_metrics(
+            fetch_text(self.url + "/metrics", self.opts.timeout_s), time.time(), self.url
+        )
+
+    def _loop(self, stop: threading.Event) -> None:
         interval = self.opts.interval_s
         next_s = time.monotonic() + interval
-        last_ok_unix_s = self.info.first.t_unix_s
         failing_since: float | None = None
         failure = ""
         retries = 0
+        internal_reported = False
         stop.wait(interval)
         while True:
             stopping = stop.is_set()
+            if stopping and failing_since is not None:  # no last try: it would only delay the end
+                self._gap(self.last_ok_unix_s, time.time(), failure)
+                return
             try:
-                scrape = parse_metrics(
-                    fetch_text(self.url + "/metrics", self.opts.timeout_s), time.time(), self.url
-                )
-            except (FetchError, NotVllmError) as exc:
-                failure = str(exc)
+                scrape = self._scrape()
+                if failing_since is not None:
+                    self._gap(self.last_ok_unix_s, scrape.t_unix_s, failure)
+                    print(f"kvscope: {self.url}: reachable again", file=sys.stderr)
+                    failing_since, retries, self.failure = None, 0, None
+                self.record(scrape)
+                self.last_ok_unix_s = scrape.t_unix_s
+            except Exception as exc:  # noqa: BLE001 (FetchError, NotVllmError, or a kvscope bug)
+                if isinstance(exc, (FetchError, NotVllmError)):
+                    failure = str(exc)
+                else:  # a bug in kvscope: a gap and one event, never a dead thread
+                    failure = f"{self.url}: internal error ({type(exc).__name__}: {first_line(exc)})"
+                    if not internal_reported:
+                        internal_reported = True
+                        self.writer.event("error", failure, self._any_engine(),
+                                          traceback=traceback.format_exc())
+                self.failure = failure
                 if failing_since is None:
                     failing_since = time.monotonic()
                     print(f"kvscope: {failure}; retrying", file=sys.stderr)
                     self.writer.event("scrape_error", failure, self._any_engine())
                 if time.monotonic() - failing_since >= self.opts.give_up_s:
-                    self._lose(last_ok_unix_s, failure)
+                    self._lose(self.last_ok_unix_s, failure)
                     return
                 if stopping:
-                    self._gap(last_ok_unix_s, time.time(), failure)
+                    self._gap(self.last_ok_unix_s, time.time(), failure)
                     return
                 retries += 1
                 stop.wait(min(interval * 2 ** min(retries, 8), MAX_BACKOFF_S))
                 continue
-            if failing_since is not None:
-                self._gap(last_ok_unix_s, scrape.t_unix_s, failure)
-                print(f"kvscope: {self.url}: reachable again", file=sys.stderr)
-                failing_since, retries = None, 0
-            self.record(scrape)
-            last_ok_unix_s = scrape.t_unix_s
             if stopping:
                 return
             if self._watcher is not None:
@@ -340,10 +389,16 @@ def run_attach(opts: AttachOptions, stop: threading.Event | None = None) -> Atta
                  urls=opts.urls, kv_endpoints=[s.source.endpoint for s in subscribers])
     for server, srcs in zip(servers, sources, strict=True):
         print(_describe(server, srcs, opts.session), file=sys.stderr)
-    deadline = None if opts.duration_s is None else time.monotonic() + opts.duration_s
+    t0 = time.monotonic()
+    deadline = None if opts.duration_s is None else t0 + opts.duration_s
+    ended_by = "stop"
     try:
-        while not stop.is_set() and any(s.running for s in servers):
+        while not stop.is_set():
             if deadline is not None and time.monotonic() >= deadline:
+                ended_by = "duration"
+                break
+            if not any(s.running for s in servers):
+                ended_by = "servers"
                 break
             stop.wait(0.1)
     finally:
@@ -354,10 +409,11 @@ def run_attach(opts: AttachOptions, stop: threading.Event | None = None) -> Atta
             sub.stop()
         if gpu_on:
             stop_gpu_sampling()
+        incomplete = _coverage(servers, ended_by, time.monotonic() - t0, opts.duration_s)
         lost = [s.lost_reason for s in servers if s.lost_reason]
         writer.flush()
-        if lost:
-            writer.set_meta(incomplete_reason="; ".join(lost))
+        if incomplete:
+            writer.set_meta(incomplete_reason="; ".join(incomplete))
         else:
             writer.set_meta(ended_unix_s=time.time(), exit_code=0)
         writer.close()
@@ -366,7 +422,31 @@ def run_attach(opts: AttachOptions, stop: threading.Event | None = None) -> Atta
         kv_event_rows=sum(sub.stats.rows for sub in subscribers),
         gaps=sum(s.gaps for s in servers) + sum(sub.stats.lost_batches > 0 for sub in subscribers),
         lost=lost,
+        incomplete=incomplete,
     )
+
+
+def _coverage(servers: list[ServerAttachment], ended_by: str, elapsed_s: float,
+              duration_s: float | None) -> list[str]:
+    """Why the session does not cover the requested window (--duration-s, or until stopped)."""
+    out = []
+    now = time.time()
+    for server in servers:
+        if server.lost_reason:
+            out.append(server.lost_reason)
+        elif server.running:  # its last scrape outlived the join: never seen with deadlines
+            reason = "scrape did not finish when the attach ended"
+            server._gap(server.last_ok_unix_s, now, reason)
+            out.append(f"no data from {server.url} since {now - server.last_ok_unix_s:.1f} s "
+                       f"before the end ({reason})")
+        elif server.failure is not None:
+            out.append(f"no data from {server.url} for the last {now - server.last_ok_unix_s:.1f} s "
+                       f"of the window ({server.failure})")
+    if ended_by == "servers" and not out:
+        out.append("every scrape thread ended early")
+    if ended_by == "servers" and duration_s is not None:
+        out.append(f"attach ended after {elapsed_s:.1f} s of the {duration_s:g} s asked for")
+    return out
 
 
 def _write_meta(writer: SessionWriter, infos: list[ServerInfo]) -> None:

@@ -67,7 +67,8 @@ def cmd_attach(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from exc
     print(
         f"kvscope: {opts.session}: {result.intervals} intervals, {result.kv_event_rows} KV-event "
-        f"rows, {result.gaps} gaps" + (f"; incomplete: {'; '.join(result.lost)}" if result.lost else ""),
+        f"rows, {result.gaps} gaps"
+        + (f"; incomplete: {'; '.join(result.incomplete)}" if result.incomplete else ""),
         file=sys.stderr,
     )
-    return 1 if result.lost else 0
+    return 1 if result.incomplete else 0
