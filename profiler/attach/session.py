@@ -266,11 +266,11 @@ class ServerAttachment:
                 return
             try:
                 scrape = self._scrape()
+                self.record(scrape)
                 if failing_since is not None:
                     self._gap(self.last_ok_unix_s, scrape.t_unix_s, failure)
                     print(f"kvscope: {self.url}: reachable again", file=sys.stderr)
                     failing_since, retries, self.failure = None, 0, None
-                self.record(scrape)
                 self.last_ok_unix_s = scrape.t_unix_s
             except Exception as exc:  # noqa: BLE001 (FetchError, NotVllmError, or a kvscope bug)
                 if isinstance(exc, (FetchError, NotVllmError)):
