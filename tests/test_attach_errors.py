@@ -14,7 +14,14 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
-from profiler.attach.kv_events import KvEventsConfigError, connectable, parse_endpoint_arg
+from profiler.attach.kv_events import (
+    KvEventsConfigError,
+    connectable,
+    parse_endpoint_arg,
+    source_for,
+    vllm_binds,
+)
+from profiler.attach.session import AttachError, _on_this_host
 from tests.support.ports import free_port
 
 KVSCOPE = str(Path(sys.executable).parent / "kvscope")
@@ -121,3 +128,28 @@ def test_kv_endpoint_arguments() -> None:
     assert connectable("tcp://10.9.9.9:5557", "http://gpu-box:8000") == "tcp://10.9.9.9:5557"
     with pytest.raises(KvEventsConfigError, match="only the server process can read"):
         connectable("inproc://kv", "http://h:1")
+
+
+def test_who_binds_follows_vllm() -> None:
+    """vLLM binds wildcard/ipc endpoints (kvscope connects) and connects to concrete ones (kvscope
+    listens); its replay socket always binds (kvscope connects)."""
+    wild = source_for("tcp://*:5557", "tcp://*:5558", "http://gpu-box:8000")
+    assert (wild.endpoint, wild.replay_endpoint, wild.bind) == (
+        "tcp://gpu-box:5557", "tcp://gpu-box:5558", False)
+    concrete = source_for("tcp://127.0.0.1:5557", "tcp://127.0.0.1:5558", "http://127.0.0.1:8000")
+    assert (concrete.endpoint, concrete.replay_endpoint, concrete.bind) == (
+        "tcp://127.0.0.1:5557", "tcp://127.0.0.1:5558", True)
+    assert source_for("tcp://localhost:5557", None, "http://localhost:8000").endpoint == (
+        "tcp://127.0.0.1:5557")
+    assert not source_for("tcp://[::]:5557", None, "http://h:8000").bind
+    assert not source_for("ipc:///tmp/kv", None, "http://h:8000").bind
+    for ep in ("tcp://*:1", "tcp://[::]:1", "ipc:///x", "inproc://x"):
+        assert vllm_binds(ep), ep
+    assert not vllm_binds("tcp://10.0.0.2:1") and not vllm_binds("tcp://localhost:1")
+
+
+def test_loopback_publisher_of_a_remote_server_is_one_line() -> None:
+    src = source_for("tcp://127.0.0.1:5557", None, "http://203.0.113.9:8000")
+    with pytest.raises(AttachError, match="its own loopback: run kvscope attach on that host"):
+        _on_this_host([src], "http://203.0.113.9:8000")
+    assert _on_this_host([src], "http://127.0.0.1:8000") == [src]

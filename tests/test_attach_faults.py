@@ -230,3 +230,25 @@ def test_scrape_thread_error_is_a_gap_and_incomplete_never_silent(tmp_path: Path
     (source, _, _, reason), = a.gaps
     assert source == "metrics" and "OverflowError" in str(reason)
     assert len(a.events("error")) == 1 and "ended_unix_s" not in a.meta
+
+
+def test_silent_kv_events_while_the_prefix_cache_works_is_a_gap(tmp_path: Path) -> None:
+    """KV events subscribed where nobody publishes while the server computes uncached blocks:
+    one line, a kv_events gap with its reason; the metrics themselves are complete."""
+    from tests.support.ports import free_port
+
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    with fake_vllm() as fake:
+        path = tmp_path / "s.kvscope"
+        r = kvscope("attach", fake.url, "--session", str(path), "--duration-s", "6",
+                    "--interval-s", "0.1", "--kv-events", endpoint, timeout_s=120)
+    a = Attached(r.returncode, r.stderr.strip().splitlines(), 0.0, path)
+    assert_complete(a)
+    told = [ln for ln in a.lines if "no KV-event batch" in ln]
+    assert len(told) == 1 and endpoint in told[0] and "kv_events gap" in told[0], a.lines
+    (source, t0, t1, reason), = a.gaps
+    assert source == "kv_events" and endpoint in str(reason) and "uncached tokens" in str(reason)
+    meta = a.meta
+    assert t1 - t0 >= 6 - attach_session.KV_SILENCE_S - 1.5
+    assert t0 - meta["started_unix_s"] < 1.0  # from the first misses, not from when it was noticed
+    assert len(a.events("kv_events_silent")) == 1

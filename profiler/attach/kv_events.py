@@ -6,10 +6,16 @@ on a ROUTER "replay" socket: a client sends ``(b"", start_seq)`` and gets every 
 sequence number, fills holes through the replay socket, and records in the ``gaps`` table what
 could not be recovered. On start it also replays the publisher's buffer from seq 0 (rows marked
 ``history``) so that the blocks already resident when kvscope attached are known.
+
+Who binds: vLLM's PUB socket binds only when its endpoint has a wildcard (``*``, ``::``) or is
+``ipc://``/``inproc://``; for a concrete ``tcp://HOST:PORT`` it *connects* there and expects the
+subscriber to bind it (which only works on that host). The replay ROUTER socket always binds.
+``KvSource.bind`` says which side this subscriber plays.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import sys
 import threading
@@ -49,6 +55,8 @@ class KvSource:
     endpoint: str
     replay_endpoint: str | None
     dp_rank: int = 0
+    bind: bool = False
+    """The server's publisher connects to ``endpoint``: this subscriber must bind (listen) there."""
 
 
 @dataclass
@@ -74,6 +82,46 @@ def parse_endpoint_arg(text: str) -> KvSource:
             f"--kv-events {text!r}: expected auto or tcp://HOST:PORT[,tcp://HOST:REPLAY_PORT]"
         )
     return KvSource(parts[0], parts[1] if len(parts) == 2 else None)
+
+
+def vllm_binds(endpoint: str) -> bool:
+    """Whether vLLM's ZmqEventPublisher binds its PUB socket to ``endpoint`` (else it connects)."""
+    return "*" in endpoint or "::" in endpoint or endpoint.startswith(("ipc://", "inproc://"))
+
+
+def endpoint_host(endpoint: str) -> str:
+    """The host part of ``tcp://HOST:PORT`` (brackets removed); empty for other transports."""
+    if not endpoint.startswith("tcp://"):
+        return ""
+    return endpoint[len("tcp://"):].rpartition(":")[0].strip("[]")
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bindable(endpoint: str) -> str:
+    """A concrete endpoint the server connects to, as this host binds it (``localhost`` is
+    spelled as an address: ZMQ binds interfaces and addresses, not host names)."""
+    host = endpoint_host(endpoint)
+    if host == "localhost":
+        return endpoint.replace("tcp://localhost:", "tcp://127.0.0.1:", 1)
+    return endpoint
+
+
+def source_for(endpoint: str, replay: str | None, server_url: str, rank: int = 0) -> KvSource:
+    """The subscriber side of a server's ``--kv-events-config`` endpoints (see module doc)."""
+    if vllm_binds(endpoint):
+        main, bind = connectable(endpoint, server_url), False
+    else:
+        main, bind = bindable(endpoint), True
+    return KvSource(main, connectable(replay, server_url) if replay else None, rank, bind)
 
 
 def connectable(endpoint: str, server_url: str) -> str:
@@ -120,11 +168,8 @@ def discover(server_url: str, timeout_s: float) -> list[KvSource]:
         if cfg.get("publisher") != "zmq" or not cfg.get("endpoint"):
             continue
         replay = cfg.get("replay_endpoint")
-        out.append(KvSource(
-            connectable(str(cfg["endpoint"]), server_url),
-            connectable(str(replay), server_url) if replay else None,
-            int(rank) if str(rank).isdigit() else 0,
-        ))
+        out.append(source_for(str(cfg["endpoint"]), str(replay) if replay else None, server_url,
+                              int(rank) if str(rank).isdigit() else 0))
     if not out:
         raise KvEventsConfigError(
             f"{server_url} publishes no KV events; start it with --kv-events-config "
@@ -157,11 +202,18 @@ class KvEventSubscriber:
         self._last_ts: float | None = None
         self._thread = threading.Thread(target=self._run, name="kvscope-kv-events", daemon=True)
         self._ready = threading.Event()
+        self.setup_error: str | None = None
+        """Why the socket could not be bound or connected (None: it was)."""
+        self.last_batch_unix_s: float | None = None
+        """When the last batch arrived (this host's clock)."""
 
     def start(self, timeout_s: float = 2.0) -> None:
-        """Start the thread and wait until its socket is connected."""
+        """Start the thread and wait until its socket is bound or connected."""
         self._thread.start()
         self._ready.wait(timeout_s)
+        if self.setup_error:
+            print(f"kvscope: {self.label}: {self.setup_error}", file=sys.stderr)
+            self.writer.event("kv_event_error", self.setup_error, self.engine_id_for(self.source.dp_rank))
 
     def stop(self, drain_s: float = 0.3) -> None:
         """Read what is still in flight for ``drain_s``, then stop and record the counts."""
@@ -182,7 +234,18 @@ class KvEventSubscriber:
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.RCVHWM, 1_000_000)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
-        sub.connect(self.source.endpoint)
+        try:
+            if self.source.bind:
+                sub.bind(self.source.endpoint)
+            else:
+                sub.connect(self.source.endpoint)
+        except zmq.ZMQError as exc:
+            verb = "listen on" if self.source.bind else "connect to"
+            self.setup_error = (f"cannot {verb} {self.source.endpoint} for KV events ({exc}); "
+                                "no KV events in this session")
+            self._ready.set()
+            sub.close(linger=0)
+            return
         self._ready.set()
         try:
             while not self._stop.is_set():
@@ -220,6 +283,7 @@ class KvEventSubscriber:
         if batch.seq > self._expected:
             self._fill_gap(batch)
         self._write(batch, source)
+        self.last_batch_unix_s = time.time()
 
     def _engine_id(self, batch: KvBatch) -> int | None:
         return self.engine_id_for(batch.dp_rank if batch.dp_rank is not None else self.source.dp_rank)

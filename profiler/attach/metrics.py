@@ -102,9 +102,11 @@ def fetch_text(url: str, timeout_s: float, max_bytes: int = MAX_BODY_BYTES) -> s
             raise ValueError("expected http://HOST[:PORT]/PATH")
         conn_cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
         conn = conn_cls(parts.hostname, parts.port, timeout=timeout_s)
+        raw: socket.socket | None = None
         try:
             conn.connect()
-            conn.sock = _DeadlineSocket(conn.sock, deadline)  # type: ignore[assignment]
+            raw = conn.sock
+            conn.sock = _DeadlineSocket(raw, deadline)  # type: ignore[assignment]
             path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
             conn.request("GET", path, headers={"Accept-Encoding": "identity"})
             resp = conn.getresponse()
@@ -126,6 +128,8 @@ def fetch_text(url: str, timeout_s: float, max_bytes: int = MAX_BODY_BYTES) -> s
             return b"".join(chunks).decode("utf-8", errors="replace")
         finally:
             conn.close()
+            if raw is not None:
+                raw.close()
     except FetchError:
         raise
     except TimeoutError as exc:
@@ -170,6 +174,10 @@ class _DeadlineSocket:
 
     def makefile(self, mode: str = "rb", *args: Any, **kwargs: Any) -> io.BufferedReader:
         return io.BufferedReader(_DeadlineReader(self._sock, self._deadline))
+
+    def close(self) -> None:
+        """No-op: http.client closes the connection while the response is still read from it
+        (a real socket defers that through makefile's reference count); fetch_text closes it."""
 
     def sendall(self, data: bytes) -> None:
         left = self._deadline - time.monotonic()

