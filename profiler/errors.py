@@ -13,3 +13,8 @@ class SessionFormatError(KvscopeError):
 
 class UserError(KvscopeError):
     """A bad argument or an unreachable endpoint: the message says what to change."""
+
+
+class NotAnalysable(KvscopeError, ValueError):
+    """The session is readable but lacks what an analysis needs (what-if without prompt-block
+    hashes or KV events); a ValueError too, for callers written before it existed."""

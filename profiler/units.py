@@ -7,6 +7,7 @@ shown or emitted (``finite_or_none``).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -91,3 +92,59 @@ def fmt_s(seconds: float | None) -> str:
     if seconds is None:
         return NOT_MEASURED
     return f"{seconds * 1000:.1f} ms" if abs(seconds) < 1 else f"{seconds:,.2f} s"
+
+
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def printable(text: Any) -> str:
+    """``text`` safe to print to a terminal on one line: every control character (ESC sequences,
+    carriage returns, newlines, C1 controls, bidi overrides) becomes a space."""
+    text = text if isinstance(text, str) else str(text)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() and ch not in _BIDI else " " for ch in text)
+
+
+def json_safe(obj: Any, path: str = "", replaced: list[str] | None = None) -> Any:
+    """``obj`` with every value strict JSON can hold: NaN/±Inf (and bytes) become None, numpy
+    scalars Python numbers, keys text. ``replaced`` collects the dotted paths of the values dropped."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v, f"{path}.{k}" if path else str(k), replaced)
+                for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v, f"{path}[{i}]", replaced) for i, v in enumerate(obj)]
+    if isinstance(obj, bytes | bytearray):
+        if replaced is not None:
+            replaced.append(path)
+        return None
+    value = finite_or_none(obj)
+    if value is None and obj is not None and replaced is not None:
+        replaced.append(path)
+    if value is not None and not isinstance(value, str | int | float | bool):
+        return str(value)
+    return value
+
+
+def plausible(value: Any, lo: float, hi: float) -> float | int | None:
+    """``value`` when it is a finite number (not a bool) within ``lo..hi``, else None: for numbers
+    read from free-form session JSON (event details), which the reader's column checks do not see."""
+    value = finite_or_none(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value if lo <= value <= hi else None
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*{}\[\]()!|<>~$:&])|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
+"""Punctuation Markdown/HTML/Streamlit act on anywhere; ``_`` unless inside a word (CommonMark
+never reads ``kv_saturation`` as emphasis)."""
+_MARKDOWN_LINE_START = re.compile(r"^(\s*)(\d*)([#+\-=.)])")
+
+
+def escape_markdown(text: Any) -> str:
+    """``text`` (from a session: an OOM's ``where``, an event message, a file name) as literal text
+    inside Markdown: every punctuation mark that Markdown, HTML, Streamlit's ``:color[...]``/
+    ``:icon:`` directives or LaTeX could act on is backslash-escaped, and control characters go."""
+    text = _MARKDOWN_SPECIAL.sub(lambda m: "\\" + m.group(0), printable(text))
+    # a heading, list or quote only where the text starts a line
+    return _MARKDOWN_LINE_START.sub(lambda m: m.group(1) + m.group(2) + "\\" + m.group(3), text)

@@ -74,7 +74,7 @@ def query_buckets(session: Session, start_unix_s: float, view: View,
         where += " AND rowid BETWEEN ? AND ?"
         params += [int(rowid_range[0]), int(rowid_range[1])]
     try:
-        rows = session.conn.execute(_bucket_sql(where), params).fetchall()
+        rows = session.db.execute(_bucket_sql(where), params).fetchall()
     except sqlite3.DatabaseError as exc:
         raise SessionFormatError(f"{session.path}: damaged session file ({exc})") from exc
     df = pd.DataFrame.from_records(rows, columns=list(BUCKET_COLUMNS)).astype("float64")
@@ -168,7 +168,7 @@ def preempting_steps(session: Session, start_unix_s: float) -> pd.DataFrame:
     sql = ("SELECT t_unix_s - ? AS t_s, engine_id, preemptions, waiting, kv_usage_frac FROM steps "
            "WHERE preemptions > 0 ORDER BY t_unix_s")
     try:
-        return pd.read_sql_query(sql, session.conn, params=(start_unix_s,))
+        return pd.read_sql_query(sql, session.db, params=(start_unix_s,))
     except (sqlite3.DatabaseError, pd.errors.DatabaseError) as exc:
         raise SessionFormatError(f"{session.path}: damaged session file ({exc})") from exc
 
@@ -192,7 +192,7 @@ def steps_around(session: Session, start_unix_s: float, summary: StepSummary, t_
     sql = (f"SELECT t_unix_s - ? AS t_s, {cols} FROM steps WHERE rowid BETWEEN ? AND ? "
            "ORDER BY t_unix_s")
     try:
-        rows = pd.read_sql_query(sql, session.conn, params=(start_unix_s, lo, hi))
+        rows = pd.read_sql_query(sql, session.db, params=(start_unix_s, lo, hi))
     except (sqlite3.DatabaseError, pd.errors.DatabaseError) as exc:
         raise SessionFormatError(f"{session.path}: damaged session file ({exc})") from exc
     t = rows["t_s"].to_numpy()

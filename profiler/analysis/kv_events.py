@@ -98,8 +98,7 @@ def kv_event_summary(session: Session, bin_s: float | None = None) -> KvEventSum
 
     ``bin_s`` is the width of the rate bins (None: chosen from the stream's duration).
     """
-    tables = {r[0] for r in session.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    if "kv_events" not in tables:
+    if not session.has_table("kv_events"):
         return summarize_kv_events(_empty_events(), {}, bin_s)
     events = session.table("kv_events", "ORDER BY engine_id, t_unix_s, seq, rowid")
     engines = session.table("engines")
@@ -107,9 +106,7 @@ def kv_event_summary(session: Session, bin_s: float | None = None) -> KvEventSum
         int(r.engine_id): (None if pd.isna(r.num_gpu_blocks) else int(r.num_gpu_blocks))
         for r in engines.itertuples()
     }
-    gaps = 0
-    if "gaps" in tables:
-        gaps = int(session.scalar("SELECT COUNT(*) FROM gaps WHERE source = 'kv_events'") or 0)
+    gaps = int(session.scalar("SELECT COUNT(*) FROM gaps WHERE source = 'kv_events'") or 0)
     out = summarize_kv_events(events, capacity, bin_s)
     out.gaps = gaps
     return out

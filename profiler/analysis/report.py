@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from profiler.session.reader import Session
-from profiler.units import finite_or_none, fmt, fmt_gib, percentile
+from profiler.units import finite_or_none, fmt, fmt_gib, json_safe, percentile, printable
 
 REPORT_VERSION = 1
 
@@ -24,7 +24,13 @@ FROM steps
 
 
 def build_report(session: Session, findings: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The ``kvscope report --json`` object (see README / issue spec for the key list)."""
+    """The ``kvscope report --json`` object (see README / issue spec for the key list).
+
+    Strict JSON as it stands (no NaN/±Inf, no bytes). ``notes`` lists what was left out: values
+    the reader found impossible for their column (``Session.notes``) and numbers that do not add
+    up (more prefix hits than queries).
+    """
+    notes = session.notes()
     meta = session.meta()
     engines = session.table("engines")
     requests = session.table("requests")
@@ -40,7 +46,11 @@ def build_report(session: Session, findings: list[dict[str, Any]] | None = None)
     }
     if engine["enable_prefix_caching"] is not None:
         engine["enable_prefix_caching"] = bool(engine["enable_prefix_caching"])
-    return {
+    hit_rate = (ph / pq) if pq and ph is not None else None
+    if hit_rate is not None and hit_rate > 1:
+        notes.append(f"prefix_cache: {ph} hit tokens exceed {pq} queried tokens; hit rate left out")
+        hit_rate = None
+    report = {
         "kvscope_report": REPORT_VERSION,
         "session": {
             "path": str(session.path),
@@ -58,7 +68,7 @@ def build_report(session: Session, findings: list[dict[str, Any]] | None = None)
         "prefix_cache": {
             "queries_tokens": pq,
             "hits_tokens": ph,
-            "hit_rate": (ph / pq) if pq else None,
+            "hit_rate": hit_rate,
             "preempted_queries_tokens": ppq,
             "preempted_hits_tokens": pph,
         },
@@ -68,7 +78,7 @@ def build_report(session: Session, findings: list[dict[str, Any]] | None = None)
             for k in ("weights_bytes", "kv_cache_bytes", "activation_peak_bytes",
                       "non_torch_bytes", "cuda_graph_bytes")
         },
-        "gpus": _gpus(session),
+        "gpus": _gpus(session, notes),
         "latency_s": {
             f"{name}_p{int(q * 100)}": percentile(requests[col], q) if not requests.empty else None
             for name, col in (("ttft", "ttft_s"), ("e2e", "e2e_s"))
@@ -76,23 +86,34 @@ def build_report(session: Session, findings: list[dict[str, Any]] | None = None)
         },
         "events": _event_counts(session),
         "findings": findings or [],
+        "notes": notes,
     }
+    dropped: list[str] = []
+    report = json_safe(report, replaced=dropped)
+    if dropped:
+        report["notes"].append(f"not finite numbers left out: {', '.join(dropped)}")
+    return report
 
 
-def _gpus(session: Session) -> list[dict[str, Any]]:
-    gpus = session.table("gpus").drop_duplicates("device_index")
+def _gpus(session: Session, notes: list[str]) -> list[dict[str, Any]]:
+    gpus = session.table("gpus")
+    unknown = int(gpus["device_index"].isna().sum())
+    if unknown:
+        notes.append(f"gpus: {unknown} row{'s' if unknown != 1 else ''} without a device index "
+                     "left out")
+    gpus = gpus.dropna(subset=["device_index"]).drop_duplicates("device_index")
     out = []
     for _, g in gpus.iterrows():
         peak = session.scalar(
             "SELECT MAX(used_bytes) FROM gpu_samples WHERE device_index = ?", (int(g["device_index"]),)
         )
-        out.append({"index": int(g["device_index"]), "name": g["name"],
+        out.append({"index": int(g["device_index"]), "name": finite_or_none(g["name"]),
                     "total_bytes": finite_or_none(g["total_bytes"]), "peak_used_bytes": finite_or_none(peak)})
     return out
 
 
 def _event_counts(session: Session) -> dict[str, int]:
-    rows = session.conn.execute("SELECT kind, COUNT(*) FROM events GROUP BY kind").fetchall()
+    rows = session.rows("SELECT kind, COUNT(*) FROM events WHERE kind IS NOT NULL GROUP BY kind")
     return {k: int(n) for k, n in rows}
 
 
@@ -131,5 +152,8 @@ def format_text(report: dict[str, Any]) -> str:
         lines.append(f"[{f['severity'].upper()}] {f['code']}: {f['message']}")
         if f.get("recommendation"):
             lines.append(f"    -> {f['recommendation']}")
-    return "\n".join(lines)
+    for note in report.get("notes", []):
+        lines.append(f"ignored   {note}")
+    # session text (model, GPU names, finding messages) may hold terminal escape sequences
+    return "\n".join(printable(line) for line in lines)
 

@@ -30,10 +30,14 @@ from typing import Any
 
 import numpy as np
 
+from profiler.errors import NotAnalysable
 from profiler.session.reader import Session
 
 NULL_BLOCKS = 1
 """Blocks of the pool that never hold KV (vLLM's null block)."""
+
+MAX_ACCESSES = 200_000_000
+"""More block accesses than this means damaged token counts (the replay would need GiBs)."""
 
 _NO_ACCESS_DATA = "session has no prompt-block hashes and no KV events: what-if needs one of them"
 
@@ -144,6 +148,9 @@ def miss_ratio_curve(trace: AccessTrace) -> MissRatioCurve:
     a running count of them is enough.
     """
     bs = trace.block_size
+    if trace.accesses > MAX_ACCESSES:
+        raise NotAnalysable(f"{trace.accesses:,} block accesses (prompt + generated blocks): more "
+                            "than the session's requests can have made; its token counts are damaged")
     n_pushes = sum(len(r.hashes) for r in trace.requests)
     tree = [0] * (n_pushes + 1)
     last: dict[int, tuple[int, int]] = {}  # hash -> (push time, tail pushes before it)
@@ -198,7 +205,7 @@ def load_trace(session: Session, engine_id: int | None = None) -> AccessTrace:
     """The access sequence of ``engine_id`` (default: the engine with the most prompt blocks)."""
     blocks = session.table("prompt_blocks")
     if blocks.empty:
-        raise ValueError(
+        raise NotAnalysable(
             "session has no prompt-block hashes (recorded with prefix caching off, or by attach "
             "without KV events): what-if needs them"
         )
@@ -206,11 +213,11 @@ def load_trace(session: Session, engine_id: int | None = None) -> AccessTrace:
         engine_id = int(blocks["engine_id"].value_counts().idxmax())
     blocks = blocks[blocks["engine_id"] == engine_id]
     if blocks.empty:
-        raise ValueError(f"engine {engine_id} has no prompt-block hashes in this session")
+        raise NotAnalysable(f"engine {engine_id} has no prompt-block hashes in this session")
     engines = session.table("engines")
     row = engines[engines["engine_id"] == engine_id]
     if row.empty or row.iloc[0]["block_size"] is None or np.isnan(row.iloc[0]["block_size"]):
-        raise ValueError(f"engine {engine_id}: block size unknown")
+        raise NotAnalysable(f"engine {engine_id}: block size unknown")
     bs = int(row.iloc[0]["block_size"])
     reqs = session.table("requests", "WHERE engine_id = ?", (engine_id,))
     reqs = reqs.drop_duplicates("request_id")
@@ -248,23 +255,22 @@ def event_curve(session: Session, engine_id: int | None = None) -> tuple[int, Mi
     turns it into a hit once its size exceeds that distance. Sizes below the session's are not
     predicted (the hits there are invisible), and chains are not enforced: an upper estimate.
     """
-    tables = {r[0] for r in session.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    if "kv_events" not in tables:
-        raise ValueError(_NO_ACCESS_DATA)
+    if not session.has_table("kv_events"):
+        raise NotAnalysable(_NO_ACCESS_DATA)
     ev = session.table("kv_events", "WHERE medium IS NULL OR medium = 'GPU' "
                                     "ORDER BY engine_id, t_unix_s, seq, rowid")
     if ev.empty:
-        raise ValueError(_NO_ACCESS_DATA)
+        raise NotAnalysable(_NO_ACCESS_DATA)
     if engine_id is None:
         engine_id = int(ev["engine_id"].value_counts().idxmax())
     ev = ev[ev["engine_id"] == engine_id]
     point = session_point(session, engine_id)
     bs = session.scalar("SELECT block_size FROM engines WHERE engine_id = ?", (engine_id,))
-    q, h = session.conn.execute(
+    q, h = session.rows(
         "SELECT SUM(prefix_queries_tokens), SUM(prefix_hits_tokens) FROM steps WHERE engine_id = ?",
-        (engine_id,)).fetchone()
+        (engine_id,))[0]
     if not bs or not point.num_blocks or not q:
-        raise ValueError(f"engine {engine_id}: KV events without block size, cache size or prefix "
+        raise NotAnalysable(f"engine {engine_id}: KV events without block size, cache size or prefix "
                          "counts: what-if needs them")
     usable_now = max(point.num_blocks - NULL_BLOCKS, 0)
     stores: list[tuple[int, bool, bool]] = []  # (hash, re-store of an evicted hash, after a clear)
@@ -333,11 +339,13 @@ class SessionPoint:
 def session_point(session: Session, engine_id: int) -> SessionPoint:
     """Real ``num_gpu_blocks`` and measured hit rate of ``engine_id``."""
     blocks = session.scalar("SELECT num_gpu_blocks FROM engines WHERE engine_id = ?", (engine_id,))
-    q, h = session.conn.execute(
+    q, h = session.rows(
         "SELECT SUM(prefix_queries_tokens), SUM(prefix_hits_tokens) FROM steps WHERE engine_id = ?",
         (engine_id,),
-    ).fetchone()
-    return SessionPoint(int(blocks) if blocks is not None else None, (h / q) if q else None)
+    )[0]
+    rate = (h / q) if q and h is not None else None
+    return SessionPoint(int(blocks) if blocks is not None else None,
+                        rate if rate is not None and rate <= 1 else None)
 
 
 @dataclass(frozen=True)

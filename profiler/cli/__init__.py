@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from profiler.cli import attach, record, report, ui, whatif
 from profiler.errors import KvscopeError
+from profiler.units import printable
 
 COMMANDS = (record, report, whatif, attach, ui)
 """Subcommand modules, each with ``add_parser(subparsers)``; listed in ``kvscope --help`` order."""
@@ -33,11 +34,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KvscopeError as exc:
-        print(f"kvscope: {exc}", file=sys.stderr)
+        # one line, whatever the file's name or contents: control characters become spaces
+        print(f"kvscope: {printable(exc)}", file=sys.stderr)
         return 2
     except sqlite3.DatabaseError as exc:
         first = (str(exc) or type(exc).__name__).splitlines()[0]
-        print(f"kvscope: damaged session file ({first})", file=sys.stderr)
+        print(f"kvscope: damaged session file ({printable(first)})", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -25,7 +25,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     session = open_session(args.session)
     report = build_report(session, findings=[f.as_dict() for f in diagnose(session)])
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(report, indent=2, allow_nan=False))
     else:
         print(format_text(report))
     return 0

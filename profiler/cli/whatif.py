@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from profiler.errors import UserError
-from profiler.units import fmt_pct
+from profiler.units import fmt_pct, json_safe, printable
 
 
 def format_text(obj: dict[str, Any]) -> str:
@@ -28,7 +28,7 @@ def format_text(obj: dict[str, Any]) -> str:
     for p in obj["predictions"]:
         rate = fmt_pct(p["hit_rate"]) if p["hit_rate"] is not None else "not predicted"
         lines.append(f"{p['num_blocks']:>8} {p['tokens']:>10} {rate:>20}")
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)
 
 
 def cmd_whatif(args: argparse.Namespace) -> int:
@@ -44,7 +44,7 @@ def cmd_whatif(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UserError(f"{args.session}: {exc}") from exc
     obj = predictions(w, list(args.blocks))
-    print(json.dumps(obj, indent=2) if args.json else format_text(obj))
+    print(json.dumps(json_safe(obj), indent=2, allow_nan=False) if args.json else format_text(obj))
     return 0
 
 

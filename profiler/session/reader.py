@@ -1,23 +1,66 @@
 """Read API for session files: open with one-line errors, tables as pandas DataFrames.
 
 Opening never writes to the file, so a session that is still being recorded can be read at the
-same time, and bundled sessions can live in read-only folders.
+same time, and bundled sessions can live in read-only folders (a WAL session whose ``-shm`` cannot
+be created there is opened ``immutable``).
+
+Every value is checked here, once, at the read boundary: the file must have every table and column
+of ``schema.TABLES`` (a missing one is a one-line ``SessionFormatError``), and each connection reads
+the tables through same-named TEMP views that turn values impossible for their column (text in a
+number column, ±Inf, a negative count, a fraction above 1, ``block_size`` 0, see
+``schema.column_rule``) into NULL. ``Session.notes()`` says which values were ignored, in which rows.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
-from dataclasses import dataclass
+import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
 
 from profiler.errors import SessionFormatError
-from profiler.session.schema import TABLES, check_version
+from profiler.session.schema import OPTIONAL_TABLES, TABLES, UNIX_S_MAX, check_version, column_rule
 from profiler.units import first_line
+
+_META_TIMES = ("started_unix_s", "ended_unix_s")
+_META_TEXT = ("host", "kvscope_version", "vllm_version", "model", "incomplete_reason")
+
+
+def _valid_sql(table: str, col: str) -> str | None:
+    """SQL condition true for a valid value of ``col`` (None: every value is valid)."""
+    kind, lo, hi = column_rule(table, col)
+    c = f'"{col}"'
+    if kind == "any":
+        return None
+    if kind == "text":
+        return f"typeof({c}) IN ('text', 'integer', 'real')"
+    if kind == "blob":
+        return f"typeof({c}) = 'blob' AND length({c}) % 8 = 0"
+    if kind == "hash":
+        return f"typeof({c}) = 'integer'"
+    # SQLite orders every number before any text or blob, and +Inf after every finite bound, so
+    # one range test rejects text, blobs, ±Inf and out-of-range numbers alike.
+    return f"{c} BETWEEN {lo!r} AND {hi!r}"
+
+
+def _view_column(table: str, col: str) -> str:
+    cond = _valid_sql(table, col)
+    c = f'"{col}"'
+    if cond is None:
+        return c
+    value = f"CAST({c} AS TEXT)" if column_rule(table, col)[0] == "text" else c
+    return f"CASE WHEN {cond} THEN {value} END AS {c}"
+
+
+def _decode(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
 
 
 @dataclass
@@ -25,17 +68,94 @@ class Session:
     """An open, read-only session file."""
 
     path: Path
-    conn: sqlite3.Connection
+    db: sqlite3.Connection
+    """The checked connection: its tables are the TEMP views of valid values (use this)."""
+    immutable: bool = False
+    """Opened ``immutable=1`` (a WAL session whose ``-shm`` could not be created)."""
+    _notes: list[str] | None = field(default=None, repr=False)
+    _raw: sqlite3.Connection | None = field(default=None, repr=False)
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """A second, unchecked connection to the file as stored (to copy rows verbatim)."""
+        if self._raw is None:
+            self._raw = _connect(self.path, self.immutable)
+            self._raw.execute("PRAGMA query_only = 1")
+        return self._raw
 
     def meta(self) -> dict[str, Any]:
-        """Session metadata (started_unix_s, host, command, ended_unix_s, exit_code, ...)."""
+        """Session metadata (started_unix_s, host, command, ended_unix_s, exit_code, ...).
+
+        Values of the wrong type (a time that is not a plausible unix time, a model that is not
+        text) are left out; ``notes`` names them.
+        """
+        return self._meta()[0]
+
+    def _meta(self) -> tuple[dict[str, Any], list[str]]:
         out: dict[str, Any] = {}
+        bad: list[str] = []
         for key, value in self.rows("SELECT key, value FROM meta"):
             try:
-                out[key] = json.loads(value)
-            except (TypeError, ValueError):
-                out[key] = value
-        return out
+                value = json.loads(value, parse_constant=_reject_constant)
+            except (TypeError, ValueError, RecursionError):
+                pass
+            if not isinstance(key, str):
+                continue
+            if key in _META_TIMES and not _plausible(value, 0.0, UNIX_S_MAX):
+                bad.append(key)
+                continue
+            if key == "exit_code" and not (isinstance(value, int) and not isinstance(value, bool)):
+                bad.append(key)
+                continue
+            if key in _META_TEXT and not isinstance(value, str):
+                bad.append(key)
+                continue
+            if key == "command" and not (isinstance(value, list)
+                                         and all(isinstance(a, str) for a in value)):
+                bad.append(key)
+                continue
+            out[key] = value
+        return out, bad
+
+    def notes(self) -> list[str]:
+        """What the reader ignored: one line per meta key or column with impossible values."""
+        if self._notes is None:
+            self._notes = self._scan_notes()
+        return list(self._notes)
+
+    def _scan_notes(self) -> list[str]:
+        notes = [f"meta.{key}: ignored (not a valid value)" for key in self._meta()[1]]
+        for table, cols in TABLES.items():
+            checks = [(c, cond) for c in cols if (cond := _valid_sql(table, c)) is not None]
+            if not checks or table not in self._raw_tables():
+                continue
+            bad = [f'("{c}" IS NOT NULL AND NOT ({cond}))' for c, cond in checks]
+            # one cheap pass finds the (usual) clean table; only a damaged one is counted
+            if not self.scalar(f"SELECT EXISTS (SELECT 1 FROM main.{table} WHERE "
+                               f"{' OR '.join(bad)})"):
+                continue
+            counts = self.rows(f"SELECT {', '.join(f'SUM({b})' for b in bad)} FROM main.{table}")[0]
+            for (c, cond), n in zip(checks, counts, strict=True):
+                if not n:
+                    continue
+                rowids = [r[0] for r in self.rows(
+                    f'SELECT rowid FROM main.{table} WHERE "{c}" IS NOT NULL AND NOT ({cond}) '
+                    "ORDER BY rowid LIMIT 3")]
+                kind, lo, hi = column_rule(table, c)
+                what = (f"not a number in {lo:g}..{hi:g}" if kind == "number" else
+                        "not whole int64 hashes" if kind == "blob" else
+                        "not an integer" if kind == "hash" else "not text")
+                shown = ", ".join(str(r) for r in rowids) + (", ..." if n > len(rowids) else "")
+                notes.append(f"{table}.{c}: ignored {n} value{'s' if n != 1 else ''} "
+                             f"({what}; rows {shown})")
+        return notes
+
+    def _raw_tables(self) -> set[str]:
+        return {r[0] for r in self.rows("SELECT name FROM main.sqlite_master WHERE type='table'")}
+
+    def has_table(self, name: str) -> bool:
+        """True when the file itself has ``name`` (optional tables read as empty when it does not)."""
+        return name in self._raw_tables()
 
     def bounds(self) -> tuple[float | None, float | None]:
         """(start, last sample) in unix seconds over every timed table."""
@@ -52,15 +172,17 @@ class Session:
                 ends.append(row[1])
         start = meta.get("started_unix_s") or (min(starts) if starts else None)
         end = max(ends) if ends else None
+        if start is not None and end is not None and end < start:
+            end = start
         return start, end
 
     def table(self, name: str, where: str = "", params: tuple[Any, ...] = ()) -> pd.DataFrame:
         """A whole table (optionally filtered by a trusted SQL ``where`` clause) as a DataFrame."""
         if name not in TABLES:
             raise KeyError(name)
-        sql = f"SELECT * FROM {name} {where}"
+        sql = f"SELECT {', '.join(TABLES[name])} FROM {name} {where}"
         try:
-            df = pd.read_sql_query(sql, self.conn, params=params)
+            df = pd.read_sql_query(sql, self.db, params=params)
         except (sqlite3.DatabaseError, pd.errors.DatabaseError) as exc:
             raise SessionFormatError(f"{self.path}: damaged session file ({first_line(exc)})") from exc
         return df
@@ -88,39 +210,112 @@ class Session:
     def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """All rows of a trusted query; a damaged file raises SessionFormatError."""
         try:
-            return self.conn.execute(sql, params).fetchall()
+            return self.db.execute(sql, params).fetchall()
         except sqlite3.DatabaseError as exc:
+            raise SessionFormatError(f"{self.path}: damaged session file ({first_line(exc)})") from exc
+        except (OverflowError, MemoryError) as exc:
             raise SessionFormatError(f"{self.path}: damaged session file ({first_line(exc)})") from exc
 
     def close(self) -> None:
-        """Close the underlying connection."""
-        self.conn.close()
+        """Close the underlying connections."""
+        self.db.close()
+        if self._raw is not None:
+            self._raw.close()
 
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _plausible(value: Any, lo: float, hi: float) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value) and lo <= value <= hi)
+
+
+def _connect(p: Path, immutable: bool) -> sqlite3.Connection:
+    uri = f"file:{quote(str(p.resolve()))}?" + ("immutable=1" if immutable else "mode=ro")
+    conn = sqlite3.connect(uri, uri=True, timeout=10.0, check_same_thread=False)
+    conn.text_factory = _decode
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+    except BaseException:
+        conn.close()
+        raise
+    try:
+        check_version(version)
+    except SessionFormatError as exc:
+        conn.close()
+        raise SessionFormatError(f"{p}: {exc}") from None
+    return conn
+
+
+def _install_views(p: Path, conn: sqlite3.Connection) -> None:
+    """Check every table and column; shadow each table by a TEMP view of its valid values."""
+    names = {r[0] for r in conn.execute("SELECT name FROM main.sqlite_master WHERE type='table'")}
+    for table, cols in TABLES.items():
+        if table not in names:
+            if table in OPTIONAL_TABLES:
+                nulls = ", ".join(f'NULL AS "{c}"' for c in cols)
+                conn.execute(f"CREATE TEMP VIEW {table} AS SELECT NULL AS rowid, {nulls} WHERE 0")
+                continue
+            raise SessionFormatError(f"{p}: damaged session file (table {table} is missing)")
+        have = {r[1] for r in conn.execute(f"PRAGMA main.table_info({table})")}
+        missing = [c for c in cols if c not in have]
+        if missing:
+            raise SessionFormatError(f"{p}: damaged session file (table {table} has no column "
+                                     f"{', '.join(missing)})")
+        body = ", ".join(_view_column(table, c) for c in cols)
+        conn.execute(f"CREATE TEMP VIEW {table} AS SELECT rowid AS rowid, {body} FROM main.{table}")
+    conn.execute("PRAGMA query_only = 1")
 
 
 def open_session(path: str | Path) -> Session:
     """Open a session for reading; raises SessionFormatError with a one-line, user-facing reason."""
     p = Path(path)
-    if not p.exists():
-        raise SessionFormatError(f"{p}: no such session file")
-    if p.is_dir():
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise SessionFormatError(f"{p}: no such session file") from None
+    except PermissionError:
+        raise SessionFormatError(f"{p}: cannot read session file (permission denied)") from None
+    except OSError as exc:
+        raise SessionFormatError(f"{p}: cannot read session file ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(st.st_mode):
         raise SessionFormatError(f"{p}: is a directory, not a session file")
-    with p.open("rb") as fh:
-        header = fh.read(16)
+    if not stat.S_ISREG(st.st_mode):
+        what = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+                else "not a regular file")
+        raise SessionFormatError(f"{p}: not a session file ({what})")
+    try:
+        with p.open("rb") as fh:
+            header = fh.read(16)
+    except PermissionError:
+        raise SessionFormatError(f"{p}: cannot read session file (permission denied)") from None
+    except OSError as exc:
+        raise SessionFormatError(f"{p}: cannot read session file ({exc.strerror or exc})") from None
     if len(header) < 16:
         raise SessionFormatError(f"{p}: not a kvscope session (file is empty or truncated)")
     if header != b"SQLite format 3\x00":
         raise SessionFormatError(f"{p}: not a kvscope session (not an SQLite file)")
+    immutable = False
     try:
-        conn = sqlite3.connect(f"file:{p.resolve()}?mode=ro", uri=True, timeout=10.0,
-                               check_same_thread=False)
-        conn.execute("PRAGMA query_only = 1")
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        check_version(version)
-        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        try:
+            conn = _connect(p, immutable=False)
+        except sqlite3.OperationalError as first:
+            # A WAL session in a folder we cannot write (or without access to its -shm): read the
+            # file as it is, without the WAL index.
+            try:
+                conn = _connect(p, immutable=True)
+                immutable = True
+            except sqlite3.DatabaseError:
+                raise first from None
+        try:
+            _install_views(p, conn)
+        except BaseException:
+            conn.close()
+            raise
     except sqlite3.DatabaseError as exc:
         raise SessionFormatError(f"{p}: damaged session file ({first_line(exc)})") from exc
-    missing = {"meta", "engines", "steps", "events"} - names
-    if missing:
-        raise SessionFormatError(f"{p}: damaged session file (missing tables: {sorted(missing)})")
-    return Session(p, conn)
+    return Session(p, conn, immutable)

@@ -62,6 +62,58 @@ _TYPES = {
 }
 
 
+OPTIONAL_TABLES = frozenset({"kv_events", "gaps"})
+"""Tables that sessions recorded before they existed lack (the bundled CPU sessions): a reader
+treats a missing one as empty. Every other table, and every column of every table, must exist."""
+
+UNIX_S_MAX = 1e10
+"""Latest plausible unix time (year 2286); later (or negative) times are damage, not data."""
+DURATION_S_MAX = 1e9
+COUNT_MAX = 2**31
+"""Largest plausible count (tokens, blocks, requests, pids) in one row."""
+BYTES_MAX = 2**50
+"""Largest plausible byte count in one row (1 PiB)."""
+FRAC_TOLERANCE = 1e-3
+"""How far above 1 a fraction may read (float rounding in vLLM's own numbers)."""
+
+
+def column_rule(table: str, name: str) -> tuple[str, float | None, float | None]:
+    """What a valid value of ``table.name`` is: ``(kind, lo, hi)``.
+
+    kind is ``text`` (any text; numbers read as their text), ``blob`` (``block_hashes``: bytes, a
+    whole number of int64), ``hash`` (any int64), ``any`` (meta values, checked by the reader), or
+    ``number`` (a finite number within ``lo..hi``). The reader turns every other value into NULL
+    and says so (``Session.notes``).
+    """
+    if table == "meta":
+        return "any", None, None
+    kind = _column_type(name)
+    if name == "block_hashes":
+        return "blob", None, None
+    if name in ("block_hash", "parent_block_hash"):
+        return "hash", None, None
+    if kind.startswith("TEXT") or kind == "BLOB":
+        return "text", None, None
+    if name.endswith("unix_s"):
+        return "number", 0.0, UNIX_S_MAX
+    if name.endswith("_frac"):
+        return "number", 0.0, 1.0 + FRAC_TOLERANCE
+    if name == "gpu_memory_utilization":
+        return "number", 1e-6, 1.0 + FRAC_TOLERANCE
+    if name == "enable_prefix_caching":
+        return "number", 0, 1
+    if name == "block_size":
+        return "number", 1, 2**20
+    if name.endswith("_s"):
+        return "number", 0.0, DURATION_S_MAX
+    if table == "startup_memory" and name == "kv_cache_bytes":
+        # vLLM's KV budget after start-up: negative when start-up alone overran it (startup OOM)
+        return "number", -BYTES_MAX, BYTES_MAX
+    if name.endswith("_bytes"):
+        return "number", 0, BYTES_MAX
+    return "number", 0, COUNT_MAX
+
+
 def _column_type(name: str) -> str:
     if name in _TYPES:
         return _TYPES[name]

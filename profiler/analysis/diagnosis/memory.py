@@ -19,7 +19,8 @@ from profiler.analysis.diagnosis.findings import (
     startup_row,
 )
 from profiler.session.reader import Session
-from profiler.units import fmt_bytes
+from profiler.session.schema import BYTES_MAX
+from profiler.units import fmt_bytes, plausible
 
 _KV_TOO_SMALL = re.compile(
     r"max seq len \((?P<len>\d+)\), \((?P<need>[\d.]+) GiB KV cache is needed, which is larger "
@@ -63,12 +64,21 @@ def oom_events(session: Session) -> list[OomEvent]:
     for row in df.itertuples(index=False):
         try:
             details = json.loads(row.details_json) if isinstance(row.details_json, str) else {}
-        except ValueError:
+        except (ValueError, RecursionError):
             details = {}
         pid = None if pd.isna(row.pid) else int(row.pid)
         eid = None if pd.isna(row.engine_id) else int(row.engine_id)
+        if not isinstance(details, dict) or pd.isna(row.t_unix_s):
+            details = {} if not isinstance(details, dict) else details
+            if pd.isna(row.t_unix_s):
+                continue  # an OOM without a time cannot be placed
+        where = details.get("where")
+        memory = details.get("memory")
+        memory = {k: v for k, v in memory.items()
+                  if isinstance(k, str) and plausible(v, 1 if k == "total_bytes" else 0, BYTES_MAX)
+                  is not None} if isinstance(memory, dict) else {}
         out.append(OomEvent(float(row.t_unix_s), pid, eid, str(row.message or ""),
-                            str(details.get("where") or ""), details.get("memory") or {}))
+                            where if isinstance(where, str) else "", memory))
     return out
 
 
@@ -312,7 +322,9 @@ def oom_runtime(session: Session) -> list[Finding]:
         amount = causes.get(top, 0.0) if top else 0.0
         settings: dict[str, Any] = {}
         if top and total and util:
-            settings["gpu_memory_utilization"] = math.floor((float(util) - amount / total) * 100) / 100
+            lowered = math.floor((float(util) - amount / total) * 100) / 100
+            if 0 < lowered < float(util):  # else the numbers do not add up: no number to suggest
+                settings["gpu_memory_utilization"] = lowered
         lower = (f"lower gpu_memory_utilization {float(util):.2f} → {settings['gpu_memory_utilization']:.2f}"
                  if settings else "lower gpu_memory_utilization")
         if top == "other processes":
