@@ -8,6 +8,9 @@ Pages (``dashboard/views/*.py``, including other helpers' pages) get the chosen 
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,8 @@ from dashboard.data.sources import SessionSource, discover_sessions
 from dashboard.data.steps import View
 from profiler.analysis.kv_events import KvEventSummary
 from profiler.analysis.whatif import WhatIf
-from profiler.errors import SessionFormatError
+from profiler.errors import KvscopeError
+from profiler.units import escape_markdown
 
 SESSION_KEY = "kvscope_session"
 """st.session_state key (and ``?session=`` query parameter) holding the selected session label."""
@@ -123,13 +127,32 @@ def current_session() -> SessionData | None:
 
 def load_or_error(src: SessionSource) -> SessionData | None:
     """Load ``src`` or show why not (one line) and return None."""
-    try:
+    with session_errors(src.label):
         return load(src.path)
-    except SessionFormatError as exc:
-        st.error(f"Cannot open **{src.label}**: {exc}")
-    except OSError as exc:
-        st.error(f"Cannot open **{src.label}**: {exc.strerror or exc}")
     return None
+
+
+def cannot_use(label: str, exc: BaseException) -> None:
+    """The one message a page shows for a session it cannot use (the file's text as text)."""
+    if isinstance(exc, OSError):
+        why = exc.strerror or str(exc)
+    elif isinstance(exc, sqlite3.DatabaseError):
+        why = f"damaged session file ({exc})"
+    else:
+        why = str(exc)
+    first = (why.splitlines() or [type(exc).__name__])[0]
+    st.error(f"Cannot open **{escape_markdown(label)}**: {escape_markdown(first)}",
+             icon=":material/error:")
+
+
+@contextmanager
+def session_errors(label: str) -> Iterator[None]:
+    """Run a page's body; a session it cannot use (``KvscopeError``, an SQLite or OS error) shows
+    one ``st.error`` line instead of an exception, and the other pages and sessions keep working."""
+    try:
+        yield
+    except (KvscopeError, sqlite3.DatabaseError, OSError) as exc:
+        cannot_use(label, exc)
 
 
 def not_measured(what: str, data: SessionData, topic: str = "nvml") -> None:
@@ -139,7 +162,8 @@ def not_measured(what: str, data: SessionData, topic: str = "nvml") -> None:
         text = f"{what}: not measured on this machine (no NVML)."
     else:
         text = f"{what}: not measured on this machine (no CUDA allocator)."
-    st.info(text + (f" Recorder said: _{reason}_" if reason else ""), icon=":material/info:")
+    st.info(text + (f" Recorder said: _{escape_markdown(reason)}_" if reason else ""),
+            icon=":material/info:")
 
 
 def show(chart: Any, key: str, **kwargs: Any) -> Any:

@@ -31,8 +31,13 @@ if data_a is None or data_b is None:
 if src_a.path == src_b.path:
     st.warning("A and B are the same session.")
 
-rep_a, _ = state.report(data_a)
-rep_b, _ = state.report(data_b)
+reports = []
+for src, data in ((src_a, data_a), (src_b, data_b)):
+    with state.session_errors(src.label):
+        reports.append(state.report(data)[0])
+if len(reports) < 2:
+    st.stop()
+rep_a, rep_b = reports
 st.subheader("Key numbers")
 deltas = compare.key_number_deltas(rep_a, rep_b)
 st.dataframe(deltas, hide_index=True, width="stretch", height=36 * (len(deltas) + 1) + 4, column_config={

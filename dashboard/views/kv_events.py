@@ -37,4 +37,5 @@ def render(data: SessionData) -> None:
 
 data = state.current_session()
 if data is not None:
-    render(data)
+    with state.session_errors(data.name):
+        render(data)

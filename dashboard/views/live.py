@@ -11,7 +11,8 @@ from dashboard.charts import panels as charts
 from dashboard.data.session import load_recent
 from dashboard.data.sources import SessionSource
 from profiler import units
-from profiler.errors import SessionFormatError
+from profiler.errors import KvscopeError
+from profiler.units import escape_markdown
 
 st.title("Live")
 src = state.current_source()
@@ -22,7 +23,7 @@ c = st.columns([2, 1, 1])
 window_min = c[0].slider("Show the last (minutes)", 0.5, 60.0, 5.0, step=0.5, key="live_window_min")
 refresh_s = c[1].selectbox("Refresh every (s)", [1, 2, 5, 10], index=1, key="live_refresh_s")
 following = c[2].toggle("Follow", value=True, key="live_follow", help="pause to inspect the charts")
-st.caption(f"Following `{src.path}`. Start a recording with "
+st.caption(f"Following {escape_markdown(src.path)}. Start a recording with "
            "`kvscope record --session FILE -- python your_server.py` and open it here.")
 
 
@@ -42,8 +43,8 @@ def live_panel(source: SessionSource, window_s: float) -> None:
     """Re-read the window's rows of the session and redraw (only this fragment reruns)."""
     try:
         data, view, reqs = load_recent(source.path, window_s)
-    except SessionFormatError as exc:
-        st.error(f"Cannot open **{source.label}**: {exc}")
+    except KvscopeError as exc:
+        state.cannot_use(source.label, exc)
         return
     end_unix_s = data.start_unix_s + data.duration_s
     age_s = max(time.time() - end_unix_s, 0.0)

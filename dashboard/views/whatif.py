@@ -9,6 +9,7 @@ from dashboard import state
 from dashboard.charts.whatif import whatif_chart
 from dashboard.data.session import SessionData
 from profiler.analysis.whatif import predictions
+from profiler.units import escape_markdown
 
 
 def _default_sizes(actual: int | None) -> list[int]:
@@ -22,7 +23,7 @@ def render(data: SessionData) -> None:
     try:
         w = state.whatif(data)
     except ValueError as exc:
-        st.info(f"No what-if for this session: {exc}")
+        st.info(f"No what-if for this session: {escape_markdown(exc)}")
         return
     a, c = w.actual, w.curve
     cols = st.columns(4)
@@ -60,4 +61,5 @@ def render(data: SessionData) -> None:
 
 data = state.current_session()
 if data is not None:
-    render(data)
+    with state.session_errors(data.name):
+        render(data)
