@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,10 +16,9 @@ from dashboard.charts import panels as dashboard_charts
 from dashboard.data import derive
 from dashboard.data.reports import compute_report
 from dashboard.data.session import load_session
-from dashboard.data.sources import ENV_UI_SESSIONS
+from tests.support.dashboard import go, open_app
 
 ROOT = Path(__file__).resolve().parent.parent
-APP = ROOT / "dashboard" / "app.py"
 SESSIONS = ROOT / "sessions"
 CPU = SESSIONS / "kv_saturation.kvscope"
 GPU = SESSIONS / "gpu_h200x2_tp2.kvscope"
@@ -32,20 +30,9 @@ def app(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """A factory: AppTest of the dashboard offering ``paths`` (first one selected)."""
 
     def make(*paths: Path) -> AppTest:
-        monkeypatch.setenv(ENV_UI_SESSIONS, os.pathsep.join(str(p) for p in paths))
-        at = AppTest.from_file(str(APP), default_timeout=120)
-        at.run()
-        assert not at.exception, at.exception
-        return at
+        return open_app(monkeypatch, *paths)
 
     yield make
-
-
-def go(at: AppTest, page: str) -> AppTest:
-    at.switch_page(f"views/{page}.py")
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
 
 
 def charts(at: AppTest) -> list[dict[str, Any]]:
@@ -80,17 +67,18 @@ def test_overview_cpu_numbers_match_the_report(app: Any) -> None:
     assert len(charts(at)) == 2
     assert any("GPUs: not measured on this machine (no NVML)" in c.value for c in at.caption)
     assert len(at.get("download_button")) >= 1
+    assert {f["code"] for f in findings} == FINDINGS[CPU.stem]
     shown = [m.value for m in at.markdown]
     for f in findings:
-        assert any(f["code"] in s for s in shown)
+        assert any(f["code"] in s for s in shown), f["code"]
     # A finding's button opens the Timeline zoomed to its range.
-    if findings and findings[0].get("t_start_s") is not None:
-        at.button(key="finding-0").click().run()
-        assert not at.exception
-        showing = next(m.value for m in at.markdown if m.value.startswith("Showing"))
-        start = float(findings[0]["t_start_s"])
-        shown_start = float(showing.split("**")[1].split("–")[0].replace(",", ""))
-        assert shown_start <= start and shown_start >= start - 5.0
+    assert findings[0]["t_start_s"] is not None
+    at.button(key="finding-0").click().run()
+    assert not at.exception
+    showing = next(m.value for m in at.markdown if m.value.startswith("Showing"))
+    start = float(findings[0]["t_start_s"])
+    shown_start = float(showing.split("**")[1].split("–")[0].replace(",", ""))
+    assert shown_start <= start and shown_start >= start - 5.0
 
 
 def test_overview_gpu_shows_device_memory(app: Any) -> None:
@@ -280,14 +268,41 @@ def test_bad_session_shows_one_error_and_others_work(app: Any, tmp_path: Path) -
     assert not at.error and len(charts(at)) == 1
 
 
-PAGES = ["overview", "timeline", "memory", "kv_cache", "requests", "replay", "live", "kv_events"]
+PAGES = sorted(p.stem for p in (ROOT / "dashboard" / "views").glob("*.py") if p.stem != "__init__")
+"""Every page of the app (a new view file is tested without being listed here)."""
+
+FINDINGS = {
+    "gpu_h200_fragmentation": {"GPU_MEMORY_PRESSURE"},
+    "gpu_h200_healthy": {"QUEUEING", "KV_OVERPROVISIONED"},
+    "gpu_h200_kv_pressure": {"KV_SATURATION", "PREEMPTION_STORM"},
+    "gpu_h200_oom_runtime": {"OOM_RUNTIME"},
+    "gpu_h200_oom_startup": {"OOM_STARTUP"},
+    "gpu_h200x2_tp2": {"QUEUEING", "KV_OVERPROVISIONED"},
+    "healthy": {"QUEUEING"},
+    "kv_saturation": {"PREFIX_THRASH", "KV_SATURATION", "PREEMPTION_STORM"},
+    "prefix_thrash": {"PREFIX_THRASH"},
+}
+"""Finding codes each bundled session shows on its Overview (every one of them has some)."""
+
+
+def test_every_page_is_tested() -> None:
+    assert {"overview", "timeline", "memory", "kv_cache", "requests", "replay", "compare", "live",
+            "kv_events", "whatif"} <= set(PAGES)
+    assert set(FINDINGS) == {p.stem for p in SESSIONS.glob("*.kvscope")}
 
 
 @pytest.mark.parametrize("session", sorted(SESSIONS.glob("*.kvscope")), ids=lambda p: p.stem)
 def test_every_page_opens_every_bundled_session(app: Any, session: Path) -> None:
-    """CPU and GPU sessions, OOM ones included (no steps at all): no page may raise."""
+    """CPU and GPU sessions, OOM ones included (no steps at all): no page may raise or show an error."""
     at = app(session)
     assert at.title[0].value == f"Overview · {session.stem}"
+    _, findings = compute_report(session)
+    assert {f["code"] for f in findings} == FINDINGS[session.stem]
+    shown = [m.value for m in at.markdown]
+    for f in findings:
+        assert any(f["code"] in s for s in shown), f["code"]
     for page in PAGES:
         go(at, page)
         assert not at.error, (page, [e.value for e in at.error])
+        headings = [h.value for h in [*at.title, *at.header]]
+        assert headings and (page == "overview") == headings[0].startswith("Overview"), (page, headings)
