@@ -34,10 +34,14 @@ def engine_env(**extra: str) -> dict[str, str]:
     return env
 
 
+KVSCOPE = [sys.executable, "-m", "profiler.cli"]
+"""The ``kvscope`` command of this checkout (for ``subprocess.Popen``; ``kvscope()`` runs it)."""
+
+
 def kvscope(*args: str, timeout_s: float = 600, env: dict[str, str] | None = None,
             check: bool = False) -> subprocess.CompletedProcess[str]:
     """Run the ``kvscope`` CLI of this checkout and capture its output."""
     return subprocess.run(
-        [sys.executable, "-m", "profiler.cli", *args], capture_output=True, text=True,
+        [*KVSCOPE, *args], capture_output=True, text=True,
         timeout=timeout_s, env=env or engine_env(), cwd=ROOT, check=check,
     )
