@@ -73,7 +73,9 @@ def test_curve_is_monotone_and_bounded_by_the_unbounded_cache(shape: list[tuple[
     assert values == sorted(values)
     assert values[-1] == curve.compulsory_hit_tokens
     need = curve.blocks_for(1.0)
-    if need is not None:
+    if need is None:  # no block ever recurs: nothing to reach
+        assert curve.compulsory_hit_tokens == 0
+    else:
         assert curve.hit_tokens(need) == curve.compulsory_hit_tokens
         assert need == 1 or curve.hit_tokens(need - 1) < curve.compulsory_hit_tokens
 
