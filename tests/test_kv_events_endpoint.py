@@ -100,6 +100,9 @@ def test_concrete_endpoint_events_are_stored(server: Server, tmp_path: Path) -> 
     assert after["preemptions"] > before["preemptions"]
     assert after["prefix_hits_tokens"] > before["prefix_hits_tokens"]
     kinds = dict(q(session, "SELECT kind, COUNT(*) FROM kv_events GROUP BY kind"))
+    print(f"kv_events rows by kind: {kinds}; preemptions "  # shown with pytest -s
+          f"{after['preemptions'] - before['preemptions']:.0f}, prefix-hit tokens "
+          f"{after['prefix_hits_tokens'] - before['prefix_hits_tokens']:.0f}")
     assert kinds.get("stored", 0) > 0 and kinds.get("removed", 0) > 0, kinds
     assert q(session, "SELECT COUNT(*) FROM gaps WHERE source = 'kv_events'") == [(0,)]
     assert not any("no KV-event batch" in ln for ln in lines)
