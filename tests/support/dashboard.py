@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -28,9 +27,6 @@ def open_app(monkeypatch: pytest.MonkeyPatch, *sessions: Path, timeout_s: float 
     """The dashboard offering ``sessions`` (as ``kvscope ui`` would; the first one is selected),
     after its first run, which must raise nothing."""
     monkeypatch.setenv(ENV_UI_SESSIONS, os.pathsep.join(str(p) for p in sessions))
-    # Streamlit runs each page as sys.modules["__main__"] and leaves it there; a later spawned
-    # process (multiprocessing "spawn") would then re-run the dashboard as its main module.
-    monkeypatch.setitem(sys.modules, "__main__", sys.modules["__main__"])
     at = AppTest.from_file(str(APP), default_timeout=timeout_s)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
