@@ -142,7 +142,7 @@ class Session:
                     f'SELECT rowid FROM main.{table} WHERE "{c}" IS NOT NULL AND NOT ({cond}) '
                     "ORDER BY rowid LIMIT 3")]
                 kind, lo, hi = column_rule(table, c)
-                what = (f"not a number in {lo:g}..{hi:g}" if kind == "number" else
+                what = (f"not a number in {_num(lo)}..{_num(hi)}" if kind == "number" else
                         "not whole int64 hashes" if kind == "blob" else
                         "not an integer" if kind == "hash" else "not text")
                 shown = ", ".join(str(r) for r in rowids) + (", ..." if n > len(rowids) else "")
@@ -221,6 +221,10 @@ class Session:
         self.db.close()
         if self._raw is not None:
             self._raw.close()
+
+
+def _num(x: Any) -> str:
+    return f"{int(x):,}" if float(x).is_integer() and abs(x) < 1e16 else f"{x:g}"
 
 
 def _reject_constant(name: str) -> Any:
