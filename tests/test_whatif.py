@@ -1,10 +1,8 @@
-"""``kvscope whatif`` and the what-if dashboard page on a real recorded thrash session; bad input."""
+"""``kvscope whatif`` and the what-if chart on a real recorded thrash session; bad input."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,16 +11,9 @@ from dashboard.charts.whatif import curve_frame, marks_frame, whatif_chart
 from profiler.analysis.whatif import analyse
 from profiler.session.reader import open_session
 from tests.support import scenarios as sc
-from tests.support.engine import ROOT, engine_env
+from tests.support.engine import kvscope
 
 pytestmark = pytest.mark.engine
-
-
-def kvscope(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run the CLI exactly as the ``kvscope`` console script does (``profiler.cli:main``)."""
-    code = "import sys; from profiler.cli import main; sys.exit(main(sys.argv[1:]))"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          timeout=300, env=engine_env(), cwd=ROOT)
 
 
 @pytest.fixture(scope="module")

@@ -1,20 +1,20 @@
-"""The what-if dashboard page, run by Streamlit's AppTest on a real recorded thrash session."""
+"""The What-if page, reached through the dashboard's own navigation (``dashboard/app.py``), on a real
+recorded thrash session (engine tier) and on a bundled session without prompt-block data (unit)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from profiler.analysis.whatif import analyse
 from profiler.session.reader import open_session
 from tests.support import scenarios as sc
+from tests.support.dashboard import go, open_app
 from tests.support.engine import ROOT
 
-pytestmark = pytest.mark.engine
-
-PAGE = str(ROOT / "dashboard" / "views" / "whatif.py")
+NO_PROMPT_BLOCKS = ROOT / "sessions" / "gpu_h200_fragmentation.kvscope"
+"""Recorded without prompt-block hashes or KV events: nothing to model."""
 
 
 @pytest.fixture(scope="module")
@@ -24,12 +24,11 @@ def thrash(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> sc.Rec
     return rec
 
 
-def test_dashboard_page_renders_for_the_chosen_session(thrash: sc.Recorded) -> None:
-
-    at = AppTest.from_file(PAGE, default_timeout=60)
-    at.session_state["session_path"] = str(thrash.path)
-    at.run()
-    assert not at.exception
+@pytest.mark.engine
+def test_page_renders_for_the_chosen_session(thrash: sc.Recorded, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = go(open_app(monkeypatch, thrash.path), "whatif")
+    assert at.header[0].value.startswith("What-if")
+    assert not at.error and not at.info
     values = {m.label: m.value for m in at.metric}
     assert values["KV cache"] == "24 blocks"
     w = analyse(open_session(thrash.path))
@@ -37,11 +36,15 @@ def test_dashboard_page_renders_for_the_chosen_session(thrash: sc.Recorded) -> N
     assert values["unbounded cache"] == f"{w.curve.max_hit_rate:.1%}"
     table = at.dataframe[0].value
     assert table["num_blocks"].tolist() == [12, 24, 48, 96]
+    assert len(at.get("vega_lite_chart")) == 1
 
 
-def test_dashboard_page_without_a_session_asks_for_one() -> None:
-
-    at = AppTest.from_file(PAGE, default_timeout=60)
-    at.run()
-    assert not at.exception
-    assert at.info[0].value == "Choose a session first."
+def test_session_without_prompt_blocks_gets_one_info_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError):
+        analyse(open_session(NO_PROMPT_BLOCKS))  # the premise: no what-if for this session
+    at = go(open_app(monkeypatch, NO_PROMPT_BLOCKS), "whatif")
+    assert at.header[0].value.startswith("What-if")
+    assert [i.value for i in at.info] == [
+        "No what-if for this session: session has no prompt-block hashes and no KV events: "
+        "what-if needs one of them"]
+    assert not at.error and not at.metric and not at.get("vega_lite_chart")
