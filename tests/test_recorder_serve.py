@@ -19,11 +19,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.engine import ROOT, engine_env, engine_lock, kvscope
 from tests.support.ports import free_port
+from tests.support.waiting import wait_until
 from tests.support.workload import prompts
 
 pytestmark = pytest.mark.engine
-
-
 
 
 def _counters(base: str) -> dict[str, float]:
@@ -72,8 +71,17 @@ def test_serve_with_env_var_matches_server_counters(tiny_model: Path, tmp_path: 
 
             with ThreadPoolExecutor(48) as pool:
                 list(pool.map(one, texts))
-            time.sleep(1.0)  # let the last step's stats reach the frontend
-            after = _counters(base)
+
+            def counted() -> dict[str, float] | None:
+                """The server's counters once the last step's stats reached the frontend."""
+                now = _counters(base)
+                done = now.get("vllm:request_success_total", 0.0) - before.get("vllm:request_success_total", 0.0)
+                out = (now.get("vllm:generation_tokens_total", 0.0)
+                       - before.get("vllm:generation_tokens_total", 0.0))
+                return now if (done, out) == (48, 48 * 48) else None
+
+            after = wait_until(counted, 60, "the server to count all 48 requests and their tokens",
+                               interval_s=0.2)
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
