@@ -128,20 +128,25 @@ def check_record(python: str, model: str, work: Path, version: str) -> dict[str,
 
 
 def check_attach(python: str, model: str, work: Path, version: str) -> dict[str, str]:
-    """attach and KV-events cells from one attach to that version's server under load."""
-    session = work / f"attach-{version}.kvscope"
+    """attach and KV-events cells from one attach to that version's server under load.
+
+    ``--kv-events auto`` asks the server's ``/kv_event_sources``; a version without it is attached
+    with the endpoint the server was started with, and the cell says so.
+    """
     kv_port, replay_port = srv.free_port(), srv.free_port()
     cfg = srv.kv_events_config(f"tcp://*:{kv_port}", f"tcp://*:{replay_port}")
+    explicit = f"tcp://127.0.0.1:{kv_port},tcp://127.0.0.1:{replay_port}"
     with engine_lock(), srv.running_server(python, model, work, extra=("--kv-events-config", cfg)) as s:
+        session = work / f"attach-{version}.kvscope"
+        proc, err = _start_attach(python, s.url, session, "auto")
+        how = ""
+        if proc is None and not srv.http_status(s.url, "/kv_event_sources").startswith("HTTP 200"):
+            session = work / f"attach-{version}-explicit.kvscope"
+            proc, err = _start_attach(python, s.url, session, explicit)
+            how = " (explicit endpoint: the server has no /kv_event_sources for auto)"
+        if proc is None:
+            return {"attach": f"did not start: {err[-120:]}", "kv_events": "not checked"}
         before = srv.counters(s.url)
-        proc = subprocess.Popen([python, "-m", "profiler.cli", "attach", s.url, "--session",
-                                 str(session), "--interval-s", "0.25", "--kv-events", "auto"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=engine_env(), cwd=ROOT)
-        if not _wait(lambda: _has_event(session, "attach_start"), 60, proc):
-            proc.kill()
-            return {"attach": f"did not start: {proc.communicate()[1].strip()[-120:]}",
-                    "kv_events": "not checked"}
         codes = srv.drive(s.url, model)
         srv.wait_idle(s.url)
         after = srv.counters(s.url)
@@ -158,7 +163,21 @@ def check_attach(python: str, model: str, work: Path, version: str) -> dict[str,
         problems.append("no preemptions under load")
     kv_rows = _scalar(session, "SELECT COUNT(*) FROM kv_events")
     return {"attach": "; ".join(p for p in problems if p) or OK,
-            "kv_events": OK if kv_rows else "0 KV-event rows"}
+            "kv_events": (OK + how) if kv_rows else f"0 KV-event rows{how}"}
+
+
+def _start_attach(python: str, url: str, session: Path,
+                  kv_events: str) -> tuple[subprocess.Popen[str] | None, str]:
+    """``kvscope attach`` running and started (None and its stderr when it exited instead)."""
+    proc = subprocess.Popen([python, "-m", "profiler.cli", "attach", url, "--session", str(session),
+                             "--interval-s", "0.25", "--kv-events", kv_events],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=engine_env(), cwd=ROOT)
+    if _wait(lambda: _has_event(session, "attach_start"), 60, proc):
+        return proc, ""
+    if proc.poll() is None:
+        proc.kill()
+    return None, proc.communicate()[1].strip()
 
 
 def _wait(cond: Callable[[], bool], timeout_s: float, proc: subprocess.Popen[str]) -> bool:

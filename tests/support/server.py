@@ -107,6 +107,14 @@ def counters(url: str) -> dict[str, float]:
     return out
 
 
+def http_status(url: str, path: str) -> str:
+    """``"HTTP 404 /path"`` for the server's answer to GET ``path`` (or the error's name)."""
+    try:
+        return f"HTTP {httpx.get(url + path, timeout=10).status_code} {path}"
+    except httpx.HTTPError as exc:
+        return f"{type(exc).__name__} {path}"
+
+
 def gauge(url: str, name: str) -> float:
     """One gauge of the server's /metrics (first series)."""
     text = httpx.get(url + "/metrics", timeout=10).text
