@@ -35,8 +35,9 @@ ui: $(VENV)/.ui-installed
 test: lint
 	$(PY) -m pytest -x -q tests
 
+# The unit tier spread over 4 workers: its attach fault cases mostly wait on their servers.
 test-unit: lint
-	$(PY) -m pytest -x -q -m unit tests
+	$(PY) -m pytest -x -q -m unit -n 4 tests
 
 # ruff, and the architecture contract (pyproject's [tool.importlinter]: no cycles, layers, the
 # dashboard reads sessions only).

@@ -3,6 +3,7 @@ so with ``pytestmark``; every other test is ``unit`` (``make test-unit``)."""
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 TIERS = ("engine", "browser")
+_TIER_LINE = re.compile(r"^pytestmark = pytest\.mark\.(engine|browser)\b", re.M)
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +39,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             if "tiny_model" in getattr(item, "fixturenames", ()):
                 raise pytest.UsageError(f"{item.nodeid} uses a real engine: mark it engine")
             item.add_marker(pytest.mark.unit)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """A unit-only run (``-m unit``) does not even import the engine and browser modules: importing
+    vLLM alone costs 11 s of CPU in every process, and ``-m`` deselects only after collection."""
+    if (config.getoption("markexpr") != "unit" or collection_path.suffix != ".py"
+            or not collection_path.name.startswith("test_")):
+        return None
+    return True if _TIER_LINE.search(collection_path.read_text()) else None

@@ -32,7 +32,7 @@ from profiler.errors import KvscopeError
 from profiler.session import reader
 from profiler.session.reader import open_session
 from profiler.session.schema import TABLES
-from tests.support.engine import ROOT, kvscope
+from tests.support.engine import ROOT, kvscope, kvscope_here
 
 SESSIONS = ROOT / "sessions"
 THRASH = SESSIONS / "prefix_thrash.kvscope"
@@ -70,14 +70,14 @@ def _one_line_error(proc: subprocess.CompletedProcess[str], path: Path | str, *w
 
 
 def _report_json(path: Path) -> dict[str, Any]:
-    proc = kvscope("report", "--json", str(path), timeout_s=120)
+    proc = kvscope_here("report", "--json", str(path))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     return _strict(proc.stdout)
 
 
 def _text_report(path: Path) -> str:
-    proc = kvscope("report", str(path), timeout_s=120)
+    proc = kvscope_here("report", str(path))
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
 
@@ -95,7 +95,7 @@ def _text_report(path: Path) -> str:
 def test_missing_column_or_table_is_one_line(tmp_path: Path, sql: str, words: tuple[str, ...],
                                              command: tuple[str, ...]) -> None:
     path = _copy(tmp_path, sql=sql)
-    proc = kvscope(command[0], str(path), *command[1:], timeout_s=120)
+    proc = kvscope_here(command[0], str(path), *command[1:])
     _one_line_error(proc, path, *words)
 
 
@@ -106,7 +106,7 @@ def test_block_size_zero_is_ignored_with_a_note(tmp_path: Path) -> None:
     assert any("engines.block_size" in n for n in rep["notes"])
     assert "engines.block_size" in _text_report(path)
     # what-if cannot run without a block size: one line, naming the file
-    _one_line_error(kvscope("whatif", str(path), "--blocks", "64", timeout_s=120), path,
+    _one_line_error(kvscope_here("whatif", str(path), "--blocks", "64"), path,
                     "block size")
 
 

@@ -4,6 +4,7 @@ decodes the same, and fuzzed or mutated frames never raise anything but KvDecode
 from __future__ import annotations
 
 import msgspec
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from vllm.distributed.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEventBatch
@@ -16,6 +17,9 @@ from profiler.attach.kv_decode import (
     event_rows,
     fold_hash,
 )
+
+# vLLM's own event classes and publisher: the engine tier (it needs vLLM, the unit tier does not)
+pytestmark = pytest.mark.engine
 
 # 150 examples a run (about 1 s per property): every run of the unit tier draws new ones, and
 # hypothesis replays saved failures first.

@@ -18,6 +18,9 @@ from profiler.session.writer import SessionWriter
 from tests.support.ports import free_port
 from tests.support.waiting import wait_until
 
+# vLLM's own event classes and publisher: the engine tier (it needs vLLM, the unit tier does not)
+pytestmark = pytest.mark.engine
+
 
 def batch(i: int) -> KVEventBatch:
     """Batch i stores block 100+i; every third batch evicts the block stored two batches before."""

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import io
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -45,3 +48,21 @@ def kvscope(*args: str, timeout_s: float = 600, env: dict[str, str] | None = Non
         [*KVSCOPE, *args], capture_output=True, text=True,
         timeout=timeout_s, env=env or engine_env(), cwd=ROOT, check=check,
     )
+
+
+def kvscope_here(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the ``kvscope`` CLI's ``main`` in this process (what the console script runs), capturing
+    its output: for the many quick ``report``/``whatif`` runs of the unit tier. An escaped
+    exception fails the test as a traceback would; ``kvscope()`` (a real process, with a timeout)
+    is what proves no hang."""
+    from profiler.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}  # attach sets them
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(args))
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    return subprocess.CompletedProcess(["kvscope", *args], code, out.getvalue(), err.getvalue())
