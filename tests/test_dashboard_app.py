@@ -306,3 +306,13 @@ def test_every_page_opens_every_bundled_session(app: Any, session: Path) -> None
         assert not at.error, (page, [e.value for e in at.error])
         headings = [h.value for h in [*at.title, *at.header]]
         assert headings and (page == "overview") == headings[0].startswith("Overview"), (page, headings)
+
+
+def test_overview_tables_say_not_measured_never_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A session without an engine (a plain torch process): no "None" in the info table, and an
+    info line instead of an empty settings table."""
+    at = open_app(monkeypatch, SESSIONS / "gpu_h200_fragmentation.kvscope")
+    cells = [str(v) for t in at.table for v in t.value.to_numpy().ravel()]
+    assert cells and "None" not in cells and "nan" not in cells
+    assert "n/a" in cells  # model and vLLM were not recorded
+    assert any("No vLLM engine was created" in i.value for i in at.info)

@@ -90,16 +90,21 @@ if data is not None:
             "command": " ".join(meta.get("command") or []),
         }
         # Small key-value tables: static HTML (st.table), not the interactive grid, so the page stays light.
-        left.table(pd.DataFrame({"field": list(info), "value": [str(v) for v in info.values()]}),
+        left.table(pd.DataFrame({"field": list(info), "value": [
+            units.NOT_MEASURED if v is None or v == "" else str(v) for v in info.values()]}),
                    hide_index=True)
         config_cols = ["engine_id", "block_size", "num_gpu_blocks", "gpu_memory_utilization",
                        "enable_prefix_caching", "max_num_seqs", "max_num_batched_tokens", "max_model_len",
                        "tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size",
                        "kv_cache_dtype"]
-        cfg = data.engines[[c for c in config_cols if c in data.engines]].T.reset_index()
-        cfg.columns = ["setting"] + [f"engine {int(e)}" for e in data.engines["engine_id"]]
-        right.table(cfg.astype(str), hide_index=True)
-        state.csv_download(data.engines, f"{data.name}-engines", "Engine config CSV")
+        if data.engines.empty:
+            right.info("No vLLM engine was created in this session: no engine settings.")
+        else:
+            cfg = data.engines[[c for c in config_cols if c in data.engines]].T.reset_index()
+            cfg.columns = ["setting"] + [f"engine {int(e)}" for e in data.engines["engine_id"]]
+            right.table(cfg.map(lambda v: units.NOT_MEASURED if pd.isna(v) else str(v)),
+                        hide_index=True)
+            state.csv_download(data.engines, f"{data.name}-engines", "Engine config CSV")
         if data.gpus.empty:
             st.caption("GPUs: not measured on this machine (no NVML).")
         else:
