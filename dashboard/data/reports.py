@@ -18,30 +18,21 @@ Report = tuple[dict[str, Any], list[dict[str, Any]]]
 
 def compute_report(path: str | Path) -> Report:
     """``profiler.analysis.report.build_report`` of a session plus its diagnosis findings (as dicts)."""
-    session = open_session(path)
-    try:
+    with open_session(path) as session:
         findings = [f.as_dict() for f in diagnose(session)]
         return build_report(session, findings=findings), findings
-    finally:
-        session.close()
 
 
 def compute_whatif(path: str | Path) -> WhatIf:
     """The what-if model of the session's busiest engine; ValueError when it has no trace."""
-    session = open_session(path)
-    try:
+    with open_session(path) as session:
         return analyse(session)
-    finally:
-        session.close()
 
 
 def compute_kv_events(path: str | Path) -> KvEventSummary:
     """Resident blocks, evictions and re-stores derived from the session's KV events."""
-    session = open_session(path)
-    try:
+    with open_session(path) as session:
         return kv_event_summary(session)
-    finally:
-        session.close()
 
 
 report_memo = FileMemo(compute_report)

@@ -216,6 +216,12 @@ class Session:
         except (OverflowError, MemoryError) as exc:
             raise SessionFormatError(f"{self.path}: damaged session file ({first_line(exc)})") from exc
 
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         """Close the underlying connections."""
         self.db.close()
