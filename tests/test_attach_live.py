@@ -8,11 +8,9 @@ The last test kills the server, so it must stay last in this file.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -23,7 +21,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from profiler.analysis.diagnosis import diagnose
 from profiler.analysis.diagnosis import thresholds as th
@@ -31,8 +28,11 @@ from profiler.analysis.kv_events import kv_event_summary
 from profiler.analysis.whatif import analyse
 from profiler.attach.metrics import CounterTracker, parse_metrics
 from profiler.session.reader import open_session
+from tests.support import server as srv
 from tests.support.dashboard import go, open_app
 from tests.support.engine import KVSCOPE
+from tests.support.ports import free_port
+from tests.support.server import Server
 from tests.support.tinymodel import build_tiny_llama
 from tests.support.waiting import wait_until
 
@@ -40,91 +40,8 @@ pytestmark = pytest.mark.engine
 
 BLOCKS = 24
 MAX_TOKENS = 32
-SERVER_COUNTERS = {  # vLLM 0.32 names, read straight from the server with prometheus_client
-    "preemptions": "vllm:num_preemptions_total",
-    "prefix_queries_tokens": "vllm:prefix_cache_queries_total",
-    "prefix_hits_tokens": "vllm:prefix_cache_hits_total",
-    "generation_tokens": "vllm:generation_tokens_total",
-    "prompt_tokens": "vllm:prompt_tokens_total",
-    "finished": "vllm:request_success_total",
-}
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Server:
-    url: str
-    model: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-
-def server_env() -> dict[str, str]:
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", HF_HUB_OFFLINE="1")
-    env.pop("KVSCOPE_SESSION", None)  # the server must not record in-process
-    env.pop("KVSCOPE_OWNER_PID", None)
-    return env
-
-
-def server_counters(url: str) -> dict[str, float]:
-    """The server's own cumulative counters (summed over label series)."""
-    text = httpx.get(url + "/metrics", timeout=10).text
-    out = dict.fromkeys(SERVER_COUNTERS, 0.0)
-    names = {v: k for k, v in SERVER_COUNTERS.items()}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name in names:
-                out[names[s.name]] += s.value
-    return out
-
-
-def server_gauge(url: str, name: str) -> float:
-    text = httpx.get(url + "/metrics", timeout=10).text
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name == name:
-                return s.value
-    raise AssertionError(f"{name} not exposed")
-
-
-def wait_idle(url: str, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if (server_gauge(url, "vllm:num_requests_running") == 0
-                and server_gauge(url, "vllm:num_requests_waiting") == 0):
-            return
-        time.sleep(0.2)
-    raise AssertionError("server did not become idle")
-
-
-async def _drive(url: str, model: str, waves: int, per_wave: int, prefixes: int) -> list[int]:
-    codes: list[int] = []
-    async with httpx.AsyncClient(timeout=300) as client:
-        async def one(i: int) -> int:
-            p = i % prefixes
-            prompt = f"[system {p}] " + chr(97 + p) * 600 + f" question {i}: " + "data " * (i % 9)
-            r = await client.post(url + "/v1/completions", json={
-                "model": model, "prompt": prompt, "max_tokens": MAX_TOKENS, "ignore_eos": True,
-                "temperature": 0.0,
-            })
-            return r.status_code
-
-        for w in range(waves):
-            codes += await asyncio.gather(*(one(w * per_wave + i) for i in range(per_wave)))
-    return codes
-
-
-def drive(url: str, model: str, waves: int = 2, per_wave: int = 16, prefixes: int = 3) -> list[int]:
-    """Waves of concurrent completions over ``prefixes`` shared ~600-token prefixes, 24 blocks.
-
-    16 requests of 5-6 blocks each overflow the cache while decoding: vLLM preempts, evicts
-    prefix blocks, and recomputes (re-stores) them when their prefix comes back.
-    """
-    return asyncio.run(_drive(url, model, waves, per_wave, prefixes))
+SERVER_COUNTERS = srv.COUNTERS
+"""kvscope step columns and the vLLM 0.32 server counters they sum to."""
 
 
 def start_attach(url: str | list[str], session: Path, *extra: str) -> subprocess.Popen[str]:
@@ -161,7 +78,7 @@ def wait_scraped(session: Path, url: str, before: dict[str, float], timeout_s: f
     seen: dict[str, dict[str, float]] = {}
 
     def caught_up() -> bool:
-        now = server_counters(url)
+        now = srv.counters(url)
         seen["server"] = {k: now[k] - before[k] for k in SERVER_COUNTERS}
         seen["session"] = session_sums(session)
         return seen["session"] == seen["server"]
@@ -186,35 +103,11 @@ def stop_attach(proc: subprocess.Popen[str]) -> tuple[int, str]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     model = str(build_tiny_llama(tmp_path_factory.mktemp("model")))
-    port, kv_port, replay_port = free_port(), free_port(), free_port()
-    cfg = {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": f"tcp://*:{kv_port}",
-           "replay_endpoint": f"tcp://*:{replay_port}"}
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
-         "--host", "127.0.0.1", "--port", str(port), "--num-gpu-blocks-override", str(BLOCKS),
-         "--max-model-len", "2048", "--max-num-seqs", "16", "--enable-prefix-caching",
-         "--kv-events-config", json.dumps(cfg)],
-        env=server_env(), stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while True:
-        assert proc.poll() is None, f"server exited: {log.read_text()[-3000:]}"
-        assert time.monotonic() < deadline, "server not ready in 300 s"
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    yield Server(url, model, proc, log)
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+    kv_port, replay_port = free_port(), free_port()
+    cfg = srv.kv_events_config(f"tcp://*:{kv_port}", f"tcp://*:{replay_port}")
+    with srv.running_server(sys.executable, model, tmp_path_factory.mktemp("server"), blocks=BLOCKS,
+                            extra=("--kv-events-config", cfg)) as s:
+        yield s
 
 
 @dataclass
@@ -238,13 +131,13 @@ def run(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Run:
     """
     session = tmp_path_factory.mktemp("attach") / "live.kvscope"
     before_text = httpx.get(server.url + "/metrics").text
-    before = server_counters(server.url)
+    before = srv.counters(server.url)
     proc = start_attach(server.url, session, "--interval-s", "0.25", "--kv-events", "auto")
-    codes = drive(server.url, server.model, waves=3, per_wave=16, prefixes=8)
-    wait_idle(server.url)
+    codes = srv.drive(server.url, server.model, waves=3, per_wave=16, prefixes=8, max_tokens=MAX_TOKENS)
+    srv.wait_idle(server.url)
     wait_scraped(session, server.url, before)
     rc, err = stop_attach(proc)
-    after = server_counters(server.url)
+    after = srv.counters(server.url)
     return Run(session, before, after, before_text, httpx.get(server.url + "/metrics").text,
                codes, rc, err)
 
@@ -353,7 +246,7 @@ def test_dashboard_page_renders_kv_views(run: Run, monkeypatch: pytest.MonkeyPat
 def test_bench_serve_while_attached(server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """vLLM's own load generator against the server while attached (no KV events this time)."""
     session = tmp_path / "bench.kvscope"
-    before = server_counters(server.url)
+    before = srv.counters(server.url)
     proc = start_attach(server.url, session, "--interval-s", "0.25")
     bench = subprocess.run(
         [sys.executable, "-m", "profiler.attach.bench_serve", "--backend", "vllm", "--base-url", server.url, "--model", server.model,
@@ -361,13 +254,13 @@ def test_bench_serve_while_attached(server: Server, tmp_path: Path, monkeypatch:
          "--random-output-len", "8", "--random-prefix-len", "256", "--num-prompts", "8",
          "--ignore-eos", "--seed", "0", "--save-result", "--result-dir", str(tmp_path),
          "--result-filename", "bench.json", "--disable-tqdm"],
-        env=server_env(), capture_output=True, text=True, timeout=300,
+        env=srv.server_env(), capture_output=True, text=True, timeout=300,
     )
     assert bench.returncode == 0, bench.stdout[-2000:] + bench.stderr[-2000:]
-    wait_idle(server.url)
+    srv.wait_idle(server.url)
     wait_scraped(session, server.url, before)
     rc, err = stop_attach(proc)
-    after = server_counters(server.url)
+    after = srv.counters(server.url)
     assert rc == 0, err
     result = json.loads((tmp_path / "bench.json").read_text())
     s = open_session(session)
@@ -388,15 +281,15 @@ def test_two_servers_in_one_session(server: Server, tmp_path: Path) -> None:
     """Two URLs (the same server reached as 127.0.0.1 and as localhost): two labelled engines."""
     session = tmp_path / "two.kvscope"
     other = server.url.replace("127.0.0.1", "localhost")
-    before = server_counters(server.url)
+    before = srv.counters(server.url)
     t0 = time.monotonic()
     proc = start_attach([server.url, other], session, "--kv-events", "auto", "--duration-s", "10")
-    codes = drive(server.url, server.model, waves=1, per_wave=6)
-    wait_idle(server.url)
+    codes = srv.drive(server.url, server.model, waves=1, per_wave=6, max_tokens=MAX_TOKENS)
+    srv.wait_idle(server.url)
     assert time.monotonic() - t0 < 9, "the workload must end inside --duration-s"
     _, err = proc.communicate(timeout=60)  # --duration-s ends it
     rc = proc.returncode
-    after = server_counters(server.url)
+    after = srv.counters(server.url)
     assert rc == 0 and codes == [200] * 6, err
     s = open_session(session)
     eng = s.table("engines").set_index("label")

@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.ports import free_port
+from tests.support.screenshots import CHART, CHROMIUM, CHROMIUM_ARGS, IDLE, ui_server
 
 pytestmark = pytest.mark.browser
 
-ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 SHOTS_FOR_LEAD = Path("/tmp/kvscope-shots")
-CHART = "[data-testid='stVegaLiteChart']"
-IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
 
 # page path -> minimum charts drawn (CPU session, GPU session)
 PAGES: dict[str, tuple[int, int]] = {
@@ -40,31 +28,10 @@ SESSIONS = {"kv_saturation": 0, "gpu_h200x2_tp2": 1}
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``kvscope ui`` with no argument (bundled sessions, an empty user folder) on a free port."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KVSCOPE_")}
-    env["KVSCOPE_SESSIONS_DIR"] = str(tmp_path_factory.mktemp("no-user-sessions"))
-    log = tmp_path_factory.mktemp("ui-log") / "ui.log"
-    with open(log, "w") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "profiler.cli", "ui", "--port", str(port)],
-                                cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "kvscope ui did not answer in 120 s"
-            time.sleep(0.3)
+    empty = tmp_path_factory.mktemp("no-user-sessions")
+    with ui_server({"KVSCOPE_SESSIONS_DIR": str(empty)},
+                   log=tmp_path_factory.mktemp("ui-log") / "ui.log") as url:
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

@@ -38,14 +38,16 @@ BARE = re.compile(r"(?<![\w.])(None|NaN|nan)(?![\w.])")
 
 
 @contextmanager
-def ui_server(env_extra: dict[str, str] | None = None) -> Iterator[str]:
-    """``kvscope ui`` (bundled sessions) on a free loopback port; its base URL."""
+def ui_server(env_extra: dict[str, str] | None = None, log: Path | None = None) -> Iterator[str]:
+    """``kvscope ui`` (bundled sessions) on a free loopback port; its base URL. Its output goes to
+    ``log`` (and the last of it into the error when it does not start)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("KVSCOPE_")}
     env.update(env_extra or {})
-    proc = subprocess.Popen([sys.executable, "-m", "profiler.cli", "ui", "--port", str(port)],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    with open(log or os.devnull, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "profiler.cli", "ui", "--port", str(port)],
+                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
@@ -57,7 +59,8 @@ def ui_server(env_extra: dict[str, str] | None = None) -> Iterator[str]:
             except OSError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("kvscope ui did not start")
+                raise RuntimeError("kvscope ui did not start in 180 s: "
+                                   + (log.read_text()[-3000:] if log else "(no log)"))
             time.sleep(0.3)
         yield url
     finally:
