@@ -88,11 +88,12 @@ def demand(view: EngineView, session: Session) -> Demand | None:
 def _capacity_recommendation(view: EngineView, session: Session, d: Demand) -> tuple[str, dict[str, Any]]:
     bs, have = view.block_size, view.num_blocks or 0
     advice, settings = size_advice(view, session, d.needed_blocks)
-    fit = d.seqs_that_fit(have)
+    # One recommendation: the cache size. Shrinking max_num_seqs to what the cache holds
+    # (d.seqs_that_fit) trades the whole batch for memory; the Simulate page shows its cost.
     text = (f"peak demand {d.seqs} sequences × {d.blocks_per_seq} blocks + {d.shared_blocks} shared "
             f"prefix blocks = {d.blocks} blocks ({d.blocks * (bs or 0):,} tokens) needs ≥ "
             f"{d.needed_blocks} blocks of {bs} at {th.KV_TARGET_FRAC:.0%} use (have {have}): "
-            f"{advice}; or --max-num-seqs {fit} to fit the current cache")
+            f"{advice}")
     return text, settings
 
 
@@ -122,7 +123,8 @@ def kv_saturation(view: EngineView, session: Session) -> list[Finding]:
                     {"busy_frac": sp.busy_frac, "steps": sp.steps, "duration_s": sp.duration_s,
                      "max_waiting": int(hit["waiting"].max()),
                      "demand_blocks": d.blocks if d else None,
-                     "needed_blocks": d.needed_blocks if d else None}, settings)]
+                     "needed_blocks": d.needed_blocks if d else None,
+                     "seqs_that_fit": d.seqs_that_fit(view.num_blocks or 0) if d else None}, settings)]
 
 
 def preemption_storm(view: EngineView, session: Session) -> list[Finding]:
@@ -373,16 +375,17 @@ def kv_overprovisioned(view: EngineView, session: Session) -> list[Finding]:
     mem = startup_row(session)
     util = view.get("gpu_memory_utilization")
     per_block = kv_bytes_per_block(session, view)
-    if (per_seq and per_block and mem and mem.get("device") == "cuda" and mem.get("total_bytes")
-            and util):
+    if (not parts and per_seq and per_block and mem and mem.get("device") == "cuda"
+            and mem.get("total_bytes") and util):  # one recommendation: the batch first
         keep = math.ceil(batch * per_seq / th.KV_TARGET_FRAC) + 1
         if keep < n:
             freed = (n - keep) * per_block
             new_util = math.ceil((float(util) - freed / mem["total_bytes"]) * 100) / 100
             parts.append(f"a batch of {batch} needs ~{keep} blocks: gpu_memory_utilization "
                          f"{float(util):.2f} → {new_util:.2f} frees {fmt_bytes(freed)} for other work")
+            settings["gpu_memory_utilization"] = new_util
     return [Finding("KV_OVERPROVISIONED", INFO, loaded.t_start_s, loaded.t_end_s, msg,
-                    "; or ".join(parts) or None, view.engine_id,
+                    parts[0] if parts else None, view.engine_id,
                     {"peak_kv_usage_frac": peak, "peak_blocks": peak_blocks, "loaded_busy_frac":
                      loaded.busy_frac, "seqs_that_fit": fit, "max_in_system": in_system}, settings)]
 
