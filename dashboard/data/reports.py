@@ -35,7 +35,7 @@ def compute_kv_events(path: str | Path) -> KvEventSummary:
         return kv_event_summary(session)
 
 
-report_memo = FileMemo(compute_report)
+report_memo = FileMemo(compute_report, size=64)
 """``compute_report`` remembered per (path, size, mtime) in this process (filled at start)."""
 whatif_memo = FileMemo(compute_whatif)
 kv_events_memo = FileMemo(compute_kv_events)

@@ -284,6 +284,6 @@ def load_recent(path: str | Path, window_s: float,
     return data, view, req
 
 
-load_session_memo = FileMemo(load_session)
+load_session_memo = FileMemo(load_session, size=16)
 """``load_session`` remembered per file; ``dashboard.serve`` fills it before serving, so the first
 page opened on a big session does not wait for its one-scan summary."""

@@ -31,9 +31,9 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update", "--disable-sync"]
 IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
 CHART = "[data-testid='stVegaLiteChart']"
-PAGES = ("", "timeline", "memory", "kv_cache", "requests", "replay", "compare", "live",
-         "kv_events", "whatif")
-"""URL paths of the pages ("" is the Overview)."""
+PAGES = ("", "overview", "timeline", "memory", "kv_cache", "requests", "replay", "compare", "live",
+         "kv_events", "whatif", "simulate")
+"""URL paths of the pages ("" is the Sessions page, the one the dashboard opens on)."""
 BARE = re.compile(r"(?<![\w.])(None|NaN|nan)(?![\w.])")
 
 
@@ -108,10 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         for session in sessions:
             for page in a.pages:
-                shot = out / f"{session}-{page or 'overview'}.png"
+                shot = out / f"{session}-{page or 'sessions'}.png"
                 seen = shoot(browser, f"{url}/{page}?session={session}", shot)
                 bad += bool(seen["exceptions"] or seen["bare"])
-                print(f"{session:28} {page or 'overview':10} charts {seen['charts']:2}  errors "
+                print(f"{session:28} {page or 'sessions':10} charts {seen['charts']:2}  errors "
                       f"{seen['errors']}  exceptions {seen['exceptions']}  bare {seen['bare'] or '-'}",
                       flush=True)
         browser.close()

@@ -1,0 +1,89 @@
+"""Marks (engine start, OOM, finding ranges, the focused finding) drawn on any time chart.
+
+One helper for every time chart: ``with_marks`` layers them onto an Altair chart, ``panel_with_marks``
+onto a Timeline panel (data in named datasets, so zooms keep the spec). Ranges are shaded behind
+the data, moments are vertical rules on top; every mark is clipped to the plot.
+"""
+
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+
+from dashboard.charts.panels import Panel, Source, time_x
+from dashboard.data import marks as mk
+from dashboard.data.steps import View
+
+COLORS: dict[str, str] = {
+    mk.ENGINE_START: "#6b6b6b", mk.OOM: "#d62728", mk.FINDING: "#ff9f1c", mk.FOCUS: "#ffd21f",
+}
+"""Colour per mark kind; kinds other pages register get ``OTHER``."""
+OTHER = "#9467bd"
+
+LEGEND_TEXT = ("Marks: grey line = engine start, red line = OOM, orange band = a finding's range, "
+               "yellow band = the finding you opened.")
+
+
+def _split(marks: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(ranges, moments): a range lasts longer than a millisecond."""
+    if marks.empty:
+        e = mk.empty().assign(color=pd.Series(dtype=str))
+        return e, e.copy()
+    marks = marks.assign(color=marks["kind"].map(lambda k: COLORS.get(k, OTHER)))
+    long = (marks["t_end_s"] - marks["t_s"]) > 1e-3
+    return marks[long].reset_index(drop=True), marks[~long].reset_index(drop=True)
+
+
+def _color() -> alt.Color:
+    return alt.Color("color:N", scale=None, legend=None)
+
+
+def _range_layer(src: Source, view: View) -> alt.Chart:
+    return alt.Chart(src).mark_rect(clip=True).encode(
+        x=time_x(view), x2="t_end_s:Q", color=_color(),
+        opacity=alt.condition(alt.datum.kind == mk.FOCUS, alt.value(0.35), alt.value(0.13)),
+        tooltip=[alt.Tooltip("label:N", title="mark")])
+
+
+def _moment_layer(src: Source, view: View) -> alt.Chart:
+    return alt.Chart(src).mark_rule(clip=True, strokeWidth=2, strokeDash=[6, 3]).encode(
+        x=time_x(view), color=_color(), tooltip=[alt.Tooltip("label:N", title="mark")])
+
+
+def _around(chart: alt.Chart | alt.LayerChart, before: list[alt.Chart],
+            after: list[alt.Chart]) -> alt.LayerChart:
+    """One layer chart: ``before``, the chart's own layers, ``after``; the chart's title and
+    height move to the outer layer (a nested layer may not size itself)."""
+    props = {k: chart[k] for k in ("title", "height", "width") if chart[k] is not alt.Undefined}
+    inner = chart.copy()
+    for k in props:
+        inner[k] = alt.Undefined
+    own = list(inner.layer) if isinstance(inner, alt.LayerChart) else [inner]
+    out = alt.layer(*before, *own, *after)
+    if isinstance(inner, alt.LayerChart):
+        if inner.resolve is not alt.Undefined:
+            out.resolve = inner.resolve
+        if inner.params is not alt.Undefined:  # selections altair lifted to the inner layer
+            out.params = [*(out.params if out.params is not alt.Undefined else []), *inner.params]
+    return out.resolve_scale(color="independent").properties(**props)
+
+
+def with_marks(chart: alt.Chart | alt.LayerChart, marks: pd.DataFrame, view: View) -> alt.LayerChart:
+    """``chart`` with ``marks`` (clipped to ``view``) behind and on top of it."""
+    ranges, moments = _split(mk.in_view(marks, view.t0_s, view.t1_s))
+    before = [_range_layer(ranges, view)] if not ranges.empty else []
+    after = [_moment_layer(moments, view)] if not moments.empty else []
+    return _around(chart, before, after)
+
+
+def panel_with_marks(panel: Panel, marks: pd.DataFrame, view: View) -> Panel:
+    """A Timeline panel with the marks layered in (as two frames of its own, always present, so
+    the spec keeps its shape whether or not a range has marks)."""
+    ranges, moments = _split(mk.in_view(marks, view.t0_s, view.t1_s))
+
+    def draw(d: dict[str, Source]) -> alt.LayerChart:
+        return _around(panel.draw(d), [_range_layer(d["mark_ranges"], view)],
+                       [_moment_layer(d["mark_moments"], view)])
+
+    return Panel({**panel.frames, "mark_ranges": ranges, "mark_moments": moments},
+                 (*panel.shape, "marks"), draw)
