@@ -42,8 +42,8 @@ def allocator_chart(samples: pd.DataFrame, view: View, height: int = 220) -> alt
 
 def waterfall_chart(steps: pd.DataFrame, title: str) -> alt.LayerChart:
     """Start-up memory waterfall (from ``derive.startup_waterfall``) as horizontal floating bars."""
-    colors = alt.Scale(domain=["total", "outside", "budget", "used", "left"],
-                       range=["#bbbbbb", "#e0e0e0", "#9ecae9", "#4c78a8", "#54a24b"])
+    colors = alt.Scale(domain=["total", "outside", "budget", "used", "left", "over"],
+                       range=["#bbbbbb", "#e0e0e0", "#9ecae9", "#4c78a8", "#54a24b", "#d62728"])
     y = alt.Y("label:N", sort=alt.SortField("order"), title=None, axis=alt.Axis(labelLimit=260))
     bars = alt.Chart(steps).mark_bar(height=18).encode(
         y=y, x=alt.X("start_gib:Q", title="GiB"), x2="end_gib:Q",
@@ -87,7 +87,7 @@ def attribution_panel(df: pd.DataFrame, view: View, title: str, total_bytes: flo
             x=time_x(view),
             y=alt.Y("gib:Q", title="GiB", stack="zero"),
             color=alt.Color("band:N", title=None, sort=domain, scale=alt.Scale(domain=domain, range=colors),
-                            legend=alt.Legend(orient="right", labelLimit=320, symbolType="square")),
+                            legend=alt.Legend(orient="top", columns=3, labelLimit=330, symbolType="square")),
             order=alt.Order("order:Q"),
             tooltip=[alt.Tooltip("t_s:Q", format=".2f", title="t (s)"), alt.Tooltip("band:N", title="holder"),
                      alt.Tooltip("gib:Q", format=".2f", title="GiB")],

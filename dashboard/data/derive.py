@@ -177,10 +177,14 @@ WATERFALL_STEPS: tuple[tuple[str, str], ...] = (
 """Start-up consumers of the memory budget, in vLLM's order."""
 
 
-def startup_waterfall(row: pd.Series, total_label: str = "device total") -> pd.DataFrame:
+def startup_waterfall(row: pd.Series, total_label: str = "device total",
+                      kv_held_bytes: float | None = None, kv_label: str = "KV cache") -> pd.DataFrame:
     """Waterfall bars from device total to the budget, its consumers, and what is left.
 
-    Columns: ``label``, ``start_gib``, ``end_gib``, ``kind`` (total/budget/used/left/outside),
+    The KV bar is what the cache held (``kv_held_bytes``: blocks × bytes per block) when known,
+    else what start-up measured for it; a negative start-up figure (no room at all) is no KV bar
+    but an "over the budget" bar from the budget to what start-up used.
+    Columns: ``label``, ``start_gib``, ``end_gib``, ``kind`` (total/budget/used/left/outside/over),
     ``value_gib``, ``order``. Consumers vLLM did not report are left out (listed in ``missing``
     attrs of the frame).
     """
@@ -197,12 +201,20 @@ def startup_waterfall(row: pd.Series, total_label: str = "device total") -> pd.D
     level = 0.0
     for col, label in WATERFALL_STEPS:
         v = _f(row.get(col))
+        if col == "kv_cache_bytes":
+            if kv_held_bytes is not None:
+                v, label = kv_held_bytes, kv_label
+            elif v is not None and v < 0:
+                continue  # no room: drawn as "over the budget" below
         if v is None:
             missing.append(label)
             continue
         bars.append(dict(label=label, start=level, end=level + v, kind="used"))
         level += v
-    if budget is not None:
+    if budget is not None and level > budget:
+        bars.append(dict(label="over the budget (no room for a KV cache)", start=budget, end=level,
+                         kind="over"))
+    elif budget is not None:
         bars.append(dict(label="left in budget", start=level, end=budget, kind="left"))
     df = pd.DataFrame(bars)
     if df.empty:

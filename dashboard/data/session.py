@@ -234,7 +234,10 @@ def _role_labels(processes: pd.DataFrame) -> dict[int, str]:
         role = str(p["role"])
         if role == "worker" and not _isnull(p["rank"]):
             role = f"worker {int(p['rank'])}"
-        out[int(p["pid"])] = f"{role} (pid {int(p['pid'])})"
+        pid = int(p["pid"])
+        if pid in out and out[pid].startswith("worker"):
+            continue  # one process in two roles (an engine core that is its own worker): the worker
+        out[pid] = f"{role} (pid {pid})"
     return out
 
 

@@ -12,12 +12,19 @@ from profiler.units import fmt_bytes, fmt_gib, fmt_pct, fmt_s, is_number
 
 @dataclass(frozen=True)
 class KeyNumber:
-    """One key number: ``key`` (stable id), ``label``, shown ``value``, ``help`` (where it comes from)."""
+    """One key number: ``key`` (stable id), ``label``, shown ``value`` (short, for a card), ``detail``
+    (what a card shows under it), ``help`` (where it comes from)."""
 
     key: str
     label: str
     value: str
     help: str = ""
+    detail: str = ""
+
+    @property
+    def text(self) -> str:
+        """Value and detail on one line ("TP=2, 2 workers", "600 blocks, 1.17 GiB")."""
+        return f"{self.value}, {self.detail}" if self.detail else self.value
 
 
 def engine_gpus(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -35,8 +42,11 @@ def key_numbers(report: dict[str, Any]) -> list[KeyNumber]:
     out = [KeyNumber("duration", "Duration", fmt_s(s.get("duration_s")),
                      "from the session start (engine start-up included) to its last sample")]
     if report.get("engines"):
-        out.append(KeyNumber("parallel", "Parallelism", parallelism_text(e, report.get("workers")),
-                             "tensor / pipeline / data parallel sizes and the worker processes recorded"))
+        text = parallelism_text(e, report.get("workers"))
+        head, _, tail = text.rpartition(", ") if "worker" in text else (text, "", "")
+        out.append(KeyNumber("parallel", "Parallelism", head or text,
+                             "tensor / pipeline / data parallel sizes and the worker processes recorded",
+                             tail))
     if report.get("steps"):
         out.append(KeyNumber("steps", "Engine steps", f"{report['steps']:,}"))
     if report.get("engines") or report.get("requests_finished"):
@@ -45,13 +55,13 @@ def key_numbers(report: dict[str, Any]) -> list[KeyNumber]:
         out.append(KeyNumber("preemptions", "Preemptions", f"{int(report['preemptions']):,}",
                              "requests preempted, summed over the engine steps"))
     if e.get("num_gpu_blocks") is not None:
-        size = f" · {fmt_gib(kv['size_bytes'])}" if kv.get("size_bytes") is not None else ""
+        size = fmt_gib(kv["size_bytes"]) if kv.get("size_bytes") is not None else ""
         per = " per worker" if size and (report.get("workers") or 0) > 1 else ""
-        out.append(KeyNumber("kv_size", "KV cache", f"{int(e['num_gpu_blocks']):,} blocks{size}{per}",
+        out.append(KeyNumber("kv_size", "KV cache", f"{int(e['num_gpu_blocks']):,} blocks",
                              "what the cache held: blocks × bytes per block"
                              + (f" ({fmt_bytes(kv['bytes_per_block'])} per block, "
                                 f"{int(e['block_size'] or 0)} tokens each)" if kv.get("bytes_per_block") else
-                                "; bytes per block not recorded by this session")))
+                                "; bytes per block not recorded by this session"), size + per))
     if kv.get("peak_usage_frac") is not None:
         out.append(KeyNumber("kv_peak", "Peak KV usage", fmt_pct(kv["peak_usage_frac"])))
         out.append(KeyNumber("kv_mean", "Mean KV usage", fmt_pct(kv["mean_usage_frac"])))
@@ -66,9 +76,9 @@ def key_numbers(report: dict[str, Any]) -> list[KeyNumber]:
     if gpus:
         g = max(gpus, key=lambda x: x["peak_used_bytes"])
         frac = g["peak_used_bytes"] / g["total_bytes"] if is_number(g.get("total_bytes")) and g["total_bytes"] else None
-        out.append(KeyNumber("gpu_peak", "Peak GPU memory",
-                             f"{fmt_gib(g['peak_used_bytes'])} of {fmt_gib(g['total_bytes'])} ({fmt_pct(frac)})",
-                             f"NVML used memory of GPU {g['index']}, the fullest of the session's GPUs"))
+        out.append(KeyNumber("gpu_peak", "Peak GPU memory", fmt_gib(g["peak_used_bytes"]),
+                             f"NVML used memory of GPU {g['index']}, the fullest of the session's GPUs",
+                             f"of {fmt_gib(g['total_bytes'])} ({fmt_pct(frac)})"))
     return out
 
 

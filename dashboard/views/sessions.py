@@ -41,7 +41,7 @@ def card(src: SessionSource, rows: list[dict[str, str]]) -> None:
         top[0].markdown(f"**{escape_markdown(src.label)}**{status}")
         top[0].markdown(escape_markdown(report["headline"]))
         numbers = summary.key_numbers(report)
-        top[0].caption(" · ".join(f"{escape_markdown(n.label)} {escape_markdown(n.value)}" for n in numbers))
+        top[0].caption(" · ".join(f"{escape_markdown(n.label)} {escape_markdown(n.text)}" for n in numbers))
         worst = summary.worst_text(report)
         if worst != "none":
             sev, code = worst.split(" ", 1)
@@ -52,7 +52,7 @@ def card(src: SessionSource, rows: list[dict[str, str]]) -> None:
         top[1].button("Open", key=f"open-{src.label}", icon=":material/arrow_forward:",
                       on_click=_open, args=(src,), help="Show this session's Overview")
         rows.append({"session": src.label, "what happened": report["headline"], "worst finding": worst,
-                     **{n.label: n.value for n in numbers}})
+                     **{n.label: n.text for n in numbers}})
 
 
 if st.session_state.pop(OPEN_KEY, None):

@@ -52,8 +52,10 @@ if data is not None:
         if c[2].button("Whole session", icon=":material/zoom_out_map:", help="Including engine start-up"):
             state.set_zoom(data, whole.t0_s, whole.t1_s)
             st.rerun()
-        rolling_s = c[3].select_slider("Rolling window for rates (s)", options=tl.ROLLING_OPTIONS_S,
-                                       value=tl.DEFAULT_ROLLING_S, key="rolling_s")
+        rolling_s = tl.DEFAULT_ROLLING_S
+        if data.steps.total_steps:
+            rolling_s = c[3].select_slider("Rolling window for rates (s)", options=tl.ROLLING_OPTIONS_S,
+                                           value=tl.DEFAULT_ROLLING_S, key="rolling_s")
         if focus is not None:
             f = st.columns([5, 1.2])
             panel = tl.PANEL_NAMES.get(tl.focus_panel_key(focus[2]) or "", "")

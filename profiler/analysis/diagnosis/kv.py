@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,9 @@ from profiler.analysis.diagnosis.findings import (
 )
 from profiler.session.reader import Session
 from profiler.units import fmt_bytes
+
+_REQUEST_SUFFIX = re.compile(r"-[0-9a-f]{8}$")
+"""vLLM appends ``-<8 hex>`` to the user's request id internally (prompt-block rows carry it)."""
 
 
 @dataclass(frozen=True)
@@ -225,9 +229,7 @@ def prefix_thrash(view: EngineView, session: Session) -> list[Finding]:
         return []
     have = view.num_blocks or 0
     evicted = c.evicted_requests(have)
-    times = np.array([r.t_unix_s for r in w.trace.requests])[evicted] - view.t0_unix_s
-    t0 = float(times.min()) if times.size else None
-    t1 = float(times.max()) if times.size else None
+    t0, t1 = _recompute_range(view, [r for r, e in zip(w.trace.requests, evicted, strict=True) if e])
     need = c.blocks_for(th.THRASH_TARGET_OF_MAX)
     msg = (f"prompt prefixes recur but are evicted before reuse: prefix hit rate {measured:.1%} "
            f"measured vs {best:.1%} with a cache that kept every prefix; {int(evicted.sum())} of "
@@ -250,6 +252,26 @@ def prefix_thrash(view: EngineView, session: Session) -> list[Finding]:
                      "needed_blocks": need, "evicted_requests": int(evicted.sum()),
                      "lost_tokens": int(lost * c.query_tokens),
                      "restored_blocks": restores.restored_blocks if restores else None}, settings)]
+
+
+def _recompute_range(view: EngineView, requests: list[whatif.RequestAccess]) -> tuple[float | None, float | None]:
+    """When ``requests`` recomputed their evicted prefixes: from the first one's prefill start to the
+    last one's prefill end (arrival + queued, + prefill, as vLLM reports them), seconds from session
+    start. Without per-request timings: from the first addition to the last finish."""
+    if not requests:
+        return None, None
+    ids = {r.request_id for r in requests} | {_REQUEST_SUFFIX.sub("", r.request_id) for r in requests}
+    added = min(r.t_unix_s for r in requests) - view.t0_unix_s
+    r = view.requests
+    mine = r[r["request_id"].astype(str).isin(ids)] if not r.empty else r
+    if mine.empty:
+        return added, max(x.t_unix_s for x in requests) - view.t0_unix_s
+    arrival = mine["t_finished_unix_s"] - mine["e2e_s"]
+    start = arrival + mine["queued_s"]
+    end = start + mine["prefill_s"]
+    if start.notna().any() and end.notna().any():
+        return float(start.min() - view.t0_unix_s), float(end.max() - view.t0_unix_s)
+    return added, float(mine["t_finished_unix_s"].max() - view.t0_unix_s)
 
 
 def _thrash_from_events(view: EngineView, session: Session, restores: Restores | None,
