@@ -20,8 +20,8 @@ COLORS: dict[str, str] = {
 """Colour per mark kind; kinds other pages register get ``OTHER``."""
 OTHER = "#9467bd"
 
-LEGEND_TEXT = ("Marks: grey line = engine start, red line = OOM, orange band = a finding's range, "
-               "yellow band = the finding you opened.")
+LEGEND_TEXT = ("Marks: grey dashed line = engine start, red dashed line = OOM, orange strip along the top = "
+               "a finding's range (hover for its name), yellow shading = the finding you opened.")
 
 
 def _split(marks: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -34,44 +34,48 @@ def _split(marks: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return marks[long].reset_index(drop=True), marks[~long].reset_index(drop=True)
 
 
-def _color() -> alt.Color:
-    return alt.Color("color:N", scale=None, legend=None)
+def _fill() -> alt.Fill:
+    """Marks are coloured through fill/stroke, never the color channel: the chart's own colour
+    scale and legend stay untouched by them."""
+    return alt.Fill("color:N", scale=None, legend=None)
 
 
-def _range_layer(src: Source, view: View) -> alt.Chart:
-    return alt.Chart(src).mark_rect(clip=True).encode(
-        x=time_x(view), x2="t_end_s:Q", color=_color(),
-        opacity=alt.condition(alt.datum.kind == mk.FOCUS, alt.value(0.35), alt.value(0.13)),
-        tooltip=[alt.Tooltip("label:N", title="mark")])
+def _stroke() -> alt.Stroke:
+    return alt.Stroke("color:N", scale=None, legend=None)
+
+
+def _range_layers(src: Source, view: View) -> list[alt.Chart]:
+    """The focused finding shades the plot's full height; other ranges are a strip along its top."""
+    def base() -> alt.Chart:
+        return alt.Chart(src).encode(x=time_x(view), x2="t_end_s:Q", fill=_fill(),
+                                     tooltip=[alt.Tooltip("label:N", title="mark")])
+    focus = base().mark_rect(clip=True, opacity=0.28).transform_filter(alt.datum.kind == mk.FOCUS)
+    strip = base().mark_rect(clip=True, opacity=0.85).encode(y=alt.value(0), y2=alt.value(5)).transform_filter(
+        alt.datum.kind != mk.FOCUS)
+    return [focus, strip]
 
 
 def _moment_layer(src: Source, view: View) -> alt.Chart:
     return alt.Chart(src).mark_rule(clip=True, strokeWidth=2, strokeDash=[6, 3]).encode(
-        x=time_x(view), color=_color(), tooltip=[alt.Tooltip("label:N", title="mark")])
+        x=time_x(view), stroke=_stroke(), tooltip=[alt.Tooltip("label:N", title="mark")])
 
 
 def _around(chart: alt.Chart | alt.LayerChart, before: list[alt.Chart],
             after: list[alt.Chart]) -> alt.LayerChart:
-    """One layer chart: ``before``, the chart's own layers, ``after``; the chart's title and
-    height move to the outer layer (a nested layer may not size itself)."""
+    """One layer chart: ``before``, the chart (nested as it is: its own data, selections and
+    resolutions stay with it), ``after``; the chart's title and size move to the outer layer (a
+    nested layer may not size itself)."""
     props = {k: chart[k] for k in ("title", "height", "width") if chart[k] is not alt.Undefined}
     inner = chart.copy()
     for k in props:
         inner[k] = alt.Undefined
-    own = list(inner.layer) if isinstance(inner, alt.LayerChart) else [inner]
-    out = alt.layer(*before, *own, *after)
-    if isinstance(inner, alt.LayerChart):
-        if inner.resolve is not alt.Undefined:
-            out.resolve = inner.resolve
-        if inner.params is not alt.Undefined:  # selections altair lifted to the inner layer
-            out.params = [*(out.params if out.params is not alt.Undefined else []), *inner.params]
-    return out.resolve_scale(color="independent").properties(**props)
+    return alt.layer(*before, inner, *after).properties(**props)
 
 
 def with_marks(chart: alt.Chart | alt.LayerChart, marks: pd.DataFrame, view: View) -> alt.LayerChart:
     """``chart`` with ``marks`` (clipped to ``view``) behind and on top of it."""
     ranges, moments = _split(mk.in_view(marks, view.t0_s, view.t1_s))
-    before = [_range_layer(ranges, view)] if not ranges.empty else []
+    before = _range_layers(ranges, view) if not ranges.empty else []
     after = [_moment_layer(moments, view)] if not moments.empty else []
     return _around(chart, before, after)
 
@@ -82,7 +86,7 @@ def panel_with_marks(panel: Panel, marks: pd.DataFrame, view: View) -> Panel:
     ranges, moments = _split(mk.in_view(marks, view.t0_s, view.t1_s))
 
     def draw(d: dict[str, Source]) -> alt.LayerChart:
-        return _around(panel.draw(d), [_range_layer(d["mark_ranges"], view)],
+        return _around(panel.draw(d), _range_layers(d["mark_ranges"], view),
                        [_moment_layer(d["mark_moments"], view)])
 
     return Panel({**panel.frames, "mark_ranges": ranges, "mark_moments": moments},

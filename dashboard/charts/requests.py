@@ -117,12 +117,11 @@ def swimlane_chart(spans: pd.DataFrame, view: View, evictions: pd.DataFrame | No
     tip = [alt.Tooltip("request_id:N", title="request"), alt.Tooltip("phase:N"), alt.Tooltip("prefix:N"),
            alt.Tooltip("t_s:Q", format=".3f", title="from (s)"), alt.Tooltip("t_end_s:Q", format=".3f", title="to (s)")]
     base = spans[spans["phase"] != "preempted"]
+    base = base.assign(alpha=base["phase"].map(PHASE_OPACITY).fillna(0.6))
     bars = alt.Chart(base).mark_bar(height={"band": 0.9}, clip=True).encode(
         x=time_x(view), x2="t_end_s:Q", y=y,
         color=alt.Color("prefix:N", title="starts with", legend=alt.Legend(orient="top", labelLimit=200)),
-        opacity=alt.Opacity("phase:N", title="phase", scale=alt.Scale(
-            domain=list(PHASE_OPACITY)[:4], range=list(PHASE_OPACITY.values())[:4]),
-            legend=alt.Legend(orient="top")),
+        opacity=alt.Opacity("alpha:Q", scale=None, legend=None),
         tooltip=tip)
     layers: list[alt.Chart] = [bars]
     pre = spans[spans["phase"] == "preempted"]

@@ -74,9 +74,14 @@ def shoot(browser: Any, url: str, path: Path) -> dict[str, Any]:
     try:
         page.goto(url)
         page.wait_for_selector(IDLE, timeout=120_000)
+        # the app is "notRunning" before its first run too: wait for the page's title, and for no
+        # element still drawn as a placeholder (a loaded machine delivers them late)
+        page.wait_for_selector("[data-testid='stMain'] h1", timeout=120_000)
+        page.wait_for_function("!document.querySelector(\"[data-testid='stSkeleton']\")", timeout=120_000)
+        page.wait_for_selector(IDLE, timeout=120_000)
         # charts paint after the script is idle: wait until their count is stable
         last, stable_since = -1, time.monotonic()
-        while time.monotonic() - stable_since < 1.0:
+        while time.monotonic() - stable_since < 2.0:
             n = page.locator(f"{CHART} svg.marks, {CHART} canvas").count()
             if n != last:
                 last, stable_since = n, time.monotonic()
