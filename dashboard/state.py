@@ -30,8 +30,6 @@ from profiler.units import escape_markdown
 SESSION_KEY = "kvscope_session"
 """st.session_state key (and ``?session=`` query parameter) holding the selected session label."""
 
-LINK_KEY = "kvscope_link"
-"""The query parameters this app last wrote (or applied): a link is applied only when it differs."""
 PAGE_KEY = "kvscope_page"
 PAGE_CHANGED_KEY = "kvscope_page_changed"
 
@@ -321,11 +319,14 @@ def _link_state(data: SessionData) -> dict[str, str]:
 
 
 def apply_link(data: SessionData) -> None:
-    """Apply ``?t0=&t1=&focus=CODE:T0:T1`` when the address holds other values than this app last
-    wrote there (a pasted or edited link); bad values get one warning line."""
+    """Apply ``?t0=&t1=&focus=CODE:T0:T1`` the first time this browser session shows ``data`` (a
+    pasted or shared link opens a new browser session); bad values get one warning line."""
+    key = f"linked::{data.path}"
+    if st.session_state.get(key):
+        return
+    st.session_state[key] = True
     qp = {k: st.query_params.get(k) for k in ("t0", "t1", "focus") if st.query_params.get(k)}
-    last = st.session_state.get(LINK_KEY) or {}
-    if not qp or qp == {k: v for k, v in last.items() if k != "session"}:
+    if not qp or st.query_params.get("session") not in (None, st.session_state.get(SESSION_KEY)):
         return
     try:
         if "t0" in qp and "t1" in qp:
@@ -335,7 +336,6 @@ def apply_link(data: SessionData) -> None:
             set_focus(data, (float(a), float(b), code))
     except ValueError:
         st.warning("Ignored the t0/t1/focus in the address: they are not numbers.")
-    st.session_state[LINK_KEY] = _link_state(data)
 
 
 def write_link(data: SessionData) -> None:
@@ -347,7 +347,6 @@ def write_link(data: SessionData) -> None:
     for k, v in link.items():
         if st.query_params.get(k) != v:
             st.query_params[k] = v
-    st.session_state[LINK_KEY] = link
 
 
 def write_current_link() -> None:

@@ -252,41 +252,6 @@ def throughput_chart(buckets: pd.DataFrame, view: View, cursor_s: float | None =
     return throughput_panel(buckets, view, cursor_s, height, smooth_s).chart()
 
 
-GPU_PARTS = ["weights", "KV cache", "activations + other", "used (no start-up profile)"]
-
-
-def gpu_memory_panel(samples: pd.DataFrame, startup: pd.Series | None, total_bytes: float | None,
-                     view: View, title: str, cursor_s: float | None = None,
-                     height: int = PANEL_HEIGHT + 30) -> Panel:
-    """One device's NVML memory: stacked weights / KV cache / activations+other, and the total."""
-    df = derive.gpu_breakdown(samples, startup)
-    if df.empty:
-        return empty_panel("no NVML samples in this range", view, height, "GPU memory")
-    df = df.assign(part_order=df["part"].map({p: i for i, p in enumerate(GPU_PARTS)}))
-    total = pd.DataFrame({"gib": [total_bytes / derive.GIB]}) if total_bytes else None
-
-    def draw(d: dict[str, Source]) -> alt.LayerChart:
-        area = alt.Chart(d["used"]).mark_area(interpolate="step-after", opacity=0.85).encode(
-            x=time_x(view),
-            y=alt.Y("gib:Q", title="GiB", stack="zero"),
-            color=alt.Color("part:N", title=None, sort=GPU_PARTS, scale=alt.Scale(
-                domain=GPU_PARTS, range=["#9ecae9", "#4c78a8", "#f58518", "#4c78a8"]),
-                legend=alt.Legend(orient="top", direction="horizontal")),
-            order=alt.Order("part_order:Q"),
-            tooltip=[alt.Tooltip("t_s:Q", format=".2f", title="t (s)"), "part:N",
-                     alt.Tooltip("gib:Q", format=".2f", title="GiB")],
-        )
-        layers: list[alt.Chart] = [area]
-        if "total" in d:
-            layers.append(alt.Chart(d["total"]).mark_rule(strokeDash=[5, 3], color=COLORS["total"]).encode(
-                y="gib:Q", tooltip=[alt.Tooltip("gib:Q", format=".1f", title="device total GiB")]))
-        return alt.layer(*layers).properties(title=title, height=height)
-
-    frames = {"used": df} | ({"total": total} if total is not None else {})
-    panel = Panel(frames, ("gpu", title, total is not None, height), draw)
-    return _with_cursor(panel, cursor_s, view)
-
-
 def navigator_panel(buckets: pd.DataFrame, whole: View, zoom: tuple[float, float] | None,
                     startup_end_s: float | None, view: View | None = None,
                     fallback: pd.DataFrame | None = None, what: str = "peak KV usage") -> Panel:

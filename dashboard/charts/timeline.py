@@ -102,11 +102,16 @@ def linked_chart(data: SessionData, view: View, buckets: pd.DataFrame, whole_buc
             ("hit", charts.prefix_hit_panel(buckets, view, rolling_s)),
             ("tput", charts.throughput_panel(buckets, view, smooth_s=rolling_s)),
         ]
-    first = focus_panel_key(focus[2]) if focus else None
-    if first:
-        keyed.sort(key=lambda kp: 0 if kp[0].split(":")[0] == first else 1)
+    order = ordered_keys([k for k, _ in keyed], focus[2] if focus else None)
+    keyed.sort(key=lambda kp: order.index(kp[0]))
     panels = [chart_marks.panel_with_marks(p, marks, view) for _, p in keyed]
     return charts.linked_timeline(nav, panels, view)
+
+
+def ordered_keys(keys: list[str], code: str | None) -> list[str]:
+    """Panel keys with the panel that shows finding ``code`` first (the others keep their order)."""
+    first = focus_panel_key(code)
+    return sorted(keys, key=lambda k: 0 if first and k.split(":")[0] == first else 1)
 
 
 def panel_keys(data: SessionData, findings: list[dict[str, Any]]) -> list[str]:

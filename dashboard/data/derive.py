@@ -238,32 +238,6 @@ def _f(v: object) -> float | None:
     return None if np.isnan(x) else x
 
 
-def gpu_breakdown(samples: pd.DataFrame, startup: pd.Series | None) -> pd.DataFrame:
-    """One device's NVML used memory split into weights, KV cache and activations+other (GiB).
-
-    Long format: ``t_s``, ``part``, ``gib``. Without a start-up profile everything is "used".
-    """
-    if samples.empty:
-        return pd.DataFrame(columns=["t_s", "part", "gib"])
-    used = samples["used_bytes"].to_numpy(float)
-    t = samples["t_s"].to_numpy(float)
-    weights = _f(startup.get("weights_bytes")) if startup is not None else None
-    kv = _f(startup.get("kv_cache_bytes")) if startup is not None else None
-    t_profile = _f(startup.get("t_s")) if startup is not None else None
-    if weights is None and kv is None:
-        return pd.DataFrame({"t_s": t, "part": "used (no start-up profile)", "gib": used / GIB})
-    w = np.full_like(used, weights or 0.0)
-    k = np.full_like(used, kv or 0.0)
-    if t_profile is not None:
-        k = np.where(t >= t_profile, k, 0.0)
-    w = np.minimum(w, used)
-    k = np.minimum(k, used - w)
-    rest = used - w - k
-    parts = [("weights", w), ("KV cache", k), ("activations + other", rest)]
-    return pd.concat([pd.DataFrame({"t_s": t, "part": name, "gib": v / GIB}) for name, v in parts],
-                     ignore_index=True)
-
-
 def latency_percentiles(requests: pd.DataFrame) -> pd.DataFrame:
     """p50/p95/p99 (s) of each latency column: rows = metric, columns = p50_s, p95_s, p99_s, n."""
     rows = []

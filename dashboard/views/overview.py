@@ -12,7 +12,7 @@ from dashboard.charts import marks as chart_marks
 from dashboard.charts import memory as chart_memory
 from dashboard.charts import panels as charts
 from dashboard.data import marks as mk
-from dashboard.data import summary
+from dashboard.data import summary, tables
 from dashboard.data.attribution import device_attribution, shown_devices
 from dashboard.data.session import SessionData
 from dashboard.data.steps import View
@@ -66,7 +66,7 @@ def engine_and_machine(data: SessionData, rep: dict[str, Any], findings: list[di
         state.csv_download(gpus, f"{data.name}-gpus", "GPUs CSV")
     with st.expander(f"Events ({len(data.events)})"):
         ev = data.events[["t_s", "kind", "message", "pid", "engine_id"]]
-        st.dataframe(ev.astype({"pid": "Int64", "engine_id": "Int64"}), hide_index=True, width="stretch")
+        st.dataframe(tables.shown(ev, keep=tuple(ev.columns)), hide_index=True, width="stretch")
         state.csv_download(ev, f"{data.name}-events", "Events CSV")
 
 

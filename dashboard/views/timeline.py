@@ -35,8 +35,8 @@ if data is not None:
                     "(no NVML on the machine that recorded it).", icon=":material/info:")
             st.stop()
         t0, t1 = state.get_zoom(data)
-        if state.page_changed():
-            # back from another page: draw the brush where the zoom is (the brush is the zoom)
+        if state.page_changed() and st.session_state.get(state.zoom_key(data)):
+            # back from another page after a zoom: draw the brush where the zoom is
             state.set_zoom(data, t0, t1)
         view = View(t0, t1, tl.BUCKETS)
         b = state.buckets(data, view)

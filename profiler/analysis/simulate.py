@@ -408,7 +408,9 @@ class Model:
     """What the session measured: preemptions, queued_p50_s, e2e_p50_s, prefix_hit_rate."""
 
     def predict(self, settings: Settings) -> Prediction:
-        """The prediction at ``settings``."""
+        """The prediction at ``settings`` (the baseline, already run, at the recorded ones)."""
+        if settings == self.demand.recorded:
+            return self.baseline
         return run(self.demand, settings, self.curve)
 
     def settings_for(self, change: dict[str, Any]) -> tuple[Settings, str]:
