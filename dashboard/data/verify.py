@@ -82,3 +82,15 @@ def rerun_check(model: Model, report_b: dict[str, Any], requests_b: pd.DataFrame
         pre = requests_b["preemptions"].dropna() if "preemptions" in requests_b else pd.Series(dtype=float)
         measured["preempted_requests"] = int((pre > 0).sum()) if len(pre) == len(requests_b) else None
     return s, p, table({"predicted from A": p, "measured in B": measured})
+
+
+def times_note(model: Model, p: Prediction) -> str | None:
+    """Why the predicted times may be off (None when the prediction stays within what was fitted)."""
+    d = model.demand
+    if not model.times_extrapolated(p):
+        return None
+    return (f"Times are extrapolated: this session's steps had at most {d.fitted_max_batch} requests in a "
+            f"batch, the prediction runs up to {p.max_batch}, and a step's cost per request could not be "
+            "measured beyond that (read the times as a lower bound). They also assume the machine is as "
+            "loaded as when the session was recorded. Preemptions, KV usage and hit rates do not depend "
+            "on step times.")

@@ -111,11 +111,12 @@ if settings_differ:
     else:
         check = verify.rerun_check(model, side_b.report, side_b.requests)
         if check is not None:
-            s_b, _, tbl = check
+            s_b, p_b, tbl = check
             st.markdown(f"**Predicted from A's requests at B's settings** ({escape_markdown(verify.settings_text(s_b))}) "
                         "**beside what B measured**")
             st.table(tbl, hide_index=True)
-            st.caption("The prediction is the Simulate page's model run on A's own requests; B is the re-run.")
+            st.caption("The prediction is the Simulate page's model run on A's own requests; B is the re-run. "
+                       + (verify.times_note(model, p_b) or ""))
 
 rolling_s = 1.0
 series: dict[str, list[pd.DataFrame]] = {}

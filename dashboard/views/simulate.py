@@ -76,11 +76,12 @@ def render(data: SessionData) -> None:
     if finding is not None:
         st.markdown(f"From finding **{escape_markdown(finding['code'])}**: "
                     f"{escape_markdown(finding.get('recommendation') or '')}")
-    st.caption(f"The session's {len(m.demand.requests):,} finished requests (arrival, prompt and output "
+    d = m.demand
+    st.caption(f"The session's {len(d.requests):,} finished requests (arrival, prompt and output "
                "length, prompt-block hashes) replayed through a model of vLLM's scheduler; step time "
-               f"fitted from its steps ({m.demand.step_base_s * 1000:.2f} ms + "
-               f"{m.demand.step_per_token_s * 1e6:.2f} µs per token). Recorded: "
-               f"{verify.settings_text(m.demand.recorded)}.")
+               f"fitted from its steps ({d.step_base_s * 1000:.2f} ms + {d.step_per_token_s * 1e6:.2f} µs "
+               f"per token + {d.step_per_seq_s * 1000:.3f} ms per request, batches of up to "
+               f"{d.fitted_max_batch}). Recorded: {verify.settings_text(d.recorded)}.")
     change, settings, note = inputs(data, m, finding)
     if note:
         st.caption(note)
@@ -106,6 +107,9 @@ def render(data: SessionData) -> None:
     if not p.complete:
         warn.append(f"The simulation finished {p.finished:,} of {len(m.demand.requests):,} requests (a request "
                     "larger than the cache cannot run, or the step limit was reached).")
+    note_times = verify.times_note(m, p)
+    if note_times:
+        warn.append(note_times)
     for w in warn:
         st.warning(w, icon=":material/warning:")
     if "max_num_seqs" not in change and "gpu_memory_utilization" in change:
@@ -145,10 +149,13 @@ def render(data: SessionData) -> None:
         if check is None:
             st.info("The re-run has no KV cache size: nothing to check the prediction against.")
             return
-        s_b, _, tbl = check
+        s_b, p_b, tbl = check
         st.markdown(f"A's model at B's settings ({escape_markdown(verify.settings_text(s_b))}) beside B's "
                     "measurement:")
         st.table(tbl, hide_index=True)
+        note_b = verify.times_note(m, p_b)
+        if note_b:
+            st.caption(note_b)
         if st.button("Open both on Compare", icon=":material/compare_arrows:"):
             st.session_state["compare_a"] = state.current_source().label  # type: ignore[union-attr]
             st.session_state["compare_b"] = src.label

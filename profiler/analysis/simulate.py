@@ -72,14 +72,18 @@ class Demand:
     step_per_token_s: float
     """Fitted cost per token a step schedules."""
     recorded: Settings
+    step_per_seq_s: float = 0.0
+    """Fitted cost per request in the step's batch."""
+    fitted_max_batch: int = 0
+    """The largest batch the fit saw: step times for larger batches are extrapolated."""
     startup: dict[str, Any] = field(default_factory=dict)
     """The first worker's start-up profile (to turn gpu_memory_utilization into blocks)."""
     bytes_per_block: float | None = None
     gpu_memory_utilization: float | None = None
 
-    def step_s(self, tokens: int) -> float:
-        """Predicted length of a step that schedules ``tokens`` tokens."""
-        return self.step_base_s + self.step_per_token_s * tokens
+    def step_s(self, tokens: int, batch: int = 0) -> float:
+        """Predicted length of a step that schedules ``tokens`` tokens for ``batch`` requests."""
+        return self.step_base_s + self.step_per_token_s * tokens + self.step_per_seq_s * batch
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,8 @@ class Prediction:
     model_hit_rate: float | None
     """The simulation's own prefix hits / queried tokens (a cross-check of the curve)."""
     complete: bool = True
+    max_batch: int = 0
+    """The largest batch a simulated step ran (beyond the fit's, times are extrapolated)."""
 
 
 class _Req:
@@ -208,7 +214,7 @@ def run(demand: Demand, settings: Settings, curve: whatif.MissRatioCurve | None 
     running: list[_Req] = []
     done: list[_Req] = []
     t = pending[0].t_arrival_s if pending else 0.0
-    steps = preemptions = tail_id = order = 0
+    steps = preemptions = tail_id = order = max_batch = 0
     hits = queried = 0
     peak = 0.0
     budget_max = max(settings.max_num_batched_tokens, 1)
@@ -281,7 +287,8 @@ def run(demand: Demand, settings: Settings, curve: whatif.MissRatioCurve | None 
         tokens = sum(w for _, w in scheduled)
         if not scheduled:  # nothing fits: a request larger than the cache cannot run at all
             break
-        dt = demand.step_s(tokens)
+        dt = demand.step_s(tokens, len(scheduled))
+        max_batch = max(max_batch, len(scheduled))
         steps += 1
         t += dt
         finished: list[_Req] = []
@@ -320,11 +327,12 @@ def run(demand: Demand, settings: Settings, curve: whatif.MissRatioCurve | None 
         percentile(q, 0.95), percentile(ttft, 0.5), percentile(e2e, 0.5), percentile(e2e, 0.95),
         min(peak, 1.0), steps, len(done), last - first,
         curve.hit_rate(settings.num_blocks) if curve is not None else None,
-        hits / queried if queried else None, complete)
+        hits / queried if queried else None, complete, max_batch)
 
 
-def _fit_steps(session: Session, engine_id: int) -> tuple[float, float]:
-    """(base, per-token) step cost in seconds from the session's busy steps (least squares)."""
+def _fit_steps(session: Session, engine_id: int) -> tuple[float, float, float, int]:
+    """(base, per-token, per-running-request) step cost in seconds, fitted by least squares on the
+    session's busy steps, and the largest batch it saw (the fit holds up to about that)."""
     rows = session.rows(
         "SELECT t_unix_s, COALESCE(prompt_tokens, 0) + COALESCE(generation_tokens, 0), running "
         "FROM steps WHERE engine_id = ? AND running IS NOT NULL ORDER BY t_unix_s", (engine_id,))
@@ -332,18 +340,23 @@ def _fit_steps(session: Session, engine_id: int) -> tuple[float, float]:
         raise NotAnalysable(f"engine {engine_id}: fewer than 3 steps, no step time to simulate with")
     a = np.asarray([(r[0], r[1], r[2] or 0) for r in rows if is_number(r[0])], dtype=float)
     dt = np.diff(a[:, 0])
-    tokens = a[:-1, 1]
-    busy = a[:-1, 2] > 0
-    dt, tokens = dt[busy], tokens[busy]
+    tokens, running = a[:-1, 1], a[:-1, 2]
+    busy = running > 0
+    dt, tokens, running = dt[busy], tokens[busy], running[busy]
     if dt.size < 2:
         raise NotAnalysable(f"engine {engine_id}: no busy steps, no step time to simulate with")
     keep = dt <= 10 * np.median(dt)  # pauses between bursts are not step cost
-    dt, tokens = dt[keep], tokens[keep]
-    x = np.column_stack([np.ones_like(tokens), tokens])
-    (base, per_token), *_ = np.linalg.lstsq(x, dt, rcond=None)
-    if per_token < 0 or base < 0:
-        base, per_token = float(np.median(dt)), 0.0 if per_token < 0 else float(per_token)
-    return max(float(base), 1e-6), max(float(per_token), 0.0)
+    dt, tokens, running = dt[keep], tokens[keep], running[keep]
+    x = np.column_stack([np.ones_like(tokens), tokens, running])
+    coef, *_ = np.linalg.lstsq(x, dt, rcond=None)
+    if (coef < 0).any():  # a negative cost is noise: refit without that term
+        x = x[:, coef >= 0]
+        sub, *_ = np.linalg.lstsq(x, dt, rcond=None)
+        full = np.zeros(3)
+        full[np.flatnonzero(coef >= 0)] = np.maximum(sub, 0.0)
+        coef = full
+    base = float(coef[0]) if coef[0] > 0 else float(np.median(dt))
+    return max(base, 1e-6), float(coef[1]), float(coef[2]), int(running.max())
 
 
 def _engine(session: Session, engine_id: int | None) -> dict[str, Any]:
@@ -385,15 +398,15 @@ def load_demand(session: Session, engine_id: int | None = None) -> Demand:
         key = _SUFFIX.sub("", str(r.request_id))
         arrival = added.get(key, float(r.t_finished_unix_s) - float(r.e2e_s) - t0)
         out.append(SimRequest(key, arrival, int(r.prompt_tokens), int(r.generation_tokens), hashes.get(key, ())))
-    base, per_token = _fit_steps(session, eid)
+    base, per_token, per_seq, max_batch = _fit_steps(session, eid)
     recorded = Settings(int(blocks), int(eng.get("max_num_seqs") or 256),
                         int(eng.get("max_num_batched_tokens") or 8192))
     startup = session.table("startup_memory")
     profile = ({k: finite_or_none(v) for k, v in startup.sort_values("rank").iloc[0].to_dict().items()}
                if not startup.empty else {})
     util = eng.get("gpu_memory_utilization")
-    return Demand(eid, int(bs), out, base, per_token, recorded, profile, bytes_per_block(session, eid),
-                  float(util) if is_number(util) else None)
+    return Demand(eid, int(bs), out, base, per_token, recorded, per_seq, max_batch, profile,
+                  bytes_per_block(session, eid), float(util) if is_number(util) else None)
 
 
 @dataclass(frozen=True)
@@ -412,6 +425,11 @@ class Model:
         if settings == self.demand.recorded:
             return self.baseline
         return run(self.demand, settings, self.curve)
+
+    def times_extrapolated(self, p: Prediction) -> bool:
+        """True when ``p`` ran batches well beyond any the session's steps had (its times then rest
+        on an extrapolated step cost)."""
+        return p.max_batch > max(1.5 * self.demand.fitted_max_batch, self.demand.fitted_max_batch + 2)
 
     def settings_for(self, change: dict[str, Any]) -> tuple[Settings, str]:
         """Recorded settings with ``change`` (EngineArgs names) applied, and a note on how a
