@@ -103,7 +103,7 @@ def test_overview_gpu_shows_device_memory(app: Any) -> None:
     assert len(at.table) >= 3  # info, config, GPUs
     gpu_table = at.table[2].value
     assert set(gpu_table["GPU"].astype(int)) == set(load_session(GPU).gpus["device_index"])
-    assert set(gpu_table["why shown"]) == {"engine"}
+    assert set(gpu_table["why shown"]) == {"the session's processes used it"}
 
 
 def test_timeline_cpu_zoom_and_no_nvml(app: Any) -> None:

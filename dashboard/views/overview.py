@@ -57,7 +57,8 @@ def engine_and_machine(data: SessionData, rep: dict[str, Any], findings: list[di
         table = pd.DataFrame({
             "GPU": shown["device_index"].astype(int).astype(str), "name": shown["name"].fillna(units.NOT_MEASURED),
             "total": shown["total_bytes"].map(units.fmt_gib),
-            "why shown": [why[int(d)] for d in shown["device_index"]]})
+            "why shown": [("the session's processes used it" if why[int(d)] == "engine" else why[int(d)])
+                          for d in shown["device_index"]]})
         st.table(table, hide_index=True)
         hidden = len(gpus) - len(shown)
         if hidden:

@@ -76,7 +76,7 @@ def shoot(browser: Any, url: str, path: Path) -> dict[str, Any]:
         page.wait_for_selector(IDLE, timeout=120_000)
         # the app is "notRunning" before its first run too: wait for the page's title, and for no
         # element still drawn as a placeholder (a loaded machine delivers them late)
-        page.wait_for_selector("[data-testid='stMain'] h1", timeout=120_000)
+        page.wait_for_selector("[data-testid='stMain'] :is(h1, h2)", timeout=120_000)
         page.wait_for_function("!document.querySelector(\"[data-testid='stSkeleton']\")", timeout=120_000)
         page.wait_for_selector(IDLE, timeout=120_000)
         # charts paint after the script is idle: wait until their count is stable
@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sessions", nargs="*", default=None)
     ap.add_argument("--pages", nargs="*", default=list(PAGES))
     a = ap.parse_args(argv)
+    from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
 
     sessions = a.sessions or sorted(p.stem for p in (ROOT / "sessions").glob("*.kvscope"))
@@ -114,7 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         for session in sessions:
             for page in a.pages:
                 shot = out / f"{session}-{page or 'sessions'}.png"
-                seen = shoot(browser, f"{url}/{page}?session={session}", shot)
+                try:
+                    seen = shoot(browser, f"{url}/{page}?session={session}", shot)
+                except PlaywrightError as exc:  # one page that never settles does not stop the rest
+                    seen = {"charts": -1, "errors": 0, "exceptions": 1, "bare": [str(exc).splitlines()[0]]}
                 bad += bool(seen["exceptions"] or seen["bare"])
                 print(f"{session:28} {page or 'sessions':10} charts {seen['charts']:2}  errors "
                       f"{seen['errors']}  exceptions {seen['exceptions']}  bare {seen['bare'] or '-'}",
