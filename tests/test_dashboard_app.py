@@ -237,7 +237,7 @@ def test_compare_page(app: Any) -> None:
     assert set(deltas["B is"]) == {""}
     assert len(charts(at)) == 5
     assert len(at.selectbox) >= 2
-    [b for b in at.button if b.label == "Swap"][0].click().run()
+    at.button(key="compare_swap").click().run()
     swapped = at.table[0].value
     assert list(swapped.columns[1:3]) == [f"A: {CPU.stem}", f"B: {HEALTHY.stem}"]
 
@@ -325,6 +325,18 @@ FINDINGS = {
 FIRST_PANEL = {"PREFIX_THRASH": "Prefix-cache hit rate", "KV_SATURATION": "KV cache usage",
                "PREEMPTION_STORM": "Preemptions per second", "QUEUEING": "Requests running"}
 """Title of the panel "Open in Timeline" puts first for each finding of the CPU sessions."""
+
+
+def test_pages_hold_no_module_level_strings_but_their_docstring() -> None:
+    """Streamlit's magic draws any bare string expression of a page script: an attribute
+    docstring at module level lands on the page as text."""
+    import ast
+
+    for name in PAGES:
+        tree = ast.parse((ROOT / "dashboard" / "views" / f"{name}.py").read_text())
+        bare = [n.lineno for n in tree.body[1:] if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)
+                and isinstance(n.value.value, str)]
+        assert not bare, (name, bare)
 
 
 def test_every_page_is_tested() -> None:

@@ -19,8 +19,9 @@ from profiler.errors import KvscopeError
 from profiler.units import escape_markdown
 
 BUCKETS = 500
+# Where a session uploaded from the browser is kept (a copy: the original is never written). A page's
+# module-level string would be drawn by Streamlit's magic: comments here, not docstrings.
 UPLOADS = Path(tempfile.gettempdir()) / "kvscope-uploads"
-"""Where a session uploaded from the browser is kept (a copy: the original is never written)."""
 
 
 def _swap() -> None:
@@ -63,9 +64,9 @@ if len(srcs) < 2:
     st.stop()
 current = state.current_source()
 ia = srcs.index(current) if current in srcs else 0
-left, mid, right = st.columns([5, 1, 5])
+left, mid, right = st.columns([10, 1, 10], vertical_alignment="bottom")
 src_a = state.pick_session(left, key="compare_a", label="Session A", default_index=ia)
-mid.button("Swap", icon=":material/swap_horiz:", on_click=_swap, help="exchange A and B")
+mid.button(":material/swap_horiz:", key="compare_swap", on_click=_swap, help="swap A and B")
 src_b = state.pick_session(right, key="compare_b", label="Session B", default_index=(ia + 1) % len(srcs))
 add_session_box()
 if src_a is None or src_b is None:
@@ -103,7 +104,7 @@ if not diff.empty:
     state.csv_download(diff, f"compare-settings-{src_a.label}-vs-{src_b.label}", "Settings CSV")
 
 settings_differ = not diff.empty and bool(set(diff["setting"]) & {"num_gpu_blocks", "max_num_seqs"})
-if settings_differ:
+if settings_differ and not why:  # a re-run of the same workload at other settings
     try:
         model = model_memo(data_a.path)
     except KvscopeError as exc:

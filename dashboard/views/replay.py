@@ -20,10 +20,9 @@ from profiler.units import escape_markdown
 
 TICK_S = 0.5
 BUCKETS = 400
-SPEEDS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
-"""Session seconds played per wall-clock second (60: a minute of the session in one second)."""
-PICK = "pick"
-"""Name of the click selection on the Replay charts (a click moves the cursor there)."""
+# (comments, not docstrings: Streamlit's magic would draw a page's module-level string)
+SPEEDS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)  # session s per wall s: 60 = a minute a second
+PICK = "pick"  # the click selection on the Replay charts (a click moves the cursor there)
 JUMPS = {"preemption": "preemption", "OOM": mk.OOM, "finding": mk.FINDING, "engine start": mk.ENGINE_START}
 
 

@@ -37,16 +37,19 @@ if data is not None:
                     + (": the engine never served." if not rep.get("steps") else "."), icon=":material/info:")
             st.stop()
 
-        c = st.columns(4)
-        c[0].metric("Requests finished", f"{len(reqs):,}")
         pre_steps = rep.get("preemptions")
-        c[1].metric("Preemptions", units.NOT_MEASURED if pre_steps is None else f"{int(pre_steps):,}",
-                    help="requests preempted, summed over the engine steps (as on Overview and KV cache)")
         counted = reqs["preemptions"].dropna()
+        cards: list[tuple[str, str, str | None, str | None]] = [("Requests finished", f"{len(reqs):,}", None, None)]
+        if pre_steps is not None:
+            cards.append(("Preemptions", f"{int(pre_steps):,}", None,
+                          "requests preempted, summed over the engine steps (as on Overview and KV cache)"))
         if len(counted):
-            c[2].metric("Requests preempted", f"{int((counted > 0).sum()):,}",
-                        delta=f"of {len(counted):,} with a count", delta_color="off", delta_arrow="off")
-        c[3].metric("TTFT p95", units.fmt_s(rep["latency_s"].get("ttft_p95")))
+            cards.append(("Requests preempted", f"{int((counted > 0).sum()):,}",
+                          f"of {len(counted):,} with a count", None))
+        if rep["latency_s"].get("ttft_p95") is not None:
+            cards.append(("TTFT p95", units.fmt_s(rep["latency_s"]["ttft_p95"]), None, None))
+        for col, (label, value, delta, helptext) in zip(st.columns(4), cards, strict=False):
+            col.metric(label, value, delta=delta, delta_color="off", delta_arrow="off", help=helptext)
 
         st.subheader("Requests over time")
         z0, z1 = state.get_zoom(data)

@@ -13,19 +13,21 @@ from dashboard import state
 from dashboard.data import verify
 from dashboard.data.reports import model_memo
 from dashboard.data.session import SessionData
-from dashboard.findings_ui import SIMULATE_KEY
+from dashboard.findings_ui import SIMULATE_KEY, SIMULATED
 from profiler.analysis.fixes import diff_text, flag_changes
 from profiler.analysis.simulate import Model, Settings, util_for_blocks
 from profiler.errors import KvscopeError
-from profiler.units import escape_markdown, fmt_pct, is_number
+from profiler.units import escape_markdown, fmt_gib, fmt_pct, is_number
 
 
 def _finding(data: SessionData) -> dict[str, Any] | None:
-    """The finding the user came from (its Simulate button), when it was for this session."""
+    """The finding the user came from (its Simulate button), when it was for this session; else
+    the most severe finding that proposes a setting this page can try."""
     chosen = st.session_state.get(SIMULATE_KEY)
     if chosen and chosen.get("path") == str(data.path):
         return chosen["finding"]
-    return None
+    findings = state.report(data)[1]
+    return next((f for f in findings if any(k in SIMULATED for k in (f.get("settings") or {}))), None)
 
 
 def inputs(data: SessionData, m: Model, finding: dict[str, Any] | None) -> tuple[dict[str, Any], Settings, str]:
@@ -67,12 +69,14 @@ def inputs(data: SessionData, m: Model, finding: dict[str, Any] | None) -> tuple
 def render(data: SessionData) -> None:
     """Draw the page for ``data``."""
     st.title(f"Simulate a fix · {escape_markdown(data.name)}")
+    finding = _finding(data)
     try:
         m = model_memo(data.path)
     except KvscopeError as exc:
-        st.info(f"Nothing to simulate in this session: {escape_markdown(str(exc))}.", icon=":material/info:")
+        st.info(f"No request demand to replay in this session: {escape_markdown(str(exc))}.",
+                icon=":material/info:")
+        memory_only(data, finding)
         return
-    finding = _finding(data)
     if finding is not None:
         st.markdown(f"From finding **{escape_markdown(finding['code'])}**: "
                     f"{escape_markdown(finding.get('recommendation') or '')}")
@@ -160,6 +164,38 @@ def render(data: SessionData) -> None:
             st.session_state["compare_a"] = state.current_source().label  # type: ignore[union-attr]
             st.session_state["compare_b"] = src.label
             st.switch_page("views/compare.py")
+
+
+def memory_only(data: SessionData, finding: dict[str, Any] | None) -> None:
+    """Without requests to replay, what a ``gpu_memory_utilization`` leaves the KV cache, from the
+    start-up profile (an OOM at start-up, or before the first request finished)."""
+    rep = state.report(data)[0]
+    if data.startup_memory.empty or data.startup_memory.iloc[0].get("device") != "cuda":
+        return
+    row = {k: v for k, v in data.startup_memory.iloc[0].to_dict().items()}
+    total = row.get("total_bytes")
+    if not is_number(total):
+        return
+    used = sum(float(row[k]) for k in ("weights_bytes", "activation_peak_bytes", "non_torch_bytes",
+                                       "cuda_graph_bytes") if is_number(row.get(k)))
+    proposed = ((finding or {}).get("settings") or {}).get("gpu_memory_utilization")
+    util0 = float(proposed or rep["engine"].get("gpu_memory_utilization") or (used / total + 0.05))
+    util = float(st.number_input("gpu_memory_utilization", min_value=0.01, max_value=0.99, step=0.01,
+                                 value=round(util0, 2), format="%.2f", key=f"sim-mem::{data.path}"))
+    room = util * float(total) - used
+    per = rep["kv_cache"].get("bytes_per_block")
+    blocks = int(room // per) if per and room > 0 else None
+    bs = rep["engine"].get("block_size")
+    if room <= 0:
+        st.warning(f"At {util:.2f} start-up still has no room for a KV cache: weights, activations and the "
+                   f"rest need {used / total:.2f} of the device ({fmt_gib(used)}).", icon=":material/warning:")
+    else:
+        extra = (f" = {blocks:,} blocks" + (f" of {bs} tokens ({blocks * bs:,} tokens)" if bs else "")
+                 if blocks is not None else " (bytes per block not recorded: no block count)")
+        st.success(f"At gpu_memory_utilization {util:.2f} the start-up profile leaves {fmt_gib(room)} for the "
+                   f"KV cache{extra}.", icon=":material/check_circle:")
+    changes = flag_changes({"gpu_memory_utilization": util}, data.engine(), data.meta.get("command"))
+    st.code(diff_text(changes, data.meta.get("model") or data.engine().get("model")), language="diff")
 
 
 def _measured(data: SessionData, m: Model) -> dict[str, Any]:
