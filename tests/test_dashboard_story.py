@@ -194,3 +194,17 @@ def test_scheduler_model_on_a_synthetic_demand() -> None:
     assert tight.preemptions > 0 and tight.finished == 4
     serial = sim.run(demand, sim.Settings(64, 1, 64))
     assert serial.preemptions == 0 and serial.queued_p50_s > big.queued_p50_s
+
+
+def test_scheduler_model_finds_the_size_the_what_if_curve_misses_under_concurrency() -> None:
+    """prefix_thrash: 16 prefixes of 8 blocks, 8 requests at once. The what-if curve asks for 133
+    blocks (87.1 %); with 8 running requests' partial blocks the scheduler model keeps the prefixes
+    only from 137 on, and at 133 predicts 43.6 % -- what the real re-run at 133 measured (43.6 %,
+    sessions/make_sessions.py)."""
+    with open_session(S["prefix_thrash"]) as s:
+        m = sim.model(s)
+    assert m.curve.blocks_for(0.9) == 133
+    at_133 = m.predict(m.settings_for({"num_gpu_blocks_override": 133})[0])
+    assert at_133.prefix_hit_rate == pytest.approx(0.871, abs=0.001)  # the curve's number
+    assert at_133.model_hit_rate == pytest.approx(0.436, abs=0.01)  # the re-run's number
+    assert sim.blocks_for_hit_rate(m, 0.9 * m.curve.max_hit_rate, lo=128, hi=160) == 137

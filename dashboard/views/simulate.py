@@ -15,7 +15,7 @@ from dashboard.data.reports import model_memo
 from dashboard.data.session import SessionData
 from dashboard.findings_ui import SIMULATE_KEY, SIMULATED
 from profiler.analysis.fixes import diff_text, flag_changes
-from profiler.analysis.simulate import Model, Settings, util_for_blocks
+from profiler.analysis.simulate import Model, Settings, blocks_for_hit_rate, util_for_blocks
 from profiler.errors import KvscopeError
 from profiler.units import escape_markdown, fmt_gib, fmt_pct, is_number
 
@@ -102,12 +102,14 @@ def render(data: SessionData) -> None:
                     f"predicts end-to-end p50 {verify.fmt_value(p.e2e_p50_s, 's')} (recorded model "
                     f"{verify.fmt_value(m.baseline.e2e_p50_s, 's')}) and the requests take "
                     f"{p.span_s:,.1f} s instead of {m.baseline.span_s:,.1f} s.")
-    if (is_number(p.prefix_hit_rate) and is_number(p.model_hit_rate)
-            and abs(p.prefix_hit_rate - p.model_hit_rate) > 0.10):
+    disagree = (is_number(p.prefix_hit_rate) and is_number(p.model_hit_rate)
+                and abs(p.prefix_hit_rate - p.model_hit_rate) > 0.10)
+    if disagree:
         warn.append(f"The what-if curve ({fmt_pct(p.prefix_hit_rate)}) and the scheduler model "
                     f"({fmt_pct(p.model_hit_rate)}) disagree on the hit rate: at this size the prefixes only "
-                    "just fit, and with this run's concurrency the cache may still evict them. A larger size "
-                    "or a re-run settles it.")
+                    "just fit, and with this setting's concurrency the running requests' blocks still push "
+                    "them out (on prefix_thrash at 133 blocks the re-run measured 43.6 %, the scheduler "
+                    "model's number). Find the size the scheduler model needs below.")
     if not p.complete:
         warn.append(f"The simulation finished {p.finished:,} of {len(m.demand.requests):,} requests (a request "
                     "larger than the cache cannot run, or the step limit was reached).")
@@ -120,6 +122,19 @@ def render(data: SessionData) -> None:
         need = util_for_blocks(m.demand, settings.num_blocks)
         if need is not None:
             st.caption(f"{settings.num_blocks:,} blocks need gpu_memory_utilization ≥ {need:.2f}.")
+
+    if m.curve is not None and m.curve.max_hit_rate:
+        target = 0.9 * m.curve.max_hit_rate
+        if st.button(f"Find the smallest cache keeping 90 % of the reusable prefixes ({fmt_pct(target)} hit rate) "
+                     "in the scheduler model", icon=":material/search:", key=f"sim-find::{data.path}"):
+            need = blocks_for_hit_rate(m, target, settings)
+            st.session_state[f"sim-found::{data.path}"] = need
+        found = st.session_state.get(f"sim-found::{data.path}", False)
+        if found is None:
+            st.caption("The scheduler model does not reach that hit rate even at four times the what-if size.")
+        elif found:
+            st.caption(f"The scheduler model keeps 90 % of the reusable prefixes from **{found:,} blocks** on "
+                       f"(the what-if curve: {m.curve.blocks_for(0.9) or 'n/a'}); put it in KV blocks above.")
 
     st.subheader("The flags to change")
     changes = flag_changes(change, data.engine(), data.meta.get("command"))

@@ -485,3 +485,27 @@ def util_for_blocks(demand: Demand, blocks: int) -> float | None:
     used = sum(float(p.get(k) or 0.0) for k in ("weights_bytes", "activation_peak_bytes", "non_torch_bytes",
                                                 "cuda_graph_bytes"))
     return math.ceil((used + blocks * per) / float(total) * 100) / 100
+
+
+def blocks_for_hit_rate(m: Model, target: float, settings: Settings | None = None,
+                        hi: int | None = None, lo: int = 2) -> int | None:
+    """Smallest ``num_blocks`` at which the scheduler model's own prefix hit rate reaches ``target``
+    (other settings as ``settings``, default the recorded ones); None when even ``hi`` blocks
+    (default: 4 × the what-if curve's size for the unbounded hit rate) fall short. A bisection:
+    about ten simulation runs."""
+    base = settings or m.demand.recorded
+    top = hi or max(4 * ((m.curve.blocks_for(1.0) if m.curve else None) or base.num_blocks), base.num_blocks + 1)
+
+    def rate(n: int) -> float:
+        r = m.predict(replace(base, num_blocks=n)).model_hit_rate
+        return r if r is not None else 0.0
+
+    if rate(top) < target:
+        return None
+    while lo < top:
+        mid = (lo + top) // 2
+        if rate(mid) >= target:
+            top = mid
+        else:
+            lo = mid + 1
+    return top
