@@ -317,6 +317,7 @@ FINDINGS = {
     "gpu_h200x2_tp2": {"QUEUEING", "KV_OVERPROVISIONED"},
     "healthy": {"QUEUEING"},
     "kv_saturation": {"PREFIX_THRASH", "KV_SATURATION", "PREEMPTION_STORM"},
+    "kv_saturation_fixed": {"KV_OVERPROVISIONED", "QUEUEING"},
     "prefix_thrash": {"PREFIX_THRASH"},
 }
 """Finding codes each bundled session shows on its Overview (every one of them has some)."""

@@ -208,3 +208,23 @@ def test_scheduler_model_finds_the_size_the_what_if_curve_misses_under_concurren
     assert at_133.prefix_hit_rate == pytest.approx(0.871, abs=0.001)  # the curve's number
     assert at_133.model_hit_rate == pytest.approx(0.436, abs=0.01)  # the re-run's number
     assert sim.blocks_for_hit_rate(m, 0.9 * m.curve.max_hit_rate, lo=128, hi=160) == 137
+
+
+def test_the_saturation_fix_re_run_measures_what_the_model_predicted() -> None:
+    """kv_saturation_fixed is the kv_saturation workload re-run at KV_SATURATION's 521 blocks:
+    the prediction from the first session beside the re-run's measurement (as Compare shows it)."""
+    from dashboard.data import verify
+
+    with open_session(S["kv_saturation"]) as s:
+        m = sim.model(s)
+    rerun = load_session_memo(S["kv_saturation_fixed"])
+    rep_b = report_memo(S["kv_saturation_fixed"])[0]
+    settings, p, table = verify.rerun_check(m, rep_b, rerun.requests())
+    assert settings.num_blocks == 521 == rep_b["engine"]["num_gpu_blocks"]
+    assert p.preemptions == rep_b["preemptions"] == 0
+    assert p.peak_kv_usage_frac == pytest.approx(rep_b["kv_cache"]["peak_usage_frac"], abs=0.03)
+    assert p.prefix_hit_rate == pytest.approx(rep_b["prefix_cache"]["hit_rate"], abs=0.01)
+    rows = table.set_index("")
+    assert rows.loc["preemptions"].tolist() == ["0", "0"]
+    assert m.times_extrapolated(p)  # batches of 64 where the recorded steps had at most 3
+    assert "extrapolated" in verify.times_note(m, p)
