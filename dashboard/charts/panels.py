@@ -23,6 +23,9 @@ COLORS = {
 }
 ZOOM_PARAM = "zoom"
 """Name of the navigator's interval selection (Streamlit returns it under this key)."""
+RESET_PARAM = "reset"
+"""A double-click on the navigator, reported on its own: a brush drawn from a stored zoom (after a
+page change) clears without Streamlit seeing a change of the zoom selection."""
 
 
 def time_x(view: View, title: str | None = TIME_TITLE, labels: bool = True) -> alt.X:
@@ -289,7 +292,8 @@ def navigator_panel(buckets: pd.DataFrame, whole: View, zoom: tuple[float, float
             y=alt.Y("kv:Q", title="KV" if what == "peak KV usage" else "GPU",
                     axis=alt.Axis(format="%", tickCount=2),
                     scale=alt.Scale(domain=[0, 1])),
-        ).add_params(brush))
+        ).add_params(brush, alt.selection_point(name=RESET_PARAM, on="dblclick", clear=False,
+                                                 nearest=True, fields=["t_s"])))
         if "here" in d:  # on top of the area, so the shown range stays visible under any brush
             layers.append(alt.Chart(d["here"]).mark_rect(color="#f58518", opacity=0.3).encode(
                 x=time_x(whole, title=None), x2="t_end_s:Q", tooltip=["label:N"]))

@@ -27,6 +27,7 @@ UPLOADS = Path(tempfile.gettempdir()) / "kvscope-uploads"
 def _swap() -> None:
     a, b = st.session_state.get("compare_a"), st.session_state.get("compare_b")
     st.session_state["compare_a"], st.session_state["compare_b"] = b, a
+    st.session_state[state.chosen_key("compare_a")], st.session_state[state.chosen_key("compare_b")] = b, a
 
 
 def add_session_box() -> None:
@@ -52,7 +53,8 @@ def add_session_box() -> None:
                 state.cannot_use(Path(target).name, exc)
             else:
                 if st.session_state.get("compare_b") != src.label:
-                    st.session_state["compare_b"] = src.label
+                    st.session_state.pop("compare_b", None)  # set before its widget is drawn again
+                    st.session_state[state.chosen_key("compare_b")] = src.label
                     st.rerun()
 
 
