@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import state
+from dashboard import sections, state
 from dashboard.charts import requests as cr
 from dashboard.data import derive
 from profiler.units import escape_markdown
@@ -24,6 +24,7 @@ if data is not None:
             c: st.column_config.NumberColumn(c.replace("_s", " (s)"), format="%.4f")
             for c in ("p50_s", "p95_s", "p99_s")})
         state.csv_download(pct, f"{data.name}-latency-percentiles", "Percentiles CSV")
+        sections.latency_splits(state.report(data)[0], data.name)
 
         cols = st.columns(3)
         for i, (col, name) in enumerate(derive.LATENCY_COLUMNS.items()):
