@@ -32,7 +32,7 @@ from profiler.session.rows import (
     StepRow,
 )
 from profiler.session.writer import SessionWriter
-from tests.support.engine import ROOT
+from tests.support.engine import ROOT, kvscope_here
 
 T0 = 1_800_000_000.0
 
@@ -202,3 +202,36 @@ def test_bundled_sessions_without_the_new_tables_read_as_before(name: str) -> No
         rep = build_report(s)
     assert rep["spec_decode"] is None and rep["kv_cache"]["groups"] == []
     json.dumps(rep, allow_nan=False)
+
+
+def test_bad_benchmark_files_are_one_line_and_write_nothing(tmp_path: Path) -> None:
+    detailed = {"duration": 1.0, "input_lens": [1], "output_lens": [1, 2], "ttfts": [0.1],
+                "itls": [[]], "start_times": [0.0], "errors": [""]}
+    cases = {"notjson.json": ("{", "not JSON"),
+             "summary.json": (json.dumps({"duration": 1.0, "completed": 1}), "--save-detailed"),
+             "ragged.json": (json.dumps(detailed), "one length"),
+             "list.json": ("[1, 2]", "not a vLLM benchmark result")}
+    for name, (text, why) in cases.items():
+        (tmp_path / name).write_text(text)
+        out = kvscope_here("import-bench", str(tmp_path / name), "--session", str(tmp_path / f"{name}.kvscope"))
+        assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+        assert why in out.stderr and not (tmp_path / f"{name}.kvscope").exists()
+
+
+def test_import_bench_keeps_good_requests_beside_bad_values(tmp_path: Path) -> None:
+    data = {"date": "20261130-120000", "backend": "openai", "duration": 2.0, "completed": 3,
+            "failed": 1, "input_lens": [10, 20, 30, 40], "output_lens": [4, 4, "x", 0],
+            "ttfts": [0.1, 0.2, 0.3, 0.0], "itls": [[0.01] * 3, [0.02] * 3, [0.03] * 3, []],
+            "start_times": [5.0, 5.5, 6.0, 6.1], "errors": ["", "", "", "HTTP 500"]}
+    (tmp_path / "b.json").write_text(json.dumps(data))
+    out = kvscope_here("import-bench", str(tmp_path / "b.json"), "--session", str(tmp_path / "b.kvscope"))
+    assert out.returncode == 0, out.stderr
+    assert "3 requests imported, 1 failed, 1 values not numbers" in out.stdout
+    with open_session(tmp_path / "b.kvscope") as s:
+        assert s.notes() == []
+        rows = s.rows("SELECT ttft_s, e2e_s, generation_tokens FROM requests ORDER BY request_id")
+        rep = build_report(s)
+    assert rows == [(0.1, pytest.approx(0.13), 4), (0.2, pytest.approx(0.26), 4),
+                    (0.3, pytest.approx(0.39), None)]
+    assert rep["requests_finished"] == 3 and rep["engine"]["source"] == "bench"
+    assert rep["cost"]["generation_tokens"] == 8 and rep["cost"]["gpu_seconds"] is None

@@ -9,6 +9,7 @@ from typing import Any
 
 from profiler.analysis import serving
 from profiler.analysis.kv_groups import kv_groups
+from profiler.analysis.spec_decode import by_prompt_length as spec_by_prompt_length
 from profiler.analysis.spec_decode import (
     drafter_weights_bytes,
     mean_accepted_length,
@@ -96,6 +97,9 @@ def build_report(session: Session, findings: list[dict[str, Any]] | None = None)
         "findings": findings or [],
         "notes": notes,
     }
+    split = (report["latency_s"].get("by_prompt_length") or {}).get("split_tokens")
+    report["spec_decode_by_prompt_length"] = (
+        spec_by_prompt_length(session, requests, split) if report["spec_decode"] else None)
     dropped: list[str] = []
     report = json_safe(report, replaced=dropped)
     if dropped:
@@ -165,6 +169,11 @@ def _serving_lines(report: dict[str, Any]) -> list[str]:
                      f"{fmt(mean_accepted_length(sd), '{:.2f}')}, per position "
                      f"{sd['accepted_per_position']}; drafter weights "
                      f"{fmt_gib((report.get('memory') or {}).get('drafter_weights_bytes'))}")
+    by_len = report.get("spec_decode_by_prompt_length")
+    for name in ("short", "long") if by_len else ():
+        b = by_len[name]
+        lines.append(f"  {name:<5} prompts: acceptance {fmt(b['acceptance_rate'], '{:.1%}')}, mean "
+                     f"accepted length {fmt(b['mean_accepted_length'], '{:.2f}')} ({b['steps']} steps)")
     return lines
 
 

@@ -12,6 +12,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 from profiler.session.reader import Session
 from profiler.units import plausible
 
@@ -150,3 +153,39 @@ def spec_swing(with_spec: dict[str, Any], without: dict[str, Any]) -> list[dict[
         delta = va - vb if isinstance(va, int | float) and isinstance(vb, int | float) else None
         rows.append({"metric": label, "with": va, "without": vb, "delta": delta})
     return rows
+
+
+def by_prompt_length(session: Session, requests: pd.DataFrame | None, split: int | None) -> dict[str, Any] | None:
+    """Speculative decoding on short vs long prompts: each step's stats go to the bucket whose
+    prompts alone were in flight at that step (from the finished requests' arrival and finish
+    times); steps with both kinds in flight count as ``mixed_steps``. ``split`` is the report's
+    ``latency_s.by_prompt_length.split_tokens`` (short: fewer prompt tokens). None without
+    speculative decoding or a split."""
+    if split is None or requests is None or len(requests) == 0:
+        return None
+    steps = session.rows("SELECT t_unix_s, drafts, draft_tokens, accepted_tokens "
+                         "FROM spec_decode_steps WHERE t_unix_s IS NOT NULL ORDER BY t_unix_s")
+    if not steps:
+        return None
+    fin = pd.to_numeric(requests["t_finished_unix_s"], errors="coerce").to_numpy(dtype=float)
+    arr = fin - pd.to_numeric(requests["e2e_s"], errors="coerce").to_numpy(dtype=float)
+    prompt = pd.to_numeric(requests["prompt_tokens"], errors="coerce").to_numpy(dtype=float)
+    ok = np.isfinite(fin) & np.isfinite(arr) & np.isfinite(prompt)
+    t = np.array([s[0] for s in steps], dtype=float)
+
+    def in_flight(sel: Any) -> Any:
+        a, f = np.sort(arr[ok & sel]), np.sort(fin[ok & sel])
+        return np.searchsorted(a, t, side="right") - np.searchsorted(f, t, side="left")
+
+    short, long_ = in_flight(prompt < split), in_flight(prompt >= split)
+    out: dict[str, Any] = {"split_tokens": split, "mixed_steps": int(((short > 0) & (long_ > 0)).sum())}
+    for name, sel in (("short", (short > 0) & (long_ == 0)), ("long", (long_ > 0) & (short == 0))):
+        rows = [s for s, keep in zip(steps, sel, strict=True) if keep]
+        drafts = sum(r[1] or 0 for r in rows)
+        tokens = sum(r[2] or 0 for r in rows)
+        accepted = sum(r[3] or 0 for r in rows)
+        out[name] = {"steps": len(rows), "drafts": drafts, "draft_tokens": tokens,
+                     "accepted_tokens": accepted,
+                     "acceptance_rate": accepted / tokens if tokens else None,
+                     "mean_accepted_length": 1 + accepted / drafts if drafts else None}
+    return out

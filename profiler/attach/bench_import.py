@@ -147,17 +147,17 @@ def import_bench(source: str | Path, session: str | Path, label: str | None = No
     summary = {k: data[k] for k in SUMMARY_KEYS if k in data}
     summary |= {k: v for k, v in data.items() if k.endswith("_ms") and _num(v) is not None}
     name = label or data.get("label") or data.get("backend") or "benchmark"
+    model = str(data["model_id"]) if data.get("model_id") else None
     writer = SessionWriter(out)
     try:
         writer.set_meta(started_unix_s=t0, ended_unix_s=end, exit_code=0, host=socket.gethostname(),
                         kvscope_version=_kvscope_version(), command=["kvscope", "import-bench", str(source)],
-                        model=str(data.get("model_id") or "") or None, bench=summary,
-                        bench_source=os.path.abspath(str(source)))
+                        bench=summary, bench_source=os.path.abspath(str(source)),
+                        **({"model": model} if model else {}))
         writer.execute_now(
             f"INSERT INTO engines VALUES ({', '.join('?' * len(EngineRow._fields))})",
             tuple(EngineRow(engine_id=1, pid=None, engine_index=0, label=str(name), source="bench",
-                            created_unix_s=t0, vllm_version=None,
-                            model=str(data.get("model_id") or "") or None, block_size=None,
+                            created_unix_s=t0, vllm_version=None, model=model, block_size=None,
                             num_gpu_blocks=None, gpu_memory_utilization=None,
                             enable_prefix_caching=None, max_num_seqs=None,
                             max_num_batched_tokens=None, max_model_len=None,

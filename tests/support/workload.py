@@ -132,6 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log-stats", action="store_true", help="llm: turn vLLM's own stats on")
     ap.add_argument("--spec-ngram", type=int, default=None, metavar="K",
                     help="n-gram speculative decoding, K tokens per draft")
+    ap.add_argument("--speculative-config", default=None, help="JSON for EngineArgs speculative_config")
+    ap.add_argument("--then-prefix-len", type=int, default=None,
+                    help="llmengine: once the first requests finish, the same number again with "
+                         "prefixes of this length (a second phase, e.g. long prompts after short)")
+    ap.add_argument("--enforce-eager", action="store_true")
     ap.add_argument("--counts", default=None)
     ap.add_argument("--api-session", default=None, help="record with profiler.record(PATH)")
     a = ap.parse_args(argv)
@@ -152,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.spec_ngram:
         kwargs["speculative_config"] = {"method": "ngram", "num_speculative_tokens": a.spec_ngram,
                                         "prompt_lookup_max": 4, "prompt_lookup_min": 2}
+    if a.speculative_config:
+        kwargs["speculative_config"] = json.loads(a.speculative_config)
+    if a.enforce_eager:
+        kwargs["enforce_eager"] = True
     params = SamplingParams(max_tokens=a.max_tokens, ignore_eos=True, temperature=0.0,
                             prompt_logprobs=a.prompt_logprobs)
     texts = prompts(a.requests, a.prefixes, a.prefix_len)
@@ -179,13 +188,17 @@ def main(argv: list[str] | None = None) -> int:
             )
             maybe_hog(a.hog_leave_gib)
             t0 = time.perf_counter()
-            pending = list(enumerate(texts))
-            per_step = a.arrivals_per_step or len(pending)
-            while pending or eng.has_unfinished_requests():
-                for i, t in pending[:per_step]:
-                    eng.add_request(str(i), t, params)
-                del pending[:per_step]
-                eng.step()
+            phases = [list(enumerate(texts))]
+            if a.then_prefix_len:
+                second = prompts(a.requests, a.prefixes, a.then_prefix_len, seed_text=" then")
+                phases.append([(len(texts) + i, t) for i, t in enumerate(second)])
+            for pending in phases:
+                per_step = a.arrivals_per_step or len(pending)
+                while pending or eng.has_unfinished_requests():
+                    for i, t in pending[:per_step]:
+                        eng.add_request(str(i), t, params)
+                    del pending[:per_step]
+                    eng.step()
             counts["generate_s"] = time.perf_counter() - t0
             eng.engine_core.shutdown()
             return
