@@ -19,7 +19,6 @@ from typing import Any
 from profiler.recorder import context
 from profiler.session.rows import SpecDecodeStepRow
 
-
 MODEL_FREE_METHODS = frozenset({"ngram", "ngram_gpu", "suffix"})
 """Drafting methods without a draft model (they look tokens up in the prompt and output)."""
 
