@@ -89,9 +89,24 @@ def spec_decode_summary(rep: dict[str, Any]) -> None:
     c[4].metric("Drafter weights", "none" if drafter == 0 else fmt_bytes(drafter),
                 help="the drafter's own parameters (not shared with the target model); n-gram "
                      "drafters have none")
+    left, right = st.columns(2)
     rates = position_rates(sd)
     if rates:
-        state.show(charts.acceptance_by_position_chart(rates), key="spec-positions")
+        with left:
+            state.show(charts.acceptance_by_position_chart(rates), key="spec-positions")
+    by_len = rep.get("spec_decode_by_prompt_length")
+    with right:
+        if not by_len:
+            st.caption("Short vs long prompts: every prompt has the same length, nothing to split.")
+            return
+        st.markdown(f"**Short vs long prompts** (split at {by_len['split_tokens']:,} prompt tokens)")
+        st.table(pd.DataFrame([{
+            "prompts": name, "steps": f"{b['steps']:,}", "drafts": f"{b['drafts']:,}",
+            "acceptance rate": fmt_pct(b["acceptance_rate"]),
+            "mean accepted length": fmt(b["mean_accepted_length"], "{:.2f}"),
+        } for name, b in (("short", by_len["short"]), ("long", by_len["long"]))]), hide_index=True)
+        st.caption(f"Each step counts for the prompts alone in flight then; "
+                   f"{by_len['mixed_steps']:,} steps had both and count for neither.")
 
 
 def latency_splits(rep: dict[str, Any], name: str) -> None:

@@ -40,10 +40,11 @@ SCENARIOS: dict[str, list[str]] = {
                        "--then-prefix-len", "1500", "--max-tokens", "64", "--max-num-seqs", "16",
                        "--arrivals-per-step", "2"],
     # a Gemma-2 with a sliding-window layer beside a full-attention layer: two KV-cache groups
-    # sharing 40 blocks, ~1,000-token prompts (the window is 256 tokens), preemptions.
-    "sliding_window": ["--blocks", "40", "--max-model-len", "2048", "--requests", "48",
-                       "--prefixes", "3", "--prefix-len", "1000", "--max-tokens", "48",
-                       "--max-num-seqs", "16", "--arrivals-per-step", "2"],
+    # sharing 40 blocks; 48 requests at once of ~650 tokens (the window is 256 tokens) need ~6
+    # full-attention and 3 sliding-window blocks each: preemptions, sized per group.
+    "sliding_window": ["--blocks", "40", "--max-model-len", "1024", "--requests", "48",
+                       "--prefixes", "3", "--prefix-len", "600", "--max-tokens", "64",
+                       "--max-num-seqs", "32"],
 }
 
 MODELS: dict[str, str] = {"sliding_window": "gemma2"}

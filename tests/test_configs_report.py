@@ -235,3 +235,15 @@ def test_import_bench_keeps_good_requests_beside_bad_values(tmp_path: Path) -> N
                     (0.3, pytest.approx(0.39), None)]
     assert rep["requests_finished"] == 3 and rep["engine"]["source"] == "bench"
     assert rep["cost"]["generation_tokens"] == 8 and rep["cost"]["gpu_seconds"] is None
+
+
+def test_a_one_group_engine_holds_what_the_engine_holds(tmp_path: Path) -> None:
+    p = _write(tmp_path / "s.kvscope", groups=False)
+    w = SessionWriter(p)
+    w.append("kv_cache_groups", KvCacheGroupRow(1, T0 + 1, 0, "full_attention", 2, "[]", 16, None,
+                                                2048, 101, 0))
+    w.flush()
+    w.close()
+    (g,) = _report(p)["kv_cache"]["groups"]
+    assert g["peak_blocks_used"] == round(0.4 * 100) and g["mean_blocks_used"] == pytest.approx(40.0)
+    assert g["peak_usage_frac"] == pytest.approx(0.4)  # the engine's own peak usage

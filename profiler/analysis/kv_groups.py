@@ -3,14 +3,14 @@
 Every group draws blocks from the engine's one pool of ``num_blocks`` (vLLM keeps one block for
 itself: usage is over ``num_blocks - 1``, as vLLM's own ``kv_cache_usage``). ``kv_group_usage``
 is sampled by the engine core for models with more than one group; a one-group model has none
-and its usage is the engine's.
+and its blocks are the engine's usage (per step, from ``steps``).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import pandas as pd
@@ -98,8 +98,27 @@ def kv_groups(session: Session, engine_id: int | None = None) -> list[KvGroup]:
             is_draft=bool(draft), peak_blocks_used=int(peak) if n else None,
             mean_blocks_used=float(mean) if n else None,
         ))
-    # a session with two engines recorded the same groups twice only if both started: keep each
-    return out
+    return [_from_engine_usage(session, g) if g.peak_blocks_used is None and _alone(g, out) else g
+            for g in out]
+
+
+def _alone(g: KvGroup, groups: list[KvGroup]) -> bool:
+    return sum(1 for o in groups if o.engine_id == g.engine_id) == 1
+
+
+def _from_engine_usage(session: Session, g: KvGroup) -> KvGroup:
+    """A one-group engine holds what the whole pool holds: its blocks are the engine's own usage
+    (vLLM's ``kv_cache_usage`` × usable blocks), not sampled separately."""
+    if not g.num_blocks or g.num_blocks < 2:
+        return g
+    where = "WHERE running IS NOT NULL" + ("" if g.engine_id is None else " AND engine_id = ?")
+    params = () if g.engine_id is None else (g.engine_id,)
+    peak, mean = session.rows(f"SELECT MAX(kv_usage_frac), AVG(kv_usage_frac) FROM steps {where}",
+                              params)[0]
+    if peak is None:
+        return g
+    usable = g.num_blocks - 1
+    return replace(g, peak_blocks_used=int(round(peak * usable)), mean_blocks_used=mean * usable)
 
 
 def group_usage(session: Session, start_unix_s: float = 0.0) -> pd.DataFrame:
