@@ -281,6 +281,9 @@ FINDINGS = {
     "healthy": {"QUEUEING"},
     "kv_saturation": {"PREFIX_THRASH", "KV_SATURATION", "PREEMPTION_STORM"},
     "prefix_thrash": {"PREFIX_THRASH"},
+    "sliding_window": {"PREEMPTION_STORM"},
+    "spec_ngram": {"QUEUEING"},
+    "spec_ngram_off": {"QUEUEING"},
 }
 """Finding codes each bundled session shows on its Overview (every one of them has some)."""
 
