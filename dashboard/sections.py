@@ -31,7 +31,7 @@ def _show(value: Any, unit: str) -> str:
     if unit == "frac":
         return fmt_pct(value)
     if unit == "bytes":
-        return fmt_bytes(value)
+        return "0 bytes" if value == 0 else fmt_bytes(value)
     if unit == "count":
         return f"{int(value):,}"
     if unit == "small":
@@ -44,7 +44,7 @@ def _as_text(df: pd.DataFrame, units: dict[str, str] | None = None) -> pd.DataFr
     out = df.copy()
     if "unit" in out:
         for col in [c for c in out if c not in ("metric", "unit")]:
-            out[col] = [_show(v, u) if col != "delta" or v is None else _signed(v, u)
+            out[col] = [_signed(v, u) if col == "delta" else _show(v, u)
                         for v, u in zip(out[col], out["unit"], strict=True)]
         out = out.drop(columns="unit")
     for col, unit in (units or {}).items():
@@ -52,9 +52,10 @@ def _as_text(df: pd.DataFrame, units: dict[str, str] | None = None) -> pd.DataFr
     return out
 
 
-def _signed(value: float, unit: str) -> str:
-    text = _show(abs(value), unit)
-    return ("+" if value >= 0 else "−") + text
+def _signed(value: Any, unit: str) -> str:
+    if value is None or pd.isna(value):
+        return NOT_MEASURED
+    return ("+" if value >= 0 else "−") + _show(abs(value), unit)
 
 
 _LATENCY_UNITS = {"p50_s": "s", "p95_s": "s", "p99_s": "s"}

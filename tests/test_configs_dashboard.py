@@ -77,7 +77,9 @@ def test_compare_shows_what_speculation_changed(monkeypatch: pytest.MonkeyPatch)
     assert any("A speculated" in m.value for m in at.markdown)
     swing = next(t.value for t in at.table if "with" in t.value.columns).set_index("metric")
     assert swing.loc["acceptance rate", "with"] == fmt_pct(rep_a["spec_decode"]["acceptance_rate"])
-    assert swing.loc["acceptance rate", "without"] == "n/a"
+    assert swing.loc["acceptance rate", "without"] == swing.loc["acceptance rate", "delta"] == "n/a"
+    assert swing.loc["drafter weights (bytes)", "with"] == "0 bytes"
+    assert swing.loc["KV blocks", "delta"] == "+0"
     serving = next(t.value for t in at.table if "A: spec_ngram" in t.value.columns).set_index("metric")
     assert serving.loc["TTFT p99", "B: spec_ngram_off"] == fmt_s(rep_b["latency_s"]["ttft_p99"])
     assert serving.loc["GPU-seconds", "A: spec_ngram"] == "n/a"
