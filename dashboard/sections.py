@@ -61,18 +61,6 @@ def _signed(value: Any, unit: str) -> str:
 _LATENCY_UNITS = {"p50_s": "s", "p95_s": "s", "p99_s": "s"}
 
 
-def cost_metric(where: Any, rep: dict[str, Any]) -> None:
-    """One metric card: GPU-hours per million tokens (n/a with the reason when no GPU was held)."""
-    c = rep.get("cost") or {}
-    tokens = f"{c.get('prompt_tokens') or 0:,} prompt + {c.get('generation_tokens') or 0:,} generated tokens"
-    if c.get("gpu_seconds") is None:
-        where.metric("GPU-h / M tokens", NOT_MEASURED, help=f"{c.get('basis')}; {tokens}")
-        return
-    where.metric("GPU-h / M tokens", fmt(c.get("gpu_hours_per_million_tokens"), "{:,.4f}"),
-                 delta=f"{c['gpu_seconds']:,.0f} GPU-s", delta_color="off",
-                 help=f"{c.get('basis')}; {tokens}")
-
-
 def spec_decode_summary(rep: dict[str, Any]) -> None:
     """Overview: method, acceptance rate, mean accepted length, drafter weights, per position."""
     sd = rep.get("spec_decode")

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from dashboard.data.reports import compute_report
+from profiler.units import fmt_s
 from tests.support import server as srv
 from tests.support.dashboard import go, open_app
 from tests.support.engine import KVSCOPE, ROOT, engine_env, engine_lock, kvscope
@@ -96,12 +97,15 @@ def test_compare_page_puts_the_benchmark_beside_the_vllm_session(
     rep_b, _ = compute_report(bench["session"])
     at = go(open_app(monkeypatch, bench["vllm_session"], bench["session"]), "compare")
     assert not at.error, [e.value for e in at.error]
-    table = next(df.value for df in at.dataframe if "metric" in df.value and
-                 "TTFT p99 (s)" in set(df.value["metric"]))
+    table = next(t.value for t in at.table if "metric" in t.value.columns and
+                 "TTFT p99" in set(t.value["metric"]))
     rows = table.set_index("metric")
-    assert rows.loc["TTFT p99 (s)", "B"] == pytest.approx(rep_b["latency_s"]["ttft_p99"])
-    assert rows.loc["output tokens / s", "B"] == pytest.approx(rep_b["throughput"]["output_tokens_per_s"])
-    assert rows.loc["requests finished", "B"] == PROMPTS
-    assert rows.loc["requests finished", "A"] == rep_v["requests_finished"]
+    b = "B: bench"
+    assert rows.loc["TTFT p99", b] == fmt_s(rep_b["latency_s"]["ttft_p99"])
+    assert rows.loc["decode per token p99", b] == fmt_s(rep_b["latency_s"]["decode_per_token_p99"])
+    assert rows.loc["output tokens / s (first arrival → last finish)", b] == \
+        f"{rep_b['throughput']['output_tokens_per_s']:,.1f}"
+    assert rows.loc["requests finished", b] == f"{PROMPTS:,}"
+    assert rows.loc["requests finished", "A: vllm"] == f"{rep_v['requests_finished']:,}"
     assert any("client-side benchmark import" in c.value for c in at.caption)
 

@@ -46,8 +46,8 @@ SERVING_ROWS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("decode per token p99", ("latency_s", "decode_per_token_p99"), "s"),
     ("end-to-end p95", ("latency_s", "e2e_p95"), "s"),
     ("end-to-end p99", ("latency_s", "e2e_p99"), "s"),
-    ("output tokens / s", ("throughput", "output_tokens_per_s"), "rate"),
-    ("requests / s", ("throughput", "requests_per_s"), "rate"),
+    ("output tokens / s (first arrival → last finish)", ("throughput", "output_tokens_per_s"), "rate"),
+    ("requests / s (first arrival → last finish)", ("throughput", "requests_per_s"), "rate"),
     ("GPU-seconds", ("cost", "gpu_seconds"), "rate"),
     ("GPU-hours per million tokens", ("cost", "gpu_hours_per_million_tokens"), "small"),
 )
