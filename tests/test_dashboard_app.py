@@ -342,6 +342,9 @@ FINDINGS = {
     "kv_saturation": {"PREFIX_THRASH", "KV_SATURATION", "PREEMPTION_STORM"},
     "kv_saturation_fixed": {"KV_OVERPROVISIONED", "QUEUEING"},
     "prefix_thrash": {"PREFIX_THRASH"},
+    "sliding_window": {"PREEMPTION_STORM"},
+    "spec_ngram": {"QUEUEING"},
+    "spec_ngram_off": {"QUEUEING"},
 }
 """Finding codes each bundled session shows on its Overview (every one of them has some)."""
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from dashboard import state
+from dashboard import sections, state
 from dashboard.charts import panels as charts
 from dashboard.data import compare, verify
 from dashboard.data.reports import model_memo
@@ -104,6 +104,7 @@ if not diff.empty:
     st.markdown("**Engine settings that differ**")
     st.table(diff, hide_index=True)
     state.csv_download(diff, f"compare-settings-{src_a.label}-vs-{src_b.label}", "Settings CSV")
+sections.compare_serving(side_a.report, side_b.report, src_a.label, src_b.label)
 
 settings_differ = not diff.empty and bool(set(diff["setting"]) & {"num_gpu_blocks", "max_num_seqs"})
 if settings_differ and not why:  # a re-run of the same workload at other settings
