@@ -342,6 +342,7 @@ FINDINGS = {
     "kv_saturation": {"PREFIX_THRASH", "KV_SATURATION", "PREEMPTION_STORM"},
     "kv_saturation_fixed": {"KV_OVERPROVISIONED", "QUEUEING"},
     "prefix_thrash": {"PREFIX_THRASH"},
+    "prefix_thrash_fixed": {"QUEUEING"},
 }
 """Finding codes each bundled session shows on its Overview (every one of them has some)."""
 
