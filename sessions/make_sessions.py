@@ -47,9 +47,9 @@ SCENARIOS: dict[str, list[str]] = {
                        "--max-num-seqs", "32"],
 }
 # The same workloads re-run with the cache size that fixes them: KV_SATURATION's 521 blocks for
-# kv_saturation, and for prefix_thrash the 137 blocks the Simulate page's scheduler model finds
-# (PREFIX_THRASH's what-if curve asked for 133; the re-run at 133 measured a 43.6 % hit rate, as the
-# scheduler model predicted, not the curve's 87.1 %). Compare shows each prediction beside its re-run.
+# kv_saturation, PREFIX_THRASH's 137 for prefix_thrash (the scheduler model's size: the what-if
+# curve alone said 133, where a re-run measured a 43.6 % hit rate, as the model predicted, not the
+# curve's 87.1 %). Compare shows each prediction beside its re-run.
 SCENARIOS["kv_saturation_fixed"] = [*SCENARIOS["kv_saturation"]]
 SCENARIOS["kv_saturation_fixed"][1] = "521"
 SCENARIOS["prefix_thrash_fixed"] = [*SCENARIOS["prefix_thrash"]]

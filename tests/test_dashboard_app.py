@@ -345,6 +345,7 @@ FINDINGS = {
     "sliding_window": {"PREEMPTION_STORM"},
     "spec_ngram": {"QUEUEING"},
     "spec_ngram_off": {"QUEUEING"},
+    "prefix_thrash_fixed": {"QUEUEING"},
 }
 """Finding codes each bundled session shows on its Overview (every one of them has some)."""
 
