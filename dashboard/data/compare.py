@@ -49,6 +49,18 @@ def key_number_deltas(a: dict[str, Any], b: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def key_numbers_table(reports: list[tuple[str, dict[str, Any]]]) -> pd.DataFrame:
+    """One row per key number, one column per session (in the order given), for many sessions."""
+    rows = []
+    for label, get, _ in KEY_NUMBERS:
+        row: dict[str, Any] = {"metric": label}
+        for name, r in reports:
+            v = _safe(get, r)
+            row[name] = float(v) if isinstance(v, bool) else v
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["metric", *(name for name, _ in reports)])
+
+
 def _safe(get: Callable[[dict[str, Any]], Any], r: dict[str, Any]) -> Any:
     try:
         return get(r)
