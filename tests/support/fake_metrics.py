@@ -112,6 +112,9 @@ class FakeVllm:
     closing: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
     url: str = ""
+    gauges: dict[str, float] = field(
+        default_factory=lambda: {"running": 3.0, "waiting": 1.0, "usage": 0.25})
+    """What the gauges read while the behaviour leaves them alone (a fleet's servers differ)."""
 
     def set(self, behaviour: str, after: int = 0, lasting: int | None = None) -> None:
         """Misbehave as ``behaviour`` from the ``after``-th next scrape on, for ``lasting`` scrapes
@@ -139,7 +142,7 @@ class FakeVllm:
                 for k, v in STEP.items():
                     self.counters[k] += v
             counters = dict(self.counters)
-            gauges = {"running": 3.0, "waiting": 1.0, "usage": 0.25}
+            gauges = dict(self.gauges)
             if b == "nan_gauge":
                 gauges["usage"] = float("nan")
             elif b == "inf_gauge":
