@@ -16,9 +16,10 @@ import numpy as np
 import pandas as pd
 
 from dashboard.data.session import FileMemo
+from profiler.session import summaries as sm
 from profiler.session.reader import Session, open_session
 
-SATURATED_KV_FRAC = 0.95
+SATURATED_KV_FRAC = sm.SATURATED_KV_FRAC
 """KV usage at or above which an interval with requests waiting counts as saturated."""
 
 RANK_KEYS = ("missing_s", "saturated_frac", "preemptions_per_min", "waiting_mean", "kv_peak_frac")
@@ -26,6 +27,21 @@ RANK_KEYS = ("missing_s", "saturated_frac", "preemptions_per_min", "waiting_mean
 
 _SERVER = "COALESCE(e.label, 'engine ' || e.engine_id)"
 """A server's name: its URL (attach), else its engine (a recorded session's engines)."""
+
+def _summed(c: str) -> str:
+    return f"CASE WHEN SUM(r.{c}_n) > 0 THEN SUM(r.{c}_sum) END"
+
+
+_ROLLED = f"""
+SELECT {_SERVER}, SUM(r.n_scheduled), MIN(r.t_lo), MAX(r.t_hi), MAX(r.kv_usage_frac_max),
+       SUM(r.kv_usage_frac_sum) / SUM(r.kv_usage_frac_n), SUM(r.running_sum) * 1.0 / SUM(r.running_n),
+       SUM(r.waiting_sum) * 1.0 / SUM(r.waiting_n), MAX(r.waiting_max), {_summed('preemptions')},
+       {_summed('prefix_queries_tokens')}, {_summed('prefix_hits_tokens')},
+       {_summed('generation_tokens')}, SUM(r.n_saturated), COUNT(DISTINCT e.engine_id)
+FROM engines e LEFT JOIN {sm.ROLLUP} r ON r.engine_id = e.engine_id AND r.level = {sm.LEVELS_S[-1]!r}
+GROUP BY 1 ORDER BY MIN(e.engine_id)
+"""
+"""The same numbers from the session's stored rollups (a day-long fleet costs no scan)."""
 
 _STEPS = f"""
 SELECT {_SERVER}, COUNT(s.running), MIN(s.t_unix_s), MAX(s.t_unix_s), MAX(s.kv_usage_frac),
@@ -44,7 +60,7 @@ COLUMNS = ("server", "engines", "intervals", "missing_s", "saturated_frac", "pre
 
 def fleet_table(session: Session) -> pd.DataFrame:
     """One row per server of the session, worst first (see the module docstring)."""
-    rows = session.rows(_STEPS)
+    rows = session.rows(_ROLLED if sm.up_to_date(session.db) else _STEPS)
     ids: dict[str, list[int]] = {}
     for server, eid in session.rows(f"SELECT {_SERVER}, e.engine_id FROM engines e "
                                     "ORDER BY e.engine_id"):

@@ -19,7 +19,8 @@ if data is not None:
         st.title(f"Fleet · {escape_markdown(data.name)}")
         table = fleet_memo(data.path)
         if len(table) < 2:
-            st.info("This session holds one server: the fleet view compares the servers of one "
+            what = "one server" if len(table) == 1 else "no engine"
+            st.info(f"This session holds {what}: the fleet view compares the servers of one "
                     "attach (`kvscope attach URL URL ... --session S`).", icon=":material/info:")
             st.stop()
         st.caption(f"{len(table)} servers, worst first: data missing (gaps), then time saturated "
@@ -62,7 +63,7 @@ if data is not None:
                 y=alt.Y(f"{value}:Q", title=None, axis=alt.Axis(format=fmt)),
                 tooltip=["server:N", alt.Tooltip("t_s:Q", format=".1f"),
                          alt.Tooltip(f"{value}:Q", format=".2f")],
-            ).properties(width=230, height=90).facet(
+            ).properties(width=190, height=90).facet(
                 facet=alt.Facet("server:N", sort=order, title=None,
                                 header=alt.Header(labelLimit=260, labelFontSize=11)),
                 columns=COLUMNS).configure_mark(aria=False)

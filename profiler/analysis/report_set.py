@@ -13,8 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from profiler.analysis.diagnosis import diagnose
-from profiler.analysis.report import build_report
+from profiler.analysis.summarized import report_and_findings
 from profiler.errors import KvscopeError
 from profiler.session.reader import open_session
 from profiler.units import fmt, fmt_gib, json_safe, percentile, printable
@@ -32,7 +31,7 @@ def build_report_set(paths: list[str | Path]) -> dict[str, Any]:
     for path in paths:
         try:
             with open_session(path) as session:
-                report = build_report(session, findings=[f.as_dict() for f in diagnose(session)])
+                report, _ = report_and_findings(session)
                 for a, b in session.rows("SELECT ttft_s, e2e_s FROM requests"):
                     if a is not None:
                         ttft.append(a)

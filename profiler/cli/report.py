@@ -21,14 +21,14 @@ def add_parser(sub: Any) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     """Print the session's summary (text or JSON); several sessions are reported together."""
     # Imported here: `kvscope record` parses the same CLI and should not pay for pandas.
-    from profiler.analysis.diagnosis import diagnose
-    from profiler.analysis.report import build_report, format_text
+    from profiler.analysis.report import format_text
+    from profiler.analysis.summarized import report_and_findings
     from profiler.session.reader import open_session
 
     if len(args.session) > 1:
         return _report_set(args)
     with open_session(args.session[0]) as session:
-        report = build_report(session, findings=[f.as_dict() for f in diagnose(session)])
+        report, _ = report_and_findings(session)
     if args.json:
         print(json.dumps(report, indent=2, allow_nan=False))
     else:

@@ -115,6 +115,8 @@ class FakeVllm:
     gauges: dict[str, float] = field(
         default_factory=lambda: {"running": 3.0, "waiting": 1.0, "usage": 0.25})
     """What the gauges read while the behaviour leaves them alone (a fleet's servers differ)."""
+    advance: dict[str, float] = field(default_factory=lambda: dict(STEP))
+    """How much each counter advances per scrape (empty: an idle server)."""
 
     def set(self, behaviour: str, after: int = 0, lasting: int | None = None) -> None:
         """Misbehave as ``behaviour`` from the ``after``-th next scrape on, for ``lasting`` scrapes
@@ -139,7 +141,7 @@ class FakeVllm:
                 self.counters = {k: float(v) for k, v in STEP.items()}
                 self.behaviour = "ok"
             else:
-                for k, v in STEP.items():
+                for k, v in self.advance.items():
                     self.counters[k] += v
             counters = dict(self.counters)
             gauges = dict(self.gauges)
