@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -20,6 +21,16 @@ def add_parser(sub: Any) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Print the session's summary (text or JSON); several sessions are reported together."""
+    if len(args.session) == 1 and args.json:
+        # a large session's report, stored when it was first computed: no pandas, no scan
+        from profiler.session.summaries import lookup_cached
+
+        hit = lookup_cached(args.session[0], "report")
+        if hit is not None:
+            report = json.loads(hit)
+            report["session"]["path"] = str(Path(args.session[0]))
+            print(json.dumps(report, indent=2, allow_nan=False))
+            return 0
     # Imported here: `kvscope record` parses the same CLI and should not pay for pandas.
     from profiler.analysis.report import format_text
     from profiler.analysis.summarized import report_and_findings

@@ -138,12 +138,17 @@ class Session:
         """(start, last sample) in unix seconds over every timed table."""
         meta = self.meta()
         starts, ends = [], []
+        rolled = summaries.up_to_date(self.db)
         for table, col in (
             ("steps", "t_unix_s"), ("events", "t_unix_s"), ("gpu_samples", "t_unix_s"),
             ("allocator_samples", "t_unix_s"), ("requests", "t_finished_unix_s"),
             ("startup_memory", "t_unix_s"),
         ):
-            row = self.rows(f"SELECT MIN({col}), MAX({col}) FROM {table}")[0]
+            if table == "steps" and rolled:  # the rollups hold the steps' first and last time
+                row = self.rows(f"SELECT MIN(t_lo), MAX(t_hi) FROM {summaries.ROLLUP} "
+                                f"WHERE level = {summaries.LEVELS_S[-1]!r}")[0]
+            else:
+                row = self.rows(f"SELECT MIN({col}), MAX({col}) FROM {table}")[0]
             if row[0] is not None:
                 starts.append(row[0])
                 ends.append(row[1])

@@ -386,3 +386,34 @@ def store_cached(path: str, name: str, version: str, value: str) -> bool:
         return False
     finally:
         conn.close()
+
+
+def lookup_cached(path: str, name: str) -> str | None:
+    """The stored ``name`` of the session at ``path`` when it is current, read with sqlite3
+    alone (no pandas): what ``kvscope report --json`` prints for a large session it has seen.
+    Any doubt (not a file, not a session, another version, not current) is a miss; the caller
+    then opens the session the full way, which says what is wrong."""
+    from pathlib import Path
+    from urllib.parse import quote
+
+    p = Path(path)
+    try:
+        if not p.is_file():
+            return None
+        with p.open("rb") as fh:
+            if fh.read(16) != b"SQLite format 3\x00":
+                return None
+        conn = sqlite3.connect(f"file:{quote(str(p.resolve()))}?mode=ro", uri=True, timeout=10.0)
+    except (OSError, sqlite3.Error):
+        return None
+    try:
+        from profiler.session.schema import SCHEMA_VERSION
+
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if not 1 <= version <= SCHEMA_VERSION or not up_to_date(conn):
+            return None
+        return cached(conn, name, data_version(conn))
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
