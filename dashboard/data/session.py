@@ -114,7 +114,8 @@ class SessionData:
             if level is not None:  # a finer stored rollup holds the view: no raw steps read
                 return rebucket(rollup_buckets(session, self.start_unix_s, level, view.t0_s,
                                                view.t1_s), view)
-            return query_buckets(session, self.start_unix_s, view, self.steps.rowid_range(view))
+            return query_buckets(session, self.start_unix_s, view, self.steps.rowid_range(view),
+                                 self.steps.checked)
 
     def requests(self) -> pd.DataFrame:
         """Finished requests with ``t_finished_s`` and ``t_arrival_s`` (read from the file)."""

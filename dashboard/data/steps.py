@@ -60,11 +60,13 @@ def _bucket_sql(where: str) -> str:
 
 
 def query_buckets(session: Session, start_unix_s: float, view: View,
-                  rowid_range: tuple[int, int] | None = None) -> pd.DataFrame:
+                  rowid_range: tuple[int, int] | None = None, checked: bool = False) -> pd.DataFrame:
     """Aggregate the steps inside ``view`` into ``view.buckets`` buckets with one SQL scan.
 
     ``rowid_range`` bounds the scan (a superset of the view's rows) so that a zoomed view reads
-    only its own part of the table. Times in the result are seconds from ``start_unix_s``.
+    only its own part of the table. ``checked``: every value of the steps was checked valid when
+    written (the session's summaries say so), so the table is read as stored, without the checked
+    view's per-value tests. Times in the result are seconds from ``start_unix_s``.
     """
     a = start_unix_s + view.t0_s
     b = start_unix_s + view.t1_s
@@ -74,7 +76,10 @@ def query_buckets(session: Session, start_unix_s: float, view: View,
         where += " AND rowid BETWEEN ? AND ?"
         params += [int(rowid_range[0]), int(rowid_range[1])]
     try:
-        rows = session.db.execute(_bucket_sql(where), params).fetchall()
+        sql = _bucket_sql(where)
+        if checked:
+            sql = sql.replace("FROM steps", "FROM main.steps")
+        rows = session.db.execute(sql, params).fetchall()
     except sqlite3.DatabaseError as exc:
         raise SessionFormatError(f"{session.path}: damaged session file ({exc})") from exc
     df = pd.DataFrame.from_records(rows, columns=list(BUCKET_COLUMNS)).astype("float64")
@@ -126,6 +131,8 @@ class StepSummary:
     ``duration / BASE_BUCKETS``)."""
     levels_s: tuple[float, ...] = ()
     """Rollup levels finer than ``fine`` that a zoom can read (empty: zooms read raw steps)."""
+    checked: bool = False
+    """Every stored step value was checked valid when written: raw reads skip the checks."""
 
     @property
     def fine_width_s(self) -> float:
@@ -196,8 +203,11 @@ def _from_rollups(session: Session, start_unix_s: float, duration_s: float) -> S
     level = levels[0]
     fine = rollup_buckets(session, start_unix_s, level)
     total = int(fine["n_steps"].sum()) if not fine.empty else 0
+    done = sm.stored_bad(session.db, "steps")
+    checked = (done is not None and done[0] >= sm.max_rowid(session.db, "steps")
+               and not done[1])
     return StepSummary(fine, max(duration_s, 1e-6), total, level,
-                       tuple(lv for lv in sm.LEVELS_S if lv < level))
+                       tuple(lv for lv in sm.LEVELS_S if lv < level), checked)
 
 
 def summarize(session: Session, start_unix_s: float, duration_s: float) -> StepSummary:
