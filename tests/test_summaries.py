@@ -181,3 +181,17 @@ def test_dashboard_summary_and_zoom_from_rollups_equal_the_steps(tmp_path: Path)
                          exact)
     assert np.isclose(data.buckets(exact)["n_steps"].sum(), whole["n_steps"].sum())
     assert isinstance(data.steps.fine, pd.DataFrame) and len(data.steps.fine) < 20_000
+
+
+def test_stored_report_is_read_back_only_while_current(tmp_path: Path) -> None:
+    path = tmp_path / "big.kvscope"
+    build_big_session(SOURCE, path, LARGE)
+    assert sm.lookup_cached(str(path), "report") is None  # nothing stored yet
+    with open_session(path) as s:
+        report, _ = report_and_findings(s, quiet=True)
+    stored = json.loads(sm.lookup_cached(str(path), "report") or "null")
+    assert stored["steps"] == report["steps"] and stored["findings"] == report["findings"]
+    with sqlite3.connect(path) as c:  # one more step, written without the writer
+        c.execute("INSERT INTO steps SELECT * FROM steps WHERE rowid = 1")
+    assert sm.lookup_cached(str(path), "report") is None
+    assert sm.lookup_cached(str(tmp_path / "missing.kvscope"), "report") is None
