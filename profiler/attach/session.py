@@ -289,21 +289,25 @@ class ServerAttachment:
         due = self.schedule.due(now)
         url = self.url + "/metrics"
         text = None
+        refused = False
         if self.filtering:
             samples = FeedSchedule.samples(due)
             status, body = await fetch_async(client, filtered_url(self.url + FILTERED_PATH, samples),
                                              self.opts.timeout_s)
             if status == 200 and "vllm:" in body:
                 text = body
-            else:  # this server does not take ?name[]= there: the whole text from now on
-                self.filtering = False
+            else:
+                refused = True
         if text is None:
             status, text = await fetch_async(client, url, self.opts.timeout_s)
             if status >= 400:
                 raise FetchError(f"GET {url} returned HTTP {status}")
         t_unix_s = time.time()
+        scrape = parse_metrics(text, t_unix_s, self.url)
+        if refused:  # the whole text works where the filtered one did not: keep to it
+            self.filtering = False
         self.scrapes += 1
-        self.record(parse_metrics(text, t_unix_s, self.url))
+        self.record(scrape)
         for feed in due:
             if feed.name != CORE_FEED:
                 feed.consume(self, text, t_unix_s)
