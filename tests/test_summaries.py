@@ -195,3 +195,25 @@ def test_stored_report_is_read_back_only_while_current(tmp_path: Path) -> None:
         c.execute("INSERT INTO steps SELECT * FROM steps WHERE rowid = 1")
     assert sm.lookup_cached(str(path), "report") is None
     assert sm.lookup_cached(str(tmp_path / "missing.kvscope"), "report") is None
+
+
+def test_stored_whatif_curve_equals_the_replay(tmp_path: Path) -> None:
+    from profiler.analysis.summarized import whatif
+    from profiler.analysis.whatif import analyse, predictions
+
+    path = tmp_path / "big.kvscope"
+    build_big_session(SOURCE, path, LARGE)
+    with open_session(path) as s:
+        replayed = analyse(s)
+        first = whatif(s)  # computes, stores
+    with open_session(path) as s:
+        stored = whatif(s)
+    assert first.trace is not None and stored.trace is None  # read back, not replayed
+    sizes = [1, 5, 20, 26, 40, 80]
+    want = predictions(replayed, sizes)
+    assert predictions(stored, sizes) == want and want["requests"] == len(replayed.trace.requests)
+    assert np.array_equal(stored.curve.cum_hit_tokens, replayed.curve.cum_hit_tokens)
+    assert np.array_equal(stored.curve.request_max_distance, replayed.curve.request_max_distance)
+    assert stored.access_count == replayed.trace.accesses
+    out = kvscope_here("whatif", str(path), "--blocks", *map(str, sizes), "--json")
+    assert out.returncode == 0 and json.loads(out.stdout) == json.loads(json.dumps(want))

@@ -9,7 +9,8 @@ from typing import Any
 from dashboard.data.session import FileMemo
 from profiler.analysis.kv_events import KvEventSummary, kv_event_summary
 from profiler.analysis.summarized import report_and_findings
-from profiler.analysis.whatif import WhatIf, analyse
+from profiler.analysis.summarized import whatif as summarized_whatif
+from profiler.analysis.whatif import WhatIf
 from profiler.session.reader import open_session
 
 Report = tuple[dict[str, Any], list[dict[str, Any]]]
@@ -24,7 +25,7 @@ def compute_report(path: str | Path) -> Report:
 def compute_whatif(path: str | Path) -> WhatIf:
     """The what-if model of the session's busiest engine; ValueError when it has no trace."""
     with open_session(path) as session:
-        return analyse(session)
+        return summarized_whatif(session)
 
 
 def compute_kv_events(path: str | Path) -> KvEventSummary:
