@@ -4,11 +4,11 @@
 
 Before serving, the dashboard's modules are imported and every offered session is summarised (from
 its stored rollups; a session without them is scanned, about 1.5 s per million steps, and a large
-one gets them stored once); the first one, which the browser opens on, also has its report and
-findings read (stored with the summaries, else diagnosed: about 5 s per million steps), and its
-Timeline chart is built in the background while the server starts. The first page then draws from
-memory instead of reading a million-step file while the user waits. Other sessions are diagnosed
-when first opened.
+one gets them stored once) and has its report and findings read (stored with a large session's
+summaries, else diagnosed: about 5 s per million steps; the picker and the Sessions page show each
+session's headline); the first one's Timeline chart is built in the background while the server
+starts. The first page then draws from memory instead of reading a million-step file while the
+user waits.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import sqlite3
 import sys
 import threading
 import time
@@ -27,35 +28,36 @@ WARM_MAX = 16
 
 
 def warm(paths: list[Path], timeline: bool = True) -> None:
-    """Load (and remember) every session's summary, and the first one's report, findings and
-    (``timeline``) Timeline spec; bad files are left for the page to report."""
+    """Load (and remember) every session's summary, report and findings, and (``timeline``) the
+    first one's Timeline spec; bad files are left for the page to report."""
     from dashboard.data.reports import report_memo
     from dashboard.data.session import load_session_memo
-    from profiler.errors import SessionFormatError
+    from profiler.errors import KvscopeError
 
     for i, p in enumerate(paths):
         try:
             load_session_memo(p)
-            if i == 0:
-                report_memo(p)
-                if timeline:
-                    warm_timeline(p)
-        except (SessionFormatError, OSError):
+            report_memo(p)  # every picker line is the session's headline
+            if i == 0 and timeline:
+                warm_timeline(p)
+        except (KvscopeError, sqlite3.DatabaseError, OSError):
             continue
 
 
 def warm_timeline(path: Path) -> None:
     """Build the Timeline's chart spec of ``path`` once (its spec cache keeps it)."""
     from dashboard.charts import timeline as tl
+    from dashboard.data.reports import report_memo
     from dashboard.data.session import load_session_memo
     from dashboard.data.steps import View
-    from profiler.errors import SessionFormatError
+    from profiler.errors import KvscopeError
 
     try:
         data = load_session_memo(path)
         view = View(*data.serving_range(), tl.BUCKETS)
-        tl.linked_chart(data, view, data.buckets(view), data.buckets(tl.whole_view(data)), None)
-    except (SessionFormatError, OSError):
+        tl.linked_chart(data, view, data.buckets(view), data.buckets(tl.whole_view(data)), None,
+                        analysis=report_memo(path))
+    except (KvscopeError, sqlite3.DatabaseError, OSError):
         pass
 
 

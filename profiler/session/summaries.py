@@ -301,13 +301,35 @@ def up_to_date(conn: sqlite3.Connection) -> bool:
     return True
 
 
+_CODE_VERSION: str | None = None
+
+
+def code_version() -> str:
+    """A fingerprint of the code that computes stored results (the ``profiler`` package's
+    ``analysis`` and ``session`` sources): a result stored by other code is stale."""
+    global _CODE_VERSION
+    if _CODE_VERSION is None:
+        from pathlib import Path
+
+        root = Path(__file__).resolve().parents[1]
+        h = hashlib.sha256()
+        for folder in ("analysis", "session"):
+            for f in sorted((root / folder).rglob("*.py")):
+                h.update(f.relative_to(root).as_posix().encode())
+                h.update(f.read_bytes())
+        _CODE_VERSION = h.hexdigest()[:16]
+    return _CODE_VERSION
+
+
 def data_version(conn: sqlite3.Connection) -> str:
-    """A fingerprint of the session's data: every table's row count bound (max rowid) and the
-    metadata; a cached result computed at another version is stale."""
+    """A fingerprint of the session's data (every table's row count bound, i.e. max rowid, and the
+    contents of the small tables updated in place) and of the code (``code_version``); a cached
+    result computed at another version is stale."""
     parts: dict[str, Any] = {t: max_rowid(conn, t) for t in TABLES if t not in RESCANNED}
     for t in sorted(RESCANNED):  # small, updated in place: their contents
         rows = conn.execute(f"SELECT * FROM main.{t} ORDER BY rowid").fetchall()
         parts[t] = hashlib.sha256(json.dumps(rows, default=repr).encode()).hexdigest()[:16]
+    parts["code"] = code_version()
     return json.dumps(parts, sort_keys=True)
 
 
