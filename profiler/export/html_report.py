@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from profiler import __version__
-from profiler.analysis.diagnosis import diagnose
-from profiler.analysis.report import build_report
+from profiler.analysis.summarized import report_and_findings
 from profiler.session.reader import Session
 from profiler.units import (
     NOT_MEASURED,
@@ -48,8 +47,7 @@ def vega_bundle() -> str:
 
 def export_html(session: Session, out: Path) -> dict[str, Any]:
     """Write the report of ``session`` to ``out``; returns the report object it shows."""
-    findings = [f.as_dict() for f in diagnose(session)]
-    report = build_report(session, findings=findings)
+    report, _ = report_and_findings(session)  # stored with a large session's summaries
     out.write_text(render(session, report), encoding="utf-8")
     return report
 
@@ -268,6 +266,7 @@ def render(session: Session, report: dict[str, Any]) -> str:
         f"<div class='muted'>{_e(s['path'])} · {_e(status)} · vLLM {_e(s['vllm_version'] or NOT_MEASURED)}"
         f" · model {_e(s['model'] or NOT_MEASURED)} · started "
         f"{_e(_when(s['started_at_unix_s']))} · written by kvscope {_e(__version__)}</div>",
+        f"<p><b>{_e(report['headline'])}</b></p>" if report.get("headline") else "",
         "<div class='cards'>",
     ]
     for label, value in key_numbers(report):
