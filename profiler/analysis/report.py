@@ -19,6 +19,7 @@ from profiler.analysis.spec_decode import (
     mean_accepted_length,
     spec_decode_report,
 )
+from profiler.session import summaries
 from profiler.session.reader import Session
 from profiler.units import finite_or_none, fmt, fmt_bytes, fmt_gib, json_safe, printable
 
@@ -48,7 +49,9 @@ def build_report(session: Session, findings: list[dict[str, Any]] | None = None)
     requests = session.table("requests")
     start, end = session.bounds()
     eng = engines.iloc[0] if not engines.empty else None
-    steps_n, pre, pq, ph, ppq, pph, kv_peak, kv_mean, finished = session.rows(_STEP_TOTALS)[0]
+    steps_n, pre, pq, ph, ppq, pph, kv_peak, kv_mean, finished = (
+        summaries.step_totals(session.db) if summaries.up_to_date(session.db)
+        else session.rows(_STEP_TOTALS)[0])
     startup = session.table("startup_memory")
     mem = startup.iloc[0] if not startup.empty else None
     engine = {

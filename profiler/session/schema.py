@@ -124,6 +124,11 @@ def column_rule(table: str, name: str) -> tuple[str, float | None, float | None]
     return "number", 0, COUNT_MAX
 
 
+def column_type(name: str) -> str:
+    """The SQLite type of a column named ``name`` (``INTEGER``, ``REAL``, ``TEXT``, ``BLOB``)."""
+    return _column_type(name).split()[0]
+
+
 def _column_type(name: str) -> str:
     if name in _TYPES:
         return _TYPES[name]
