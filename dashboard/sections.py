@@ -40,17 +40,13 @@ def _show(value: Any, unit: str) -> str:
     return f"{value:,.1f}"
 
 
-def _as_text(df: pd.DataFrame, units: dict[str, str] | None = None) -> pd.DataFrame:
-    """``df`` for display: columns named in ``units`` formatted; a ``unit`` column per row."""
+def _as_text(df: pd.DataFrame) -> pd.DataFrame:
+    """A table whose rows each have their own ``unit`` as shown text (the ``unit`` column goes)."""
     out = df.copy()
-    if "unit" in out:
-        for col in [c for c in out if c not in ("metric", "unit")]:
-            out[col] = [_signed(v, u) if col == "delta" else _show(v, u)
-                        for v, u in zip(out[col], out["unit"], strict=True)]
-        out = out.drop(columns="unit")
-    for col, unit in (units or {}).items():
-        out[col] = [_show(v, unit) for v in out[col]]
-    return out
+    for col in [c for c in out if c not in ("metric", "unit")]:
+        out[col] = [_signed(v, u) if col == "delta" else _show(v, u)
+                    for v, u in zip(out[col], out["unit"], strict=True)]
+    return out.drop(columns="unit")
 
 
 def _signed(value: Any, unit: str) -> str:
