@@ -17,6 +17,7 @@ from dashboard.charts import configs as charts
 from dashboard.data import configs as tables
 from dashboard.data.session import SessionData, file_signature, load_session_memo
 from dashboard.data.steps import View
+from dashboard.data.tables import shown
 from profiler.analysis.kv_groups import group_usage
 from profiler.analysis.spec_decode import mean_accepted_length, position_rates
 from profiler.units import NOT_MEASURED, escape_markdown, fmt, fmt_bytes, fmt_pct, fmt_s
@@ -39,17 +40,13 @@ def _show(value: Any, unit: str) -> str:
     return f"{value:,.1f}"
 
 
-def _as_text(df: pd.DataFrame, units: dict[str, str] | None = None) -> pd.DataFrame:
-    """``df`` for display: columns named in ``units`` formatted; a ``unit`` column per row."""
+def _as_text(df: pd.DataFrame) -> pd.DataFrame:
+    """A table whose rows each have their own ``unit`` as shown text (the ``unit`` column goes)."""
     out = df.copy()
-    if "unit" in out:
-        for col in [c for c in out if c not in ("metric", "unit")]:
-            out[col] = [_signed(v, u) if col == "delta" else _show(v, u)
-                        for v, u in zip(out[col], out["unit"], strict=True)]
-        out = out.drop(columns="unit")
-    for col, unit in (units or {}).items():
-        out[col] = [_show(v, unit) for v in out[col]]
-    return out
+    for col in [c for c in out if c not in ("metric", "unit")]:
+        out[col] = [_signed(v, u) if col == "delta" else _show(v, u)
+                    for v, u in zip(out[col], out["unit"], strict=True)]
+    return out.drop(columns="unit")
 
 
 def _signed(value: Any, unit: str) -> str:
@@ -58,7 +55,6 @@ def _signed(value: Any, unit: str) -> str:
     return ("+" if value >= 0 else "−") + _show(abs(value), unit)
 
 
-_LATENCY_UNITS = {"p50_s": "s", "p95_s": "s", "p99_s": "s"}
 
 
 def spec_decode_summary(rep: dict[str, Any]) -> None:
@@ -99,25 +95,32 @@ def spec_decode_summary(rep: dict[str, Any]) -> None:
 
 
 def latency_splits(rep: dict[str, Any], name: str) -> None:
-    """Requests page: p50/p95/p99 of TTFT, end-to-end, prefill and decode per token, and the same
-    for short and long prompts (split at the report's median prompt length)."""
+    """Requests page, under the latency percentiles: decode time per token (inter-token latency),
+    then TTFT, end-to-end, prefill and decode per token for short and long prompts (split at the
+    report's median prompt length)."""
     lat = rep.get("latency_s") or {}
-    st.subheader("Prefill and decode")
-    st.caption("Prefill: scheduled → first token (vLLM's own per-request time, queueing excluded). "
-               "Decode per token: a request's decode time over its generated tokens after the first "
-               "(inter-token latency), percentiles over requests.")
+    st.subheader("Decode per token and prompt length")
     t = tables.latency_table(lat)
-    st.table(_as_text(t, _LATENCY_UNITS).rename(columns={"p50_s": "p50", "p95_s": "p95", "p99_s": "p99"}),
-             hide_index=True)
+    itl = t[t["metric"] == "decode per token (ITL)"]
+    st.table(tables_shown(itl), hide_index=True)
+    st.caption("Decode per token: a request's decode time over its generated tokens after the first "
+               "(inter-token latency); percentiles over requests. Prefill above is vLLM's own "
+               "scheduled → first token time (queueing excluded).")
     by_len = tables.prompt_length_table(lat)
     if by_len.empty:
         st.caption("By prompt length: every prompt has the same length, nothing to split.")
         return
     split = lat["by_prompt_length"]["split_tokens"]
     st.markdown(f"**By prompt length** (short: fewer than {split:,} prompt tokens, the median)")
-    st.table(_as_text(by_len, _LATENCY_UNITS | {"requests": "count"}).rename(
-        columns={"p50_s": "p50", "p95_s": "p95", "p99_s": "p99"}), hide_index=True)
+    st.table(tables_shown(by_len), hide_index=True)
     state.csv_download(by_len, f"{name}-latency-by-prompt-length", "By prompt length CSV")
+
+
+def tables_shown(df: pd.DataFrame) -> pd.DataFrame:
+    """A latency table (``p50_s``/``p95_s``/``p99_s``, maybe ``requests``) as shown text."""
+    return shown(df, {"p50_s": fmt_s, "p95_s": fmt_s, "p99_s": fmt_s},
+                 keep=("p50_s", "p95_s", "p99_s")).rename(
+        columns={"p50_s": "p50", "p95_s": "p95", "p99_s": "p99"})
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

@@ -110,3 +110,16 @@ def test_diagnosis_sizes_the_pool_per_group(run: tuple[Path, dict, dict]) -> Non
         assert "KV-cache groups share the pool" in f.recommendation
         if "demand_blocks" in f.metrics:
             assert f.metrics["demand_blocks"] == sum(g["demand_blocks"] for g in groups)
+
+
+def test_the_gpu_scripts_checks_pass_on_this_run(run: tuple[Path, dict, dict]) -> None:
+    """``bench/gpu_configs.py`` checks its GPU runs with the same code: it passes on a real run
+    (the drafter-weights check expects a model-based drafter; n-gram has none)."""
+    from bench.gpu_configs import Scenario, check
+
+    session, rep, counts = run
+    scenario = Scenario("cpu_gemma2_ngram", build_tiny_gemma2, WORK,
+                        spec=lambda _: {"method": "ngram"}, min_groups=2)
+    result = check(scenario, session, counts, rep)
+    assert result.pop("drafter_weights") == "0"
+    assert result and all(v is True for v in result.values()), result
