@@ -342,7 +342,7 @@ FINDINGS = {
     "kv_saturation": {"PREFIX_THRASH", "KV_SATURATION", "PREEMPTION_STORM"},
     "kv_saturation_fixed": {"KV_OVERPROVISIONED", "QUEUEING"},
     "prefix_thrash": {"PREFIX_THRASH"},
-    "sliding_window": {"PREEMPTION_STORM"},
+    "sliding_window": {"PREEMPTION_STORM", "PREFIX_THRASH"},
     "spec_ngram": {"QUEUEING"},
     "spec_ngram_off": {"QUEUEING"},
     "prefix_thrash_fixed": {"QUEUEING"},
