@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from profiler.analysis.latency import fill_report_latency, format_latency
 from profiler.session.reader import Session
 from profiler.units import finite_or_none, fmt, fmt_gib, json_safe, percentile, printable
 
@@ -88,6 +89,7 @@ def build_report(session: Session, findings: list[dict[str, Any]] | None = None)
         "findings": findings or [],
         "notes": notes,
     }
+    report["latency_s"] = fill_report_latency(report["latency_s"], session)
     dropped: list[str] = []
     report = json_safe(report, replaced=dropped)
     if dropped:
@@ -140,12 +142,7 @@ def format_text(report: dict[str, Any]) -> str:
         )
     for g in report["gpus"]:
         lines.append(f"GPU {g['index']}     {g['name']}: peak {fmt_gib(g['peak_used_bytes'])} of {fmt_gib(g['total_bytes'])}")
-    lat = report["latency_s"]
-    lines.append(
-        f"latency   TTFT p50/p95/p99 {fmt(lat['ttft_p50'], '{:.3f}')}/{fmt(lat['ttft_p95'], '{:.3f}')}/"
-        f"{fmt(lat['ttft_p99'], '{:.3f}')} s   e2e p50/p95/p99 {fmt(lat['e2e_p50'], '{:.3f}')}/"
-        f"{fmt(lat['e2e_p95'], '{:.3f}')}/{fmt(lat['e2e_p99'], '{:.3f}')} s"
-    )
+    lines.append(f"latency   {format_latency(report['latency_s'])}")
     if report["events"]:
         lines.append("events    " + ", ".join(f"{k} {n}" for k, n in sorted(report["events"].items())))
     for f in report["findings"]:

@@ -13,6 +13,7 @@ import socket
 import sys
 import time
 
+from profiler.session.heartbeat import Heartbeat
 from profiler.session.rows import ProcessRow
 from profiler.session.writer import SessionWriter, get_writer
 
@@ -26,6 +27,9 @@ ENV_ALLOCATOR_INTERVAL_MS = "KVSCOPE_ALLOCATOR_INTERVAL_MS"
 """Worker allocator sampling period in milliseconds (default 100)."""
 
 DEFAULT_INTERVAL_MS = 100
+
+_heartbeat: Heartbeat | None = None
+"""The owner's heartbeat (``profiler.session.heartbeat``): the session is still being recorded."""
 
 _registered_roles: set[tuple[str, int | None]] = set()
 os.register_at_fork(after_in_child=_registered_roles.clear)
@@ -84,6 +88,8 @@ def claim_owner(command: list[str] | None = None) -> bool:
     from profiler.recorder.nvml import start_nvml_sampler
 
     start_nvml_sampler(w, interval_s(ENV_NVML_INTERVAL_MS))
+    global _heartbeat
+    _heartbeat = Heartbeat(w, "record").start()
     atexit.register(finish_session, w)
     return True
 
@@ -96,6 +102,8 @@ def finish_session(w: SessionWriter, exit_code: int | None = None) -> None:
         from profiler.recorder.nvml import stop_nvml_sampler
 
         stop_nvml_sampler()
+        if _heartbeat is not None:
+            _heartbeat.stop()
         w.flush()
         w.set_meta(ended_unix_s=time.time(), exit_code=exit_code)
         w.close()

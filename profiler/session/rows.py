@@ -184,6 +184,17 @@ class GapRow(NamedTuple):
     reason: str | None
 
 
+class LatencyBucketRow(NamedTuple):
+    """One ``latency_buckets`` row (units: SCHEMA.md)."""
+
+    engine_id: int | None
+    t_unix_s: float | None
+    metric: str | None
+    lo_s: float | None
+    hi_s: float | None
+    observations: int | None
+
+
 ROW_TYPES: dict[str, type[Any]] = {
     "processes": ProcessRow,
     "engines": EngineRow,
@@ -198,5 +209,6 @@ ROW_TYPES: dict[str, type[Any]] = {
     "events": EventRow,
     "kv_events": KvEventRow,
     "gaps": GapRow,
+    "latency_buckets": LatencyBucketRow,
 }
 """The record type of every table but ``meta`` (a key/value store)."""

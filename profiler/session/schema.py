@@ -50,6 +50,7 @@ TABLES: dict[str, tuple[str, ...]] = {
         "engine_id", "t_unix_s", "seq", "kind", "block_hash", "parent_block_hash", "medium", "source",
     ),
     "gaps": ("engine_id", "t_start_unix_s", "t_end_unix_s", "source", "reason"),
+    "latency_buckets": ("engine_id", "t_unix_s", "metric", "lo_s", "hi_s", "observations"),
 }
 """Column order of every table; writers append tuples in exactly this order."""
 
@@ -59,10 +60,11 @@ _TYPES = {
     "device": "TEXT", "request_id": "TEXT", "finish_reason": "TEXT", "block_hashes": "BLOB",
     "name": "TEXT", "uuid": "TEXT", "kind": "TEXT", "message": "TEXT", "details_json": "TEXT",
     "engine_id": "INTEGER", "enable_prefix_caching": "INTEGER", "medium": "TEXT", "reason": "TEXT",
+    "metric": "TEXT",
 }
 
 
-OPTIONAL_TABLES = frozenset({"kv_events", "gaps"})
+OPTIONAL_TABLES = frozenset({"kv_events", "gaps", "latency_buckets"})
 """Tables that sessions recorded before they existed lack (the bundled CPU sessions): a reader
 treats a missing one as empty. Every other table, and every column of every table, must exist."""
 
