@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import state
+from dashboard import histogram_latency, state
 from dashboard.charts import requests as cr
 from dashboard.data import derive
 from profiler.units import escape_markdown
@@ -15,7 +15,8 @@ if data is not None:
         st.title(f"Requests · {escape_markdown(data.name)}")
         reqs = state.requests(data)
         if reqs.empty:
-            st.info("No finished requests in this session.")
+            if not histogram_latency.show(data):  # attach: the server's histograms
+                st.info("No finished requests in this session.")
             st.stop()
 
         pct = derive.latency_percentiles(reqs)

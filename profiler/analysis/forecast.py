@@ -180,8 +180,9 @@ def oom_forecast(session: Session) -> list[Finding]:
             if a_tr is not None and a_tr.slope_per_s > 0:
                 causes["the PyTorch allocator"] = a_tr.slope_per_s
         top = max(causes, key=lambda k: causes[k]) if causes else None
-        # what the trend adds over the horizon: the headroom that would have to be left free
-        need = tr.slope_per_s * HORIZON_S - (ceiling - tr.level_now)
+        # room for as much growth again as the fit saw: enough if the growth levels off (a
+        # warm-up, a larger batch); growth that never stops outruns any headroom
+        need = tr.slope_per_s * tr.span_s
         settings: dict[str, Any] = {}
         options = []
         if util is not None and need > 0:
@@ -189,7 +190,8 @@ def oom_forecast(session: Session) -> list[Finding]:
             if 0 < lowered < util:
                 settings["gpu_memory_utilization"] = lowered
                 options.append(f"gpu_memory_utilization {util:.2f} → {lowered:.2f} leaves "
-                               f"{fmt_bytes(need)} more for {HORIZON_S / 60:.0f} min of this growth")
+                               f"{fmt_bytes(need)} more, as much as grew in the last "
+                               f"{tr.span_s:.0f} s (enough only if the growth levels off)")
         if top == "other processes":
             options.insert(0, f"move {', '.join(f'pid {x}' for x in foreign_pids) or 'the other processes'} "
                               "off this GPU")

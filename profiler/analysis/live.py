@@ -121,6 +121,9 @@ def session_status(session: Session, now_unix_s: float | None = None) -> LiveSta
         code = meta.get("exit_code")
         ended = float(meta["ended_unix_s"])
         tail = f", exit code {code}" if isinstance(code, int) and code != 0 else ""
+        dead = _engine_dead(session)
+        if dead:  # the recorded program ended because its engine died
+            return status(LOST, f"{dead}; the program exited {_ago(max(now - ended, 0.0))}{tail}")
         return status(FINISHED, f"finished {_ago(max(now - ended, 0.0))}{tail}")
     if hb_age is None:  # no heartbeat: a session of an older kvscope, judged by its data
         if reason:
