@@ -23,8 +23,11 @@ from profiler.units import escape_markdown
 
 SEVERITY_ICON = {"critical": ":material/error:", "warning": ":material/warning:",
                  "info": ":material/info:"}
-STATUS_ICON = {live.RECORDING: "🟢", live.IDLE: "🟡", live.STOPPED: "⚪", live.LOST: "🔴",
-               live.FINISHED: "✅"}
+STATUS_ICON = {live.RECORDING: ":green[:material/radio_button_checked:]",
+               live.IDLE: ":orange[:material/pause_circle:]",
+               live.STOPPED: ":gray[:material/stop_circle:]",
+               live.LOST: ":red[:material/error:]",
+               live.FINISHED: ":blue[:material/check_circle:]"}
 START_HINT = {
     "attach": "Attach again with `kvscope attach http://HOST:PORT --session NEW.kvscope` and open "
               "it here.",
@@ -55,7 +58,7 @@ def _ago(age_s: float | None) -> str:
         return f"{age_s / 60:.0f} min ago"
     if age_s < 86400:
         return f"{age_s / 3600:.1f} h ago"
-    return f"{age_s / 86400:.0f} days ago"
+    return f"{age_s / 86400:.0f} d ago"
 
 
 def _count(value: Any) -> str:
@@ -145,6 +148,11 @@ def live_panel(source: SessionSource, window_s: float) -> None:
     state.show(charts.kv_usage_chart(b, view, data.num_blocks(), height=140), key="live-kv")
     state.show(charts.queue_chart(b, view, height=140), key="live-queue")
     state.show(charts.throughput_chart(b, view, height=140, smooth_s=1.0), key="live-tput")
+    gpu = data.gpu_samples
+    for dev, g in (gpu.groupby("device_index") if not gpu.empty else ()):
+        total = float(g["total_bytes"].max()) if g["total_bytes"].notna().any() else None
+        state.show(charts.gpu_memory_panel(g, None, total, view, f"GPU {int(dev)} memory in use",
+                                           height=140).chart(), key=f"live-gpu-{int(dev)}")
     st.caption(f"Window {w.t0_unix_s - w.start_unix_s:,.1f}–{w.t1_unix_s - w.start_unix_s:,.1f} s "
                f"since session start (the same as `kvscope report --last-s {window_s:g}`) · "
                f"updated {time.strftime('%H:%M:%S')}")

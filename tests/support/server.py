@@ -111,6 +111,19 @@ def counters(url: str) -> dict[str, float]:
     return out
 
 
+def engine_counters(url: str) -> dict[str, dict[str, float]]:
+    """``counters`` per ``engine`` label (vLLM's data-parallel rank): engine -> column -> value."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    out: dict[str, dict[str, float]] = {}
+    names = {v: k for k, v in COUNTERS.items()}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name in names:
+                per = out.setdefault(s.labels.get("engine", "0"), dict.fromkeys(COUNTERS, 0.0))
+                per[names[s.name]] += s.value
+    return out
+
+
 def http_status(url: str, path: str) -> str:
     """``"HTTP 404 /path"`` for the server's answer to GET ``path`` (or the error's name)."""
     try:
