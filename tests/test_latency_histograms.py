@@ -188,3 +188,20 @@ def test_recorded_session_keeps_its_per_request_latency() -> None:
         assert s.notes() == [] and len(s.table("latency_buckets")) == 0
         assert fill_report_latency({"ttft_p50": None}, s) == {
             "ttft_p50": None, "source": None, "resolution_s": None}
+
+
+def test_compare_gives_no_verdict_inside_one_bucket(tmp_path: Path) -> None:
+    from dashboard.data.compare import key_number_deltas
+
+    path = tmp_path / "attach.kvscope"
+    write_attach_like(path)
+    with open_session(path) as s:
+        a = build_report(s)
+    b = json.loads(json.dumps(a))
+    b["latency_s"]["ttft_p50"] = 0.03  # same bucket 0.02-0.04: not a difference it can show
+    b["latency_s"]["e2e_p95"] = 0.9
+    b["latency_s"]["resolution_s"]["e2e_p95"] = [0.8, 1.0]
+    d = key_number_deltas(a, b).set_index("metric")
+    assert d.loc["TTFT p50 (s)", "B is"] == ""
+    assert d.loc["e2e p95 (s)", "B is"] == "worse"
+    assert d.loc["e2e p95 (s)", "resolution"] == "A: bucket 0.3–0.5 s · B: bucket 0.8–1 s"

@@ -172,6 +172,26 @@ def test_live_page_numbers_equal_the_report_of_the_same_window(
     assert "kvscope attach" in text and "kvscope record" not in text
 
 
+def test_requests_and_compare_pages_use_the_histograms(run: Run,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    healthy = Path(__file__).parents[1] / "sessions" / "healthy.kvscope"
+    at = go(open_app(monkeypatch, run.session, healthy), "requests")
+    rep = json.loads(kvscope_here("report", str(run.session), "--json").stdout)
+    lat = rep["latency_s"]
+    table = at.dataframe[0].value.set_index("latency")
+    assert {"TTFT", "inter-token", "end-to-end", "queue", "prefill", "decode"} <= set(table.index)
+    assert table.loc["TTFT", "observations"] == len(run.timed)
+    assert table.loc["TTFT", "p50_s"] == pytest.approx(lat["ttft_p50"])
+    lo, hi = lat["resolution_s"]["ttft_p50"]
+    assert table.loc["TTFT", "p50 bucket"] == f"{lo:g}–{hi:g} s"
+    assert not any("No finished requests" in i.value for i in at.info)
+    assert len(at.get("vega_lite_chart")) == 1 + len(table)  # over time + one per histogram
+    at = go(at, "compare")
+    deltas = at.dataframe[0].value.set_index("metric")
+    assert deltas.loc["TTFT p50 (s)", "A"] == pytest.approx(lat["ttft_p50"])
+    assert deltas.loc["TTFT p50 (s)", "resolution"] == f"A: bucket {lo:g}–{hi:g} s"
+
+
 def test_status_follows_the_attach_process(server: Server, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     session = tmp_path / "status.kvscope"
@@ -215,8 +235,8 @@ def test_live_finding_appears_within_two_refreshes(server: Server, tmp_path: Pat
     shown: list[tuple[float, set[str]]] = []
     took: list[float] = []
     load = threading.Thread(target=srv.drive_streaming, args=(server.url, server.model),
-                            kwargs={"waves": 3, "per_wave": 16, "prefixes": 8,
-                                    "max_tokens": MAX_TOKENS})
+                            kwargs={"waves": 4, "per_wave": 16, "prefixes": 8,
+                                    "max_tokens": 2 * MAX_TOKENS})
     try:
         t_load = time.time()
         load.start()

@@ -19,7 +19,6 @@ from profiler.analysis.forecast import HORIZON_S, forecasts
 from profiler.session.heartbeat import HEARTBEAT_KEY, Heartbeat
 from profiler.session.reader import open_session
 from profiler.session.writer import SessionWriter
-from tests.support.dashboard import go, open_app
 
 T0 = 1_700_000_000.0
 
@@ -203,13 +202,3 @@ def test_oom_forecast_from_device_growth(tmp_path: Path) -> None:
     assert f.metrics["cause"] == "other processes" and "pid 777" in f.recommendation
     assert 0 < f.settings["gpu_memory_utilization"] < 0.9
 
-
-def test_live_page_tells_attach_from_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    now = time.time()
-    attach = make(tmp_path / "attach.kvscope", steps=[(now - 1, 0, 0)],
-                  heartbeat=hb(now, "attach", servers=[{"url": "http://127.0.0.1:9", "state": "ok"}]),
-                  mode_meta={"attach_urls": ["http://127.0.0.1:9"], "command": ["kvscope", "attach"]})
-    at = go(open_app(monkeypatch, attach), "live")
-    text = " ".join(x.value for x in [*at.markdown, *at.caption])
-    assert "recording, idle" in text and "kvscope attach" in text and "kvscope record" not in text
-    assert next(m.value for m in at.metric if m.label == "Status") == live.IDLE

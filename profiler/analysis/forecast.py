@@ -20,13 +20,14 @@ import pandas as pd
 from profiler.analysis.diagnosis import thresholds as th
 from profiler.analysis.diagnosis.findings import (
     WARNING,
+    EngineView,
     Finding,
     engine_views,
     session_t0,
     size_advice,
     startup_row,
 )
-from profiler.session.reader import Session
+from profiler.session.reader import Session, open_session
 from profiler.units import fmt_bytes
 
 FIT_S = 60.0
@@ -91,12 +92,16 @@ def _eta_text(eta_s: float) -> str:
     return f"{eta_s:.0f} s" if eta_s < 120 else f"{eta_s / 60:.1f} min"
 
 
-def kv_saturation_forecast(session: Session) -> list[Finding]:
-    """Per engine: KV usage rising towards the ceiling (``KV_CEILING_FRAC``) it has not reached."""
+def kv_saturation_forecast(session: Session, views: list[EngineView] | None = None) -> list[Finding]:
+    """Per engine: KV usage rising towards the ceiling (``KV_CEILING_FRAC``) it has not reached.
+
+    ``views``: the session's ``engine_views`` when the caller already has them."""
     t0 = session_t0(session)
     out = []
-    for view in engine_views(session):
+    for view in engine_views(session) if views is None else views:
         s = view.steps
+        if not s.empty:  # the fit reads only its last FIT_S seconds
+            s = s[s["t_unix_s"] >= s["t_unix_s"].max() - FIT_S]
         if s.empty or s["kv_usage_frac"].isna().all() or not view.num_blocks:
             continue
         tr = trend(s["t_unix_s"], s["kv_usage_frac"])
@@ -214,5 +219,11 @@ def oom_forecast(session: Session) -> list[Finding]:
 
 
 def forecasts(session: Session) -> list[Finding]:
-    """Every forecast for ``session`` (usually a live window of it)."""
-    return kv_saturation_forecast(session) + oom_forecast(session)
+    """Every forecast for ``session`` (usually a live window of it), from its last FIT_S seconds."""
+    start, end = session.bounds()
+    if end is None:
+        return []
+    # the fits read the last FIT_S seconds only: a narrower window of the same file
+    with open_session(session.path, window=(max(float(end) - FIT_S, float(start or end)),
+                                            float(end))) as recent:
+        return kv_saturation_forecast(recent) + oom_forecast(recent)

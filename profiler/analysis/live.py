@@ -147,16 +147,35 @@ def session_status(session: Session, now_unix_s: float | None = None) -> LiveSta
     dead = _engine_dead(session)
     if dead:
         return status(LOST, dead)
-    last = session.rows("SELECT running, waiting, t_unix_s FROM steps ORDER BY t_unix_s DESC LIMIT 1")
+    last = _last_steps(session)
     if not last:
         return status(IDLE, f"{who} running; no engine step yet")
-    running, waiting, t_last = last[0]
-    quiet_s = now - float(t_last) if t_last is not None else None
-    if (running == 0 and waiting == 0) or (mode == "record" and quiet_s is not None
-                                           and quiet_s >= IDLE_AFTER_S):
+    t_last = max(t for _, _, t in last)
+    quiet_s = now - t_last
+    running = sum(r or 0 for r, _, _ in last)
+    waiting = sum(w or 0 for _, w, _ in last)
+    if (running == 0 and waiting == 0) or (mode == "record" and quiet_s >= IDLE_AFTER_S):
         return status(IDLE, f"{who} running, nothing running or waiting on the engine"
-                            + (f" (last step {_ago(quiet_s)})" if quiet_s is not None else ""))
-    return status(RECORDING, f"{running or 0} running, {waiting or 0} waiting")
+                            + ("s" if len(last) > 1 else "") + f" (last step {_ago(quiet_s)})")
+    return status(RECORDING, f"{running} running, {waiting} waiting"
+                             + (f" on {len(last)} engines" if len(last) > 1 else ""))
+
+
+LAST_ROWS = 5000
+"""``_last_steps`` reads this many of the newest step rows (rows are appended in time order per
+process, so the newest rows hold every engine's last step; no scan of a long session)."""
+
+
+def _last_steps(session: Session) -> list[tuple[int | None, int | None, float]]:
+    """(running, waiting, t_unix_s) of each engine's newest step."""
+    rows = session.rows(
+        "SELECT engine_id, running, waiting, t_unix_s FROM steps WHERE rowid > "
+        "(SELECT COALESCE(MAX(rowid), 0) FROM steps) - ? AND t_unix_s IS NOT NULL", (LAST_ROWS,))
+    newest: dict[Any, tuple[int | None, int | None, float]] = {}
+    for eid, running, waiting, t in rows:
+        if eid not in newest or float(t) >= newest[eid][2]:
+            newest[eid] = (running, waiting, float(t))
+    return list(newest.values())
 
 
 def _owner_pid(session: Session, mode: str | None) -> int | None:
@@ -168,7 +187,8 @@ def _owner_pid(session: Session, mode: str | None) -> int | None:
 
 def _engine_dead(session: Session) -> str | None:
     """Why the recorded engine is dead: a frontend error after its last step saying so."""
-    last_step = session.scalar("SELECT MAX(t_unix_s) FROM steps")
+    newest = _last_steps(session)
+    last_step = max((t for _, _, t in newest), default=None)
     rows = session.rows(
         "SELECT message, t_unix_s FROM events WHERE kind IN ('error', 'oom') AND t_unix_s >= ? "
         "ORDER BY t_unix_s DESC LIMIT 20", (last_step or 0.0,))

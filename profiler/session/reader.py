@@ -74,6 +74,9 @@ class Session:
     """Opened ``immutable=1`` (a WAL session whose ``-shm`` could not be created)."""
     _notes: list[str] | None = field(default=None, repr=False)
     _raw: sqlite3.Connection | None = field(default=None, repr=False)
+    window: tuple[float, float] | None = None
+    """The time window (unix seconds) this session reads, from ``open_session(window=...)``."""
+    _bounds: tuple[float | None, float | None] | None = field(default=None, repr=False)
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -158,7 +161,17 @@ class Session:
         return name in self._raw_tables()
 
     def bounds(self) -> tuple[float | None, float | None]:
-        """(start, last sample) in unix seconds over every timed table."""
+        """(start, last sample) in unix seconds over every timed table.
+
+        A windowed session (a snapshot of its window) computes them once; a whole session reads
+        them anew each time, as the file may be growing."""
+        if self.window is not None:
+            if self._bounds is None:
+                self._bounds = self._read_bounds()
+            return self._bounds
+        return self._read_bounds()
+
+    def _read_bounds(self) -> tuple[float | None, float | None]:
         meta = self.meta()
         starts, ends = [], []
         for table, col in (
@@ -362,4 +375,4 @@ def open_session(path: str | Path, window: tuple[float, float] | None = None) ->
             raise
     except sqlite3.DatabaseError as exc:
         raise SessionFormatError(f"{p}: damaged session file ({first_line(exc)})") from exc
-    return Session(p, conn, immutable)
+    return Session(p, conn, immutable, window=window)
