@@ -127,6 +127,9 @@ def test_ttft_and_e2e_percentiles_within_one_bucket_of_the_client(run: Run) -> N
             theirs = _bucket_index(les, float(np.percentile(client[metric], q)))
             seen[key] = (lat[key], float(np.percentile(client[metric], q)), lo, hi)
             assert abs(mine - theirs) <= 1, (key, seen[key])
+    print("kvscope (bucket) vs client: " + ", ".join(
+        f"{k} {v:.3f} ({lo:g}-{hi if hi is not None else 'inf'}) vs {c:.3f}"
+        for k, (v, c, lo, hi) in seen.items()))
     # the workload queues: the percentiles must spread over several buckets to prove anything
     assert seen["ttft_p99"][0] > 2 * seen["ttft_p50"][0], seen
     for metric in ("itl", "queue", "prefill", "decode", "inference", "decode_per_token"):

@@ -1,7 +1,11 @@
 """Data parallel 2 on the CPU engine, recorded with ``kvscope record``: every DP rank is its own
 engine, exactly (steps, finished requests and prompt blocks of each rank against the server's own
-per-engine counters in the same run), and a DP engine core's own error is recorded from its busy
-loop (``DPEngineCoreProc.run_busy_loop``) with its engine, next to the frontend's EngineDeadError.
+per-engine counters in the same run), and a DP rank's engine core error is recorded from its busy
+loop with its engine, next to the frontend's EngineDeadError.
+
+vLLM 0.32 runs each DP rank of a dense model (the tiny Llama here) as an ``EngineCoreProc`` with
+its own ``engine_index``; ``DPEngineCoreProc`` (its own ``run_busy_loop``) is used for MoE models
+only: that its busy loop is wrapped is checked on vLLM's real class, in this process.
 
 Run under the engine lock: ``flock /tmp/kvscope-engine.lock python -m pytest tests/test_record_dp.py``.
 The last test kills a worker, so it must stay last in this file. bench/gpu_dp2.py runs the same
@@ -52,10 +56,23 @@ def test_each_dp_rank_is_its_own_engine_exactly(dp: tuple[Server, Path]) -> None
         assert set(s.table("engines")["source"]) == {"inproc"}
 
 
+def test_every_busy_loop_of_vllm_is_wrapped() -> None:
+    """EngineCoreProc's and DPEngineCoreProc's (MoE DP) own run_busy_loop, on vLLM's classes."""
+    import vllm.v1.engine.core as core
+
+    from profiler.recorder import plugin
+
+    plugin._patch_engine_core()
+    own = [c for c in (core.EngineCoreProc, *plugin._subclasses(core.EngineCoreProc))
+           if "run_busy_loop" in vars(c)]
+    assert core.DPEngineCoreProc in own
+    assert all(getattr(vars(c)["run_busy_loop"], "__kvscope__", False) for c in own), own
+
+
 def test_zz_dp_engine_core_error_is_recorded_with_its_engine(dp: tuple[Server, Path]) -> None:
-    """Last: kill -9 the worker of DP rank 1. Its engine core's busy loop (DPEngineCoreProc's own
-    run_busy_loop) fails: that error is recorded in that process, with rank 1's engine; the
-    frontend's EngineDeadError is recorded as a frontend event."""
+    """Last: kill -9 the worker of DP rank 1. Its engine core's busy loop fails: that error is
+    recorded in that process, with rank 1's engine; the frontend's EngineDeadError is recorded as
+    a frontend event."""
     server, session = dp
     got = dpcheck.kill_rank_worker(server, session, rank=1)
     assert got["killed_workers"], "the CPU engine runs its worker in a child process"

@@ -53,7 +53,7 @@ def _ago(age_s: float | None) -> str:
     if age_s is None:
         return units.NOT_MEASURED
     if age_s < 60:
-        return f"{age_s:.1f} s ago"
+        return f"{age_s:.0f} s ago"
     if age_s < 3600:
         return f"{age_s / 60:.0f} min ago"
     if age_s < 86400:

@@ -77,7 +77,8 @@ def _pid_gone(pid: Any, host: Any) -> bool:
     return False
 
 
-def _how(meta: dict[str, Any], mode: str | None, hb: dict[str, Any], owner_pid: Any) -> str:
+def _how(meta: dict[str, Any], mode: str | None, hb: dict[str, Any], owner_pid: Any,
+         by_cli: bool = False) -> str:
     host = hb.get("host") or meta.get("host")
     where = f" (pid {owner_pid} on {printable(host)})" if owner_pid else ""
     if mode == "attach":
@@ -85,14 +86,15 @@ def _how(meta: dict[str, Any], mode: str | None, hb: dict[str, Any], owner_pid: 
         interval = next((s.get("interval_s") for s in hb.get("servers") or [] if s.get("interval_s")),
                         None)
         every = f" every {interval:g} s" if isinstance(interval, int | float) else ""
-        return (f"attached by `kvscope attach`{where} to {', '.join(printable(u) for u in urls)}: "
+        return (f"attached by kvscope attach{where} to {', '.join(printable(u) for u in urls)}: "
                 f"/metrics scraped{every}, latencies from the server's histograms")
     if mode == "record":
         cmd = meta.get("command")
         text = " ".join(cmd) if isinstance(cmd, list) else "a vLLM program"
         if len(text) > 120:
             text = text[:117] + "..."
-        return (f"recorded in-process{where} from `{printable(text)}`: every engine step and "
+        by = " by kvscope record" if by_cli else ""
+        return (f"recorded in-process{by}{where} from {printable(text)}: every engine step and "
                 "finished request")
     return "made by a kvscope without heartbeats: how it is being made is not recorded"
 
@@ -106,7 +108,9 @@ def session_status(session: Session, now_unix_s: float | None = None) -> LiveSta
     mode = hb.get("mode") if hb.get("mode") in ("record", "attach") else (
         "attach" if meta.get("attach_urls") else "record" if meta.get("command") else None)
     owner_pid = hb.get("pid") if isinstance(hb.get("pid"), int) else _owner_pid(session, mode)
-    how = _how(meta, mode, hb, owner_pid)
+    by_cli = mode == "record" and session.scalar(
+        "SELECT COUNT(*) FROM processes WHERE role = 'recorder'") not in (None, 0)
+    how = _how(meta, mode, hb, owner_pid, by_cli)
     _, end = session.bounds()
     data_age = max(now - float(end), 0.0) if end is not None else None
     hb_t = hb.get("t_unix_s")

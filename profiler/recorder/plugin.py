@@ -309,10 +309,20 @@ def _wrap_initialize_kv_caches(method: Callable[..., Any]) -> Callable[..., Any]
 
 def _dp_rank(obj: Any) -> int:
     """The data-parallel rank of the engine core or worker ``obj`` (0 without data parallelism):
-    vLLM's engine index of that engine in the frontend."""
-    rank = getattr(getattr(getattr(obj, "vllm_config", None), "parallel_config", None),
-                   "data_parallel_rank", None)
-    return rank if isinstance(rank, int) and rank >= 0 else 0
+    vLLM's engine index of that engine in the frontend.
+
+    An engine core knows its ``engine_index``; a worker reads its config's
+    ``data_parallel_index`` (vLLM 0.32 resets ``data_parallel_rank`` to 0 in each rank of a
+    dense model's DP, whose ranks run as independent engines), else ``data_parallel_rank``."""
+    index = getattr(obj, "engine_index", None)
+    if isinstance(index, int) and index >= 0:
+        return index
+    par = getattr(getattr(obj, "vllm_config", None), "parallel_config", None)
+    for name in ("data_parallel_index", "data_parallel_rank"):
+        rank = getattr(par, name, None)
+        if isinstance(rank, int) and rank >= 0:
+            return rank
+    return 0
 
 
 def _record_kv_cache_config(config: Any) -> None:
