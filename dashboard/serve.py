@@ -3,10 +3,10 @@
     python -m dashboard.serve [SESSION ...] [--host 127.0.0.1] [--port 8501]
 
 Before serving, the dashboard's modules are imported and every offered session is summarised (one
-scan each, about 1.5 s per million steps); the first one, which the browser opens on, is also
-diagnosed (about 5 s per million steps) and has its Timeline chart built. The first page then draws
-from memory instead of reading a million-step file while the user waits. Other sessions are
-diagnosed when first opened.
+scan each, about 1.5 s per million steps) and diagnosed (about 5 s per million steps: the picker
+and the Sessions page show each session's headline); the first one also has its Timeline chart
+built. The first page then draws from memory instead of reading a million-step file while the user
+waits.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -24,22 +25,23 @@ WARM_MAX = 16
 
 
 def warm(paths: list[Path]) -> None:
-    """Load (and remember) every session's summary, and the first one's report, findings and
+    """Load (and remember) every session's summary, report and findings, and the first one's
     Timeline spec; bad files are left for the page to report."""
     from dashboard.charts import timeline as tl
     from dashboard.data.reports import report_memo
     from dashboard.data.session import load_session_memo
     from dashboard.data.steps import View
-    from profiler.errors import SessionFormatError
+    from profiler.errors import KvscopeError
 
     for i, p in enumerate(paths):
         try:
             data = load_session_memo(p)
+            analysis = report_memo(p)  # every picker line is the session's headline
             if i == 0:
-                report_memo(p)
                 view = View(*data.serving_range(), tl.BUCKETS)
-                tl.linked_chart(data, view, data.buckets(view), data.buckets(tl.whole_view(data)), None)
-        except (SessionFormatError, OSError):
+                tl.linked_chart(data, view, data.buckets(view), data.buckets(tl.whole_view(data)), None,
+                                analysis=analysis)
+        except (KvscopeError, sqlite3.DatabaseError, OSError):
             continue
 
 

@@ -10,6 +10,7 @@ from dashboard.data.session import FileMemo
 from profiler.analysis.diagnosis import diagnose
 from profiler.analysis.kv_events import KvEventSummary, kv_event_summary
 from profiler.analysis.report import build_report
+from profiler.analysis.simulate import Model, model
 from profiler.analysis.whatif import WhatIf, analyse
 from profiler.session.reader import open_session
 
@@ -35,7 +36,14 @@ def compute_kv_events(path: str | Path) -> KvEventSummary:
         return kv_event_summary(session)
 
 
-report_memo = FileMemo(compute_report)
+def compute_model(path: str | Path) -> Model:
+    """The session's scheduler model (``profiler.analysis.simulate``); NotAnalysable without demand."""
+    with open_session(path) as session:
+        return model(session)
+
+
+report_memo = FileMemo(compute_report, size=64)
 """``compute_report`` remembered per (path, size, mtime) in this process (filled at start)."""
 whatif_memo = FileMemo(compute_whatif)
 kv_events_memo = FileMemo(compute_kv_events)
+model_memo = FileMemo(compute_model)

@@ -234,7 +234,10 @@ def _role_labels(processes: pd.DataFrame) -> dict[int, str]:
         role = str(p["role"])
         if role == "worker" and not _isnull(p["rank"]):
             role = f"worker {int(p['rank'])}"
-        out[int(p["pid"])] = f"{role} (pid {int(p['pid'])})"
+        pid = int(p["pid"])
+        if pid in out and out[pid].startswith("worker"):
+            continue  # one process in two roles (an engine core that is its own worker): the worker
+        out[pid] = f"{role} (pid {pid})"
     return out
 
 
@@ -284,6 +287,6 @@ def load_recent(path: str | Path, window_s: float,
     return data, view, req
 
 
-load_session_memo = FileMemo(load_session)
+load_session_memo = FileMemo(load_session, size=16)
 """``load_session`` remembered per file; ``dashboard.serve`` fills it before serving, so the first
 page opened on a big session does not wait for its one-scan summary."""

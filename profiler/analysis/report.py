@@ -7,9 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from profiler.analysis.devices import device_reasons
+from profiler.analysis.fixes import flag_changes, flags_line, same_fix_as
+from profiler.analysis.headline import headline, parallelism_text
+from profiler.analysis.kv_size import kv_cache_size
 from profiler.analysis.latency import fill_report_latency, format_latency
 from profiler.session.reader import Session
-from profiler.units import finite_or_none, fmt, fmt_gib, json_safe, percentile, printable
+from profiler.units import finite_or_none, fmt, fmt_bytes, fmt_gib, json_safe, percentile, printable
 
 REPORT_VERSION = 1
 
@@ -43,7 +47,8 @@ def build_report(session: Session, findings: list[dict[str, Any]] | None = None)
     engine = {
         k: (finite_or_none(eng[k]) if eng is not None else None)
         for k in ("block_size", "num_gpu_blocks", "enable_prefix_caching", "max_num_seqs",
-                  "max_model_len", "gpu_memory_utilization")
+                  "max_model_len", "gpu_memory_utilization", "tensor_parallel_size",
+                  "pipeline_parallel_size", "data_parallel_size")
     }
     if engine["enable_prefix_caching"] is not None:
         engine["enable_prefix_caching"] = bool(engine["enable_prefix_caching"])
@@ -51,6 +56,9 @@ def build_report(session: Session, findings: list[dict[str, Any]] | None = None)
     if hit_rate is not None and hit_rate > 1:
         notes.append(f"prefix_cache: {ph} hit tokens exceed {pq} queried tokens; hit rate left out")
         hit_rate = None
+    size = kv_cache_size(session)
+    processes = session.table("processes")
+    workers = int((processes["role"] == "worker").sum()) if not processes.empty else 0
     report = {
         "kvscope_report": REPORT_VERSION,
         "session": {
@@ -63,6 +71,7 @@ def build_report(session: Session, findings: list[dict[str, Any]] | None = None)
         },
         "engine": engine,
         "engines": int(len(engines)),
+        "workers": workers,
         "steps": int(steps_n),
         "preemptions": pre,
         "requests_finished": int(len(requests)) if not requests.empty or finished is None else int(finished),
@@ -73,13 +82,14 @@ def build_report(session: Session, findings: list[dict[str, Any]] | None = None)
             "preempted_queries_tokens": ppq,
             "preempted_hits_tokens": pph,
         },
-        "kv_cache": {"peak_usage_frac": kv_peak, "mean_usage_frac": kv_mean},
+        "kv_cache": {"peak_usage_frac": kv_peak, "mean_usage_frac": kv_mean,
+                     "bytes_per_block": size.bytes_per_block, "size_bytes": size.size_bytes},
         "memory": {
             k: (finite_or_none(mem[k]) if mem is not None else None)
             for k in ("weights_bytes", "kv_cache_bytes", "activation_peak_bytes",
                       "non_torch_bytes", "cuda_graph_bytes")
         },
-        "gpus": _gpus(session, notes),
+        "gpus": _gpus(session, notes, findings or []),
         "latency_s": {
             f"{name}_p{int(q * 100)}": percentile(requests[col], q) if not requests.empty else None
             for name, col in (("ttft", "ttft_s"), ("e2e", "e2e_s"))
@@ -90,6 +100,7 @@ def build_report(session: Session, findings: list[dict[str, Any]] | None = None)
         "notes": notes,
     }
     report["latency_s"] = fill_report_latency(report["latency_s"], session)
+    report["headline"] = headline(report)
     dropped: list[str] = []
     report = json_safe(report, replaced=dropped)
     if dropped:
@@ -97,20 +108,24 @@ def build_report(session: Session, findings: list[dict[str, Any]] | None = None)
     return report
 
 
-def _gpus(session: Session, notes: list[str]) -> list[dict[str, Any]]:
+def _gpus(session: Session, notes: list[str], findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
     gpus = session.table("gpus")
     unknown = int(gpus["device_index"].isna().sum())
     if unknown:
         notes.append(f"gpus: {unknown} row{'s' if unknown != 1 else ''} without a device index "
                      "left out")
     gpus = gpus.dropna(subset=["device_index"]).drop_duplicates("device_index")
+    own = set(session.table("processes")["pid"].dropna().astype(int))
+    shown = device_reasons(gpus, session.table("gpu_samples"), session.table("gpu_process_samples"),
+                           session.table("allocator_samples"), own, findings)
     out = []
     for _, g in gpus.iterrows():
         peak = session.scalar(
             "SELECT MAX(used_bytes) FROM gpu_samples WHERE device_index = ?", (int(g["device_index"]),)
         )
         out.append({"index": int(g["device_index"]), "name": finite_or_none(g["name"]),
-                    "total_bytes": finite_or_none(g["total_bytes"]), "peak_used_bytes": finite_or_none(peak)})
+                    "total_bytes": finite_or_none(g["total_bytes"]), "peak_used_bytes": finite_or_none(peak),
+                    "shown": shown.get(int(g["device_index"]))})
     return out
 
 
@@ -119,38 +134,98 @@ def _event_counts(session: Session) -> dict[str, int]:
     return {k: int(n) for k, n in rows}
 
 
+def _kv_line(report: dict[str, Any]) -> str:
+    e, kv, mem = report["engine"], report["kv_cache"], report["memory"]
+    if e["num_gpu_blocks"] is None:
+        short = mem.get("kv_cache_bytes")
+        if report["engines"] == 0 and short is not None and short < 0:
+            return f"none: start-up was {fmt_bytes(-short)} short of any KV cache memory"
+        if report["engines"] == 0:
+            return ("n/a (the engine never finished start-up)" if "oom" in report["events"]
+                    or "error" in report["events"] else "n/a (no vLLM engine in this session)")
+        return "n/a (not reported by this source)"
+    text = f"{e['num_gpu_blocks']:,} blocks"
+    if e["block_size"] is not None:
+        text += f" x {e['block_size']} tokens = {e['num_gpu_blocks'] * e['block_size']:,} tokens"
+    if kv.get("size_bytes") is not None:
+        per = " per worker" if (report.get("workers") or 0) > 1 else ""
+        text += f", {fmt_gib(kv['size_bytes'])}{per} ({fmt_bytes(kv['bytes_per_block'])} per block)"
+    if kv["peak_usage_frac"] is not None:
+        text += f"   peak {fmt(kv['peak_usage_frac'], '{:.0%}')}  mean {fmt(kv['mean_usage_frac'], '{:.0%}')}"
+    return text
+
+
+def _startup_line(report: dict[str, Any]) -> str | None:
+    m, kv = report["memory"], report["kv_cache"]
+    parts = [f"{name} {fmt_gib(m[key])}" for key, name in (
+        ("weights_bytes", "weights"), ("activation_peak_bytes", "activation peak"),
+        ("non_torch_bytes", "non-torch"), ("cuda_graph_bytes", "CUDA graphs")) if m[key] is not None]
+    room = m["kv_cache_bytes"]
+    if room is not None and room < 0:
+        parts.append(f"no room for a KV cache ({fmt_gib(-room)} short)")
+    elif room is not None:
+        text = f"room measured for KV {fmt_gib(room)}"
+        per = kv.get("bytes_per_block")
+        blocks = report["engine"]["num_gpu_blocks"]
+        if per and blocks is not None and room // per > blocks * 1.02:
+            text += f" ({int(room // per):,} blocks; the cache was capped at {blocks:,})"
+        parts.append(text)
+    return ", ".join(parts) if parts else None
+
+
 def format_text(report: dict[str, Any]) -> str:
-    """Human summary of a report dict."""
-    s, e, pc, kv = report["session"], report["engine"], report["prefix_cache"], report["kv_cache"]
-    lines = [
-        f"session   {s['path']}  ({'complete' if s['complete'] else 'INCOMPLETE: recording was cut off'})",
-        f"vLLM      {s['vllm_version']}   model {s['model']}",
-        f"duration  {fmt(s['duration_s'], '{:.1f} s')}   steps {report['steps']}   "
-        f"requests finished {report['requests_finished']}",
-        f"KV cache  {e['num_gpu_blocks']} blocks x {e['block_size']} tokens   "
-        f"peak {fmt(kv['peak_usage_frac'], '{:.0%}')}  mean {fmt(kv['mean_usage_frac'], '{:.0%}')}",
-        f"preempt   {report['preemptions']}",
-        f"prefix    hit rate {fmt(pc['hit_rate'], '{:.1%}')} "
-        f"({pc['hits_tokens']} of {pc['queries_tokens']} tokens)",
+    """Human summary of a report dict (never "None": what was not measured reads n/a with why)."""
+    s, e, pc = report["session"], report["engine"], report["prefix_cache"]
+    na = "n/a"
+    lines = [f"summary   {report.get('headline') or na}",
+             f"session   {s['path']}  ({'complete' if s['complete'] else 'INCOMPLETE: recording was cut off'})"]
+    if report["engines"] or s["vllm_version"] or s["model"]:
+        parallel = parallelism_text(e, report.get("workers")) if report["engines"] else "no engine started"
+        lines.append(f"vLLM      {s['vllm_version'] or na}   model {s['model'] or na}   {parallel}")
+    else:
+        lines.append("vLLM      n/a (no vLLM engine in this session)")
+    lines += [
+        f"duration  {fmt(s['duration_s'], '{:.1f} s')}   steps {report['steps']:,}   "
+        f"requests finished {report['requests_finished']:,}",
+        f"KV cache  {_kv_line(report)}",
+        "preempt   " + (f"{int(report['preemptions']):,}" if report["preemptions"] is not None
+                        else "n/a (no engine steps)"),
+        "prefix    " + (f"hit rate {fmt(pc['hit_rate'], '{:.1%}')} ({pc['hits_tokens']:,} of "
+                        f"{pc['queries_tokens']:,} tokens)" if pc["queries_tokens"] is not None
+                        and pc["hits_tokens"] is not None else "n/a (no prefix-cache queries recorded)"),
     ]
-    m = report["memory"]
-    if any(v is not None for v in m.values()):
-        lines.append(
-            f"memory    weights {fmt_gib(m['weights_bytes'])}, KV {fmt_gib(m['kv_cache_bytes'])}, "
-            f"activations {fmt_gib(m['activation_peak_bytes'])}, non-torch {fmt_gib(m['non_torch_bytes'])}, "
-            f"CUDA graphs {fmt_gib(m['cuda_graph_bytes'])}"
-        )
+    startup = _startup_line(report)
+    if startup:
+        lines.append(f"start-up  {startup}")
+    hidden = 0
     for g in report["gpus"]:
-        lines.append(f"GPU {g['index']}     {g['name']}: peak {fmt_gib(g['peak_used_bytes'])} of {fmt_gib(g['total_bytes'])}")
-    lines.append(f"latency   {format_latency(report['latency_s'])}")
+        if g.get("shown") is None:
+            hidden += 1
+            continue
+        lines.append(f"GPU {g['index']}     {g['name'] or na}: peak {fmt_gib(g['peak_used_bytes'])} of "
+                     f"{fmt_gib(g['total_bytes'])}")
+    if hidden:
+        lines.append(f"          ({hidden} other GPU{'s' if hidden != 1 else ''} on the host: idle, "
+                     "not used by this session)")
+    lat = report["latency_s"]
+    if all(v is None for v in lat.values()):
+        lines.append("latency   n/a (no finished requests)")
+    else:
+        lines.append(f"latency   {format_latency(lat)}")
     if report["events"]:
         lines.append("events    " + ", ".join(f"{k} {n}" for k, n in sorted(report["events"].items())))
-    for f in report["findings"]:
+    findings = report["findings"]
+    repeats = same_fix_as(findings)
+    for i, f in enumerate(findings):
         lines.append(f"[{f['severity'].upper()}] {f['code']}: {f['message']}")
-        if f.get("recommendation"):
+        if i in repeats:
+            lines.append(f"    -> same fix as {repeats[i]} above")
+        elif f.get("recommendation"):
             lines.append(f"    -> {f['recommendation']}")
+            flags = flags_line(flag_changes(f.get("settings") or {}, e))
+            if flags:
+                lines.append(f"       vllm serve flags: {flags}")
     for note in report.get("notes", []):
         lines.append(f"ignored   {note}")
     # session text (model, GPU names, finding messages) may hold terminal escape sequences
     return "\n".join(printable(line) for line in lines)
-

@@ -56,6 +56,8 @@ class RequestAccess:
     prompt_tokens: int
     tail_blocks: int
     """Full blocks of generated tokens (cached by vLLM, reused by nobody)."""
+    request_id: str = ""
+    """The request's id as its prompt-block row recorded it ("" when unknown)."""
 
 
 @dataclass(frozen=True)
@@ -238,9 +240,9 @@ def load_trace(session: Session, engine_id: int | None = None) -> AccessTrace:
     prompt = np.where(unknown, n_full * bs + 1, prompt).astype(np.int64)
     gen = np.where(np.isnan(gen) | unknown, 0, gen).astype(np.int64)
     tail = np.maximum(np.maximum(prompt + gen - 1, 0) // bs - n_full, 0)  # last token never stored
-    out = [RequestAccess(float(t), np.frombuffer(raw or b"", dtype="<i8"), int(p), int(k))
-           for t, raw, p, k in zip(blocks["t_unix_s"], blocks["block_hashes"], prompt, tail,
-                                   strict=True)]
+    out = [RequestAccess(float(t), np.frombuffer(raw or b"", dtype="<i8"), int(p), int(k), r)
+           for t, raw, p, k, r in zip(blocks["t_unix_s"], blocks["block_hashes"], prompt, tail, rid,
+                                      strict=True)]
     running = session.scalar("SELECT AVG(running) FROM steps WHERE engine_id = ? AND running > 0",
                              (engine_id,))
     return AccessTrace(engine_id, bs, out, int(round(running)) if running else 0)
