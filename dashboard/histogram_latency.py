@@ -9,8 +9,10 @@ import streamlit as st
 from dashboard import state
 from dashboard.charts import latency as charts
 from dashboard.data import latency as data_latency
+from dashboard.data import tables
 from dashboard.data.session import SessionData, file_signature
 from profiler.analysis.latency import METRICS
+from profiler.units import fmt_s
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -41,9 +43,9 @@ def show(data: SessionData) -> bool:
                "Prometheus histograms, so each percentile is interpolated inside its bucket and is "
                "no more exact than that bucket.")
     st.subheader("Latency percentiles (server histograms)")
-    st.dataframe(table, hide_index=True, column_config={
-        c: st.column_config.NumberColumn(c.replace("_s", " (s)"), format="%.4f")
-        for c in ("p50_s", "p95_s", "p99_s")})
+    st.table(tables.shown(table, {c: fmt_s for c in ("p50_s", "p95_s", "p99_s")}).rename(
+        columns={"p50_s": "p50", "p95_s": "p95", "p99_s": "p99", "observations": "requests"}),
+        hide_index=True)
     state.csv_download(table, f"{data.name}-latency-percentiles", "Percentiles CSV")
     names = {METRICS[m]: m for m in METRICS}
     shown = [n for n in table["latency"] if n in names]
@@ -54,7 +56,7 @@ def show(data: SessionData) -> bool:
     cols = st.columns(3)
     for i, name in enumerate(shown):
         row = table[table["latency"] == name].iloc[0]
-        sub = " · ".join(f"{q} {row[f'{q}_s']:.4g} s ({row[f'{q} bucket']})" for q in ("p50", "p95")
+        sub = " · ".join(f"{q} {fmt_s(row[f'{q}_s'])} ({row[f'{q} bucket']})" for q in ("p50", "p95")
                          if f"{q}_s" in row)
         with cols[i % 3]:
             state.show(charts.bucket_chart(_buckets(*sig, names[name]), name, sub),

@@ -190,8 +190,11 @@ def test_recorded_session_keeps_its_per_request_latency() -> None:
             "ttft_p50": None, "source": None, "resolution_s": None}
 
 
-def test_compare_gives_no_verdict_inside_one_bucket(tmp_path: Path) -> None:
-    from dashboard.data.compare import key_number_deltas
+
+def test_compare_states_the_bucket_and_gives_no_verdict_inside_it(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from dashboard.data.compare import Side, key_number_deltas
 
     path = tmp_path / "attach.kvscope"
     write_attach_like(path)
@@ -201,7 +204,10 @@ def test_compare_gives_no_verdict_inside_one_bucket(tmp_path: Path) -> None:
     b["latency_s"]["ttft_p50"] = 0.03  # same bucket 0.02-0.04: not a difference it can show
     b["latency_s"]["e2e_p95"] = 0.9
     b["latency_s"]["resolution_s"]["e2e_p95"] = [0.8, 1.0]
-    d = key_number_deltas(a, b).set_index("metric")
-    assert d.loc["TTFT p50 (s)", "B is"] == ""
-    assert d.loc["e2e p95 (s)", "B is"] == "worse"
-    assert d.loc["e2e p95 (s)", "resolution"] == "A: bucket 0.3–0.5 s · B: bucket 0.8–1 s"
+    none = pd.DataFrame()
+    d = key_number_deltas(Side(a, none, 20.0, 400.0), Side(b, none, 20.0, 400.0)).set_index("metric")
+    assert d.loc["TTFT p50", "A"] == "40.0 ms (bucket 0.02–0.04 s)"
+    assert d.loc["TTFT p50", "B"] == "30.0 ms (bucket 0.02–0.04 s)"
+    assert d.loc["TTFT p50", "B is"] == "same (within the histogram bucket)"
+    assert d.loc["end-to-end p95", "B is"] == "worse"
+    assert d.loc["end-to-end p95", "B"] == "900.0 ms (bucket 0.8–1 s)"

@@ -181,18 +181,20 @@ def test_requests_and_compare_pages_use_the_histograms(run: Run,
     at = go(open_app(monkeypatch, run.session, healthy), "requests")
     rep = json.loads(kvscope_here("report", str(run.session), "--json").stdout)
     lat = rep["latency_s"]
-    table = at.dataframe[0].value.set_index("latency")
+    from profiler.units import fmt_s
+
+    table = at.table[0].value.set_index("latency")
     assert {"TTFT", "inter-token", "end-to-end", "queue", "prefill", "decode"} <= set(table.index)
-    assert table.loc["TTFT", "observations"] == len(run.timed)
-    assert table.loc["TTFT", "p50_s"] == pytest.approx(lat["ttft_p50"])
+    assert int(table.loc["TTFT", "requests"]) == len(run.timed)
+    assert table.loc["TTFT", "p50"] == fmt_s(lat["ttft_p50"])
     lo, hi = lat["resolution_s"]["ttft_p50"]
     assert table.loc["TTFT", "p50 bucket"] == f"{lo:g}–{hi:g} s"
     assert not any("No finished requests" in i.value for i in at.info)
     assert len(at.get("vega_lite_chart")) == 1 + len(table)  # over time + one per histogram
     at = go(at, "compare")
-    deltas = at.dataframe[0].value.set_index("metric")
-    assert deltas.loc["TTFT p50 (s)", "A"] == pytest.approx(lat["ttft_p50"])
-    assert deltas.loc["TTFT p50 (s)", "resolution"] == f"A: bucket {lo:g}–{hi:g} s"
+    deltas = at.table[0].value.set_index("metric")
+    a_col = next(c for c in deltas.columns if str(c).startswith("A: "))
+    assert deltas.loc["TTFT p50", a_col] == f"{fmt_s(lat['ttft_p50'])} (bucket {lo:g}–{hi:g} s)"
 
 
 def test_status_follows_the_attach_process(server: Server, tmp_path: Path,

@@ -38,7 +38,7 @@ def percentiles_chart(binned: pd.DataFrame, name: str, height: int = 200) -> alt
         columns=["t_mid_s", "value_s", "lo_s", "hi_s", "quantile", "observations"])
     color = alt.Color("quantile:N", title=None, scale=alt.Scale(
         domain=list(QUANTILE_COLORS), range=list(QUANTILE_COLORS.values())),
-        legend=alt.Legend(orient="top-right"))
+        legend=alt.Legend(orient="top", direction="horizontal"))
     x = alt.X("t_mid_s:Q", title="time since session start (s)")
     band = alt.Chart(df).mark_area(opacity=0.15).encode(x=x, y="lo_s:Q", y2="hi_s:Q", color=color)
     line = alt.Chart(df).mark_line(point=True).encode(
