@@ -14,7 +14,7 @@ import streamlit as st
 
 from dashboard import state
 from dashboard.charts import panels as charts
-from dashboard.data.session import load_recent
+from dashboard.data.session import file_signature, load_recent
 from dashboard.data.sources import SessionSource
 from profiler import units
 from profiler.analysis import live
@@ -93,19 +93,26 @@ def _finding(f: dict[str, Any], start_unix_s: float) -> None:
                     language="bash")
 
 
+@st.cache_data(show_spinner=False, max_entries=8)
+def _window(path: str, size: int, mtime: float, window_s: float) -> live.LiveWindow | None:
+    """The window's report, findings and forecasts, once per version of the file."""
+    return live.live_window(path, window_s)
+
+
 @st.fragment(run_every=float(refresh_s) if following else None)
 def live_panel(source: SessionSource, window_s: float) -> None:
     """Re-read the window of the session and redraw (only this fragment reruns)."""
     try:
-        w = live.live_window(source.path, window_s)
+        w = _window(*file_signature(source.path), window_s)
         data, view, _ = load_recent(source.path, window_s)
+        s = live.status_of(source.path)  # ages move on while the file does not
     except KvscopeError as exc:
         state.cannot_use(source.label, exc)
         return
     if w is None:
         st.info("Nothing recorded yet. " + START_HINT[None])
         return
-    s, rep = w.status, w.report
+    rep = w.report
     st.markdown(f"{STATUS_ICON.get(s.state, '')} **{escape_markdown(s.state)}** — "
                 f"{escape_markdown(s.detail)}")
     st.caption(f"{escape_markdown(source.path)}: {escape_markdown(s.how)}")

@@ -223,6 +223,12 @@ class LiveWindow:
     forecasts: list[dict[str, Any]] = field(default_factory=list)
 
 
+def status_of(path: str | Path, now_unix_s: float | None = None) -> LiveStatus:
+    """``session_status`` of the session file at ``path``."""
+    with open_session(path) as session:
+        return session_status(session, now_unix_s)
+
+
 def window_report(path: str | Path, window: tuple[float, float]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """``build_report`` and ``diagnose`` of the rows in ``window`` (unix seconds) only."""
     with open_session(path, window=window) as session:
