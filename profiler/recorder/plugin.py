@@ -276,10 +276,11 @@ def _patch_engine_core() -> None:
     if proc is None:
         return
     # every busy loop: EngineCoreProc's and the data-parallel ones that override it
-    # (DPEngineCoreProc, ...), each wrapped where it is defined
+    # (DPEngineCoreProc, ...), each wrapped where it is defined; an override names its class
     for cls in [proc, *_subclasses(proc)]:
         if "run_busy_loop" in vars(cls):
-            _patch(cls, "run_busy_loop", lambda f: observe_failures(f, "engine core: busy loop"))
+            where = "engine core: busy loop" + ("" if cls is proc else f" ({cls.__name__})")
+            _patch(cls, "run_busy_loop", lambda f, where=where: observe_failures(f, where))
 
 
 def _subclasses(cls: type) -> list[type]:

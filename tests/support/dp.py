@@ -90,7 +90,8 @@ def kill_rank_worker(server: Server, session: Path, rank: int, timeout_s: float 
                  "message": m or "", **(json.loads(d) if d else {})}
                 for p, e, m, d in zip(ev["pid"], ev["engine_id"], ev["message"], ev["details_json"],
                                       strict=True)]
-        core_events = [r for r in rows if r["pid"] == core and r.get("where") == "engine core: busy loop"]
+        core_events = [r for r in rows if r["pid"] == core
+                       and str(r.get("where", "")).startswith("engine core: busy loop")]
         frontend_events = [r for r in rows if str(r.get("where", "")).startswith("frontend")
                            and "EngineDeadError" in r["message"]]
         if core_events and frontend_events:
