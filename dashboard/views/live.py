@@ -13,6 +13,7 @@ from typing import Any
 import streamlit as st
 
 from dashboard import state
+from dashboard.charts import live as live_charts
 from dashboard.charts import panels as charts
 from dashboard.data.session import file_signature, load_recent
 from dashboard.data.sources import SessionSource
@@ -158,8 +159,8 @@ def live_panel(source: SessionSource, window_s: float) -> None:
     gpu = data.gpu_samples
     for dev, g in (gpu.groupby("device_index") if not gpu.empty else ()):
         total = float(g["total_bytes"].max()) if g["total_bytes"].notna().any() else None
-        state.show(charts.gpu_memory_panel(g, None, total, view, f"GPU {int(dev)} memory in use",
-                                           height=140).chart(), key=f"live-gpu-{int(dev)}")
+        state.show(live_charts.gpu_used_chart(g, view, total, f"GPU {int(dev)} memory in use (NVML)"),
+                   key=f"live-gpu-{int(dev)}")
     st.caption(f"Window {w.t0_unix_s - w.start_unix_s:,.1f}–{w.t1_unix_s - w.start_unix_s:,.1f} s "
                f"since session start (the same as `kvscope report --last-s {window_s:g}`) · "
                f"updated {time.strftime('%H:%M:%S')}")
