@@ -17,13 +17,12 @@ from dashboard.charts import live as live_charts
 from dashboard.charts import panels as charts
 from dashboard.data.session import file_signature, load_recent
 from dashboard.data.sources import SessionSource
+from dashboard.findings_ui import finding_cards
 from profiler import units
 from profiler.analysis import live
 from profiler.errors import KvscopeError
 from profiler.units import escape_markdown
 
-SEVERITY_ICON = {"critical": ":material/error:", "warning": ":material/warning:",
-                 "info": ":material/info:"}
 STATUS_ICON = {live.RECORDING: ":green[:material/radio_button_checked:]",
                live.IDLE: ":orange[:material/pause_circle:]",
                live.STOPPED: ":gray[:material/stop_circle:]",
@@ -75,23 +74,6 @@ def _latency(lat: dict[str, Any], key: str) -> tuple[str, str | None]:
     lo, hi = bucket
     where = f"{lo:g}–{hi:g} s" if hi is not None else f"≥ {lo:g} s"
     return value, f"from the server's histogram: in the bucket {where} (no more exact than that)"
-
-
-def _finding(f: dict[str, Any], start_unix_s: float) -> None:
-    with st.container(border=True):
-        rng = ""
-        if f.get("t_start_s") is not None:
-            rng = f" · since {f['t_start_s']:.1f} s"
-            if f["code"].startswith("FORECAST_") and f["metrics"].get("eta_s") is not None:
-                rng = f" · in ~{units.fmt_s(f['metrics']['eta_s'])}"
-        st.markdown(f"{SEVERITY_ICON.get(str(f['severity']), '')} **{escape_markdown(f['code'])}** · "
-                    f"{escape_markdown(f['severity'])}{rng}")
-        st.markdown(escape_markdown(f["message"]))
-        if f.get("recommendation"):
-            st.markdown(f":blue[→ {escape_markdown(f['recommendation'])}]")
-        if f.get("settings"):
-            st.code(" ".join(f"--{k.replace('_', '-')} {v}" for k, v in f["settings"].items()),
-                    language="bash")
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -149,8 +131,10 @@ def live_panel(source: SessionSource, window_s: float) -> None:
     st.subheader(f"Findings in this window ({len(found)})")
     if not found:
         st.success("Nothing to flag in this window.", icon=":material/check_circle:")
-    for f in w.forecasts + w.findings:
-        _finding(f, w.start_unix_s)
+    if w.forecasts:
+        st.caption("Forecasts (FORECAST_*) extrapolate the last minute's trend: their range runs from "
+                   "now to when the trend reaches its limit.")
+    finding_cards(data, w.forecasts + w.findings, key="live-finding")
 
     b = fine
     state.show(charts.kv_usage_chart(b, view, data.num_blocks(), height=140), key="live-kv")
