@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboard import sections, state
+from dashboard import histogram_latency, sections, state
 from dashboard.charts import marks as chart_marks
 from dashboard.charts import requests as cr
 from dashboard.data import derive, tables
@@ -33,8 +33,10 @@ if data is not None:
         reqs = state.requests(data)
         rep, findings = state.report(data)
         if reqs.empty:
-            st.info("No finished requests in this session"
-                    + (": the engine never served." if not rep.get("steps") else "."), icon=":material/info:")
+            if not histogram_latency.show(data):  # attach: the server's histograms
+                st.info("No finished requests in this session"
+                        + (": the engine never served." if not rep.get("steps") else "."),
+                        icon=":material/info:")
             st.stop()
 
         pre_steps = rep.get("preemptions")

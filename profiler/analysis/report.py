@@ -13,6 +13,7 @@ from profiler.analysis.fixes import flag_changes, flags_line, same_fix_as
 from profiler.analysis.headline import headline, parallelism_text
 from profiler.analysis.kv_groups import kv_groups
 from profiler.analysis.kv_size import kv_cache_size
+from profiler.analysis.latency import fill_report_latency, format_latency
 from profiler.analysis.spec_decode import by_prompt_length as spec_by_prompt_length
 from profiler.analysis.spec_decode import (
     drafter_weights_bytes,
@@ -113,6 +114,7 @@ def build_report(session: Session, findings: list[dict[str, Any]] | None = None)
     split = (report["latency_s"].get("by_prompt_length") or {}).get("split_tokens")
     report["spec_decode_by_prompt_length"] = (
         spec_by_prompt_length(session, requests, split) if report["spec_decode"] else None)
+    report["latency_s"] = fill_report_latency(report["latency_s"], session)
     report["headline"] = headline(report)
     dropped: list[str] = []
     report = json_safe(report, replaced=dropped)
@@ -278,11 +280,7 @@ def format_text(report: dict[str, Any]) -> str:
     if all(v is None for v in lat.values()):
         lines.append("latency   n/a (no finished requests)")
     else:
-        lines.append(
-            f"latency   TTFT p50/p95/p99 {fmt(lat['ttft_p50'], '{:.3f}')}/{fmt(lat['ttft_p95'], '{:.3f}')}/"
-            f"{fmt(lat['ttft_p99'], '{:.3f}')} s   e2e p50/p95/p99 {fmt(lat['e2e_p50'], '{:.3f}')}/"
-            f"{fmt(lat['e2e_p95'], '{:.3f}')}/{fmt(lat['e2e_p99'], '{:.3f}')} s"
-        )
+        lines.append(f"latency   {format_latency(lat)}")
     lines.extend(_serving_lines(report))
     if report["events"]:
         lines.append("events    " + ", ".join(f"{k} {n}" for k, n in sorted(report["events"].items())))

@@ -22,6 +22,7 @@ from typing import Any
 from profiler.attach.feeds import Feed, FeedSchedule, core_samples
 from profiler.attach.fetch import FILTERED_PATH, fetch_async, filtered_url
 from profiler.attach.fleet import Fleet
+from profiler.attach.histograms import HistogramTracker, bucket_rows
 from profiler.attach.kv_events import (
     KvEventsConfigError,
     KvEventSubscriber,
@@ -49,6 +50,7 @@ from profiler.attach.processes import (
     stop_gpu_sampling,
     url_port,
 )
+from profiler.session.heartbeat import Heartbeat
 from profiler.session.writer import SessionWriter, get_writer
 from profiler.units import first_line
 
@@ -155,6 +157,7 @@ class ServerAttachment:
         self.pid = pid
         self.engine_ids: dict[str, int] = {}
         self.trackers: dict[str, CounterTracker] = {}
+        self.hist_trackers: dict[str, HistogramTracker] = {}
         self.intervals = 0
         self.gaps = 0
         self.lost_reason: str | None = None
@@ -248,6 +251,10 @@ class ServerAttachment:
                 _int(d.get("prompt_tokens")), _int(d.get("generation_tokens")),
                 _int(d.get("finished")), 1,
             ))
+            latency = self.hist_trackers.setdefault(label, HistogramTracker()).update(
+                eng.histograms, deltas is not None and deltas.reset)
+            for row in bucket_rows(eid, scrape.t_unix_s, latency or ()):
+                self.writer.append("latency_buckets", row)
             if deltas is not None:
                 self.intervals += 1
         self._prev_t_unix_s = scrape.t_unix_s
@@ -367,6 +374,13 @@ class ServerAttachment:
             if delay < 0:  # fell behind: skip the missed ticks instead of bursting
                 next_s, delay = time.monotonic(), 0.0
             await fleet.sleep(delay)
+
+    def heartbeat_state(self) -> dict[str, object]:
+        """This server's line of the session heartbeat (``profiler.session.heartbeat``)."""
+        state = "lost" if self.lost_reason else "failing" if self.failure else "ok"
+        return {"url": self.url, "state": state, "last_ok_unix_s": self.last_ok_unix_s,
+                "reason": self.lost_reason or self.failure,
+                "interval_s": self.opts.interval_s}
 
     def _any_engine(self) -> int | None:
         return next(iter(self.engine_ids.values()), None)
@@ -557,6 +571,8 @@ def run_attach(opts: AttachOptions, stop: threading.Event | None = None) -> Atta
                  urls=opts.urls, kv_endpoints=[s.source.endpoint for s in subscribers])
     for server, srcs in zip(servers, sources, strict=True):
         print(_describe(server, srcs, opts.session), file=sys.stderr)
+    heartbeat = Heartbeat(writer, "attach",
+                          lambda: {"servers": [s.heartbeat_state() for s in servers]}).start()
     t0 = time.monotonic()
     deadline = None if opts.duration_s is None else t0 + opts.duration_s
     ended_by = "stop"
@@ -575,6 +591,7 @@ def run_attach(opts: AttachOptions, stop: threading.Event | None = None) -> Atta
         stop.set()
         fleet.stop()
         fleet.join(opts.timeout_s + 5.0)
+        heartbeat.stop()
         for sub in subscribers:
             sub.stop()
         for dog in watchdogs:

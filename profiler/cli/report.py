@@ -16,12 +16,15 @@ def add_parser(sub: Any) -> None:
                      help="session file; several: one column each and a combined column "
                           "(JSON: {kvscope_report_set, reports, combined, errors})")
     rep.add_argument("--json", action="store_true", help="print the JSON report")
+    rep.add_argument("--last-s", type=float, default=None, metavar="SECONDS",
+                     help="report only the session's last SECONDS of data (what the dashboard's "
+                          "Live page shows for that window)")
     rep.set_defaults(func=cmd_report)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Print the session's summary (text or JSON); several sessions are reported together."""
-    if len(args.session) == 1 and args.json:
+    if len(args.session) == 1 and args.json and args.last_s is None:
         # a large session's report, stored when it was first computed: no pandas, no scan
         from profiler.session.summaries import lookup_cached
 
@@ -37,14 +40,37 @@ def cmd_report(args: argparse.Namespace) -> int:
     from profiler.session.reader import open_session
 
     if len(args.session) > 1:
+        if args.last_s is not None:
+            from profiler.errors import UserError
+
+            raise UserError("--last-s reports one session's window: give one session")
         return _report_set(args)
-    with open_session(args.session[0]) as session:
-        report, _ = report_and_findings(session)
+    if args.last_s is not None:
+        report = _window_report(args.session[0], args.last_s)
+    else:
+        with open_session(args.session[0]) as session:
+            report, _ = report_and_findings(session)
     if args.json:
         print(json.dumps(report, indent=2, allow_nan=False))
     else:
         print(format_text(report))
     return 0
+
+
+def _window_report(path: str, last_s: float) -> dict[str, Any]:
+    """The report of the session's last ``last_s`` seconds of data (the Live page's window)."""
+    from profiler.analysis.diagnosis import diagnose
+    from profiler.analysis.live import window_bounds
+    from profiler.analysis.report import build_report
+    from profiler.errors import UserError
+    from profiler.session.reader import open_session
+
+    if not last_s > 0:
+        raise UserError(f"--last-s must be a positive number of seconds, not {last_s:g}")
+    with open_session(path) as session:
+        window = window_bounds(session, last_s)
+    with open_session(path, window=window) as session:
+        return build_report(session, findings=[f.as_dict() for f in diagnose(session)])
 
 
 def _report_set(args: argparse.Namespace) -> int:

@@ -58,6 +58,7 @@ TABLES: dict[str, tuple[str, ...]] = {
         "sliding_window_tokens", "page_size_bytes", "num_blocks", "is_draft",
     ),
     "kv_group_usage": ("engine_id", "t_unix_s", "group_index", "blocks_used", "kv_usage_frac"),
+    "latency_buckets": ("engine_id", "t_unix_s", "metric", "lo_s", "hi_s", "observations"),
 }
 """Column order of every table; writers append tuples in exactly this order."""
 
@@ -67,12 +68,12 @@ _TYPES = {
     "device": "TEXT", "request_id": "TEXT", "finish_reason": "TEXT", "block_hashes": "BLOB",
     "name": "TEXT", "uuid": "TEXT", "kind": "TEXT", "message": "TEXT", "details_json": "TEXT",
     "engine_id": "INTEGER", "enable_prefix_caching": "INTEGER", "medium": "TEXT", "reason": "TEXT",
-    "accepted_per_pos": "TEXT", "layer_names": "TEXT",
+    "accepted_per_pos": "TEXT", "layer_names": "TEXT", "metric": "TEXT",
 }
 
 
 OPTIONAL_TABLES = frozenset({"kv_events", "gaps", "spec_decode_steps", "kv_cache_groups",
-                             "kv_group_usage"})
+                             "kv_group_usage", "latency_buckets"})
 """Tables that sessions recorded before they existed lack (the bundled sessions): a reader
 treats a missing one as empty. Every other table, and every column of every table, must exist."""
 
