@@ -51,7 +51,7 @@ def build_report(session: Session, findings: list[dict[str, Any]] | None = None)
     start, end = session.bounds()
     eng = engines.iloc[0] if not engines.empty else None
     steps_n, pre, pq, ph, ppq, pph, kv_peak, kv_mean, finished = (
-        summaries.step_totals(session.db) if summaries.up_to_date(session.db)
+        summaries.step_totals(session.db) if session.window is None and summaries.up_to_date(session.db)
         else session.rows(_STEP_TOTALS)[0])
     startup = session.table("startup_memory")
     mem = startup.iloc[0] if not startup.empty else None

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from profiler.attach.feeds import Feed, FeedSchedule, core_samples
+from profiler.attach.feeds import COARSE_PERIOD_S, Feed, FeedSchedule, core_samples
 from profiler.attach.fetch import FILTERED_PATH, fetch_async, filtered_url
 from profiler.attach.fleet import Fleet
-from profiler.attach.histograms import HistogramTracker, bucket_rows
+from profiler.attach.histograms import WANTED_NAMES, HistogramTracker, bucket_rows
 from profiler.attach.kv_events import (
     KvEventsConfigError,
     KvEventSubscriber,
@@ -140,6 +140,11 @@ def probe_server(url: str, timeout_s: float) -> ServerInfo:
 
 
 CORE_FEED = "steps"
+LATENCY_FEED = "latency_buckets"
+"""The latency histograms (``latency_buckets`` rows, made in ``record`` from the parsed scrape):
+cumulative, so asked for every ``COARSE_PERIOD_S``; a scrape without them leaves the histogram
+tracker's last values, and the next one that has them covers the interval."""
+LATENCY_SAMPLES = tuple(sorted(n for n in WANTED_NAMES if n.endswith(("_bucket", "_count", "_sum"))))
 """Name of the attach's own feed (gauges and counters into ``steps`` rows, every tick)."""
 
 
@@ -180,7 +185,9 @@ class ServerAttachment:
         """/metrics answers recorded (the probe not counted)."""
         self.filtering = True
         """Ask for only the due feeds' samples (``?name[]=``); off once the server refuses it."""
-        self.schedule = FeedSchedule([Feed(CORE_FEED, core_samples(), self._no_op), *feeds])
+        self.schedule = FeedSchedule([Feed(CORE_FEED, core_samples(), self._no_op),
+                                      Feed(LATENCY_FEED, LATENCY_SAMPLES, self._no_op, COARSE_PERIOD_S),
+                                      *feeds])
 
     def engine_id(self, label: str, eng: EngineScrape | None = None) -> int:
         """Session engine id of this server's engine ``label`` (its row is created on first use)."""
@@ -290,10 +297,11 @@ class ServerAttachment:
         finally:
             self._running = False
 
-    async def _scrape(self, client: Any) -> None:
-        """One tick: ask for the due feeds' samples, record the steps rows, feed the others."""
+    async def _scrape(self, client: Any, final: bool = False) -> None:
+        """One tick: ask for the due feeds' samples, record the steps rows, feed the others. The
+        ``final`` scrape (the window's end) serves every feed, so coarse ones cover the window too."""
         now = time.monotonic()
-        due = self.schedule.due(now)
+        due = list(self.schedule.feeds) if final else self.schedule.due(now)
         url = self.url + "/metrics"
         text = None
         refused = False
@@ -336,7 +344,7 @@ class ServerAttachment:
                 return
             try:
                 ok_before = self.last_ok_unix_s
-                await self._scrape(client)
+                await self._scrape(client, final=stopping)
                 if failing_since is not None:
                     self._gap(ok_before, self.last_ok_unix_s, failure)
                     print(f"kvscope: {self.url}: reachable again", file=sys.stderr)

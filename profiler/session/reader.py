@@ -151,7 +151,7 @@ class Session:
     def _read_bounds(self) -> tuple[float | None, float | None]:
         meta = self.meta()
         starts, ends = [], []
-        rolled = summaries.up_to_date(self.db)
+        rolled = self.window is None and summaries.up_to_date(self.db)  # rollups span the whole file
         for table, col in (
             ("steps", "t_unix_s"), ("events", "t_unix_s"), ("gpu_samples", "t_unix_s"),
             ("allocator_samples", "t_unix_s"), ("requests", "t_finished_unix_s"),
