@@ -342,6 +342,9 @@ FINDINGS = {
     "kv_saturation": {"PREFIX_THRASH", "KV_SATURATION", "PREEMPTION_STORM"},
     "kv_saturation_fixed": {"KV_OVERPROVISIONED", "QUEUEING"},
     "prefix_thrash": {"PREFIX_THRASH"},
+    "sliding_window": {"PREEMPTION_STORM", "PREFIX_THRASH"},
+    "spec_ngram": {"QUEUEING"},
+    "spec_ngram_off": {"QUEUEING"},
     "prefix_thrash_fixed": {"QUEUEING"},
 }
 """Finding codes each bundled session shows on its Overview (every one of them has some)."""
@@ -404,7 +407,15 @@ def bare(at: AppTest) -> list[str]:
     return sorted({t for t in page_texts(at) if BARE.search(t)})
 
 
-@pytest.mark.parametrize("session", sorted(SESSIONS.glob("*.kvscope")), ids=lambda p: p.stem)
+UNIT_SWEEP = {"healthy", "gpu_h200_oom_runtime"}
+"""The sweep's sessions in the unit tier (a CPU engine; a GPU with an OOM and a foreign process);
+the other bundled sessions run in the browser tier, the dashboard-as-a-whole tier (``make test``),
+to keep ``make test-unit`` under a minute."""
+
+
+@pytest.mark.parametrize("session", [
+    pytest.param(p, marks=() if p.stem in UNIT_SWEEP else pytest.mark.browser)
+    for p in sorted(SESSIONS.glob("*.kvscope"))], ids=lambda p: p.stem)
 def test_every_page_opens_every_bundled_session(app: Any, session: Path) -> None:
     """CPU and GPU sessions, OOM ones included (no steps at all), in one AppTest per session: no
     page may raise, show an error, or read None/NaN; the same preemption count on Overview,

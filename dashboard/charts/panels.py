@@ -306,13 +306,15 @@ def navigator_panel(buckets: pd.DataFrame, whole: View, zoom: tuple[float, float
 
 def compare_chart(df: pd.DataFrame, value: str, title: str, y_title: str, fmt: str | None = None,
                   height: int = 180) -> alt.Chart:
-    """Two sessions' series on time from their own start, colored by session."""
+    """Sessions' series on time from their own start, colored by session."""
     axis = alt.Axis(format=fmt) if fmt else alt.Axis()
+    two = df["session"].nunique() <= 2
+    scale = alt.Scale(range=["#4c78a8", "#f58518"]) if two else alt.Scale(scheme="tableau10")
     return alt.Chart(df).mark_line(interpolate="step-after", strokeWidth=1.5).encode(
         x=alt.X("t_s:Q", title="time since first engine step (s)"),
         y=alt.Y(f"{value}:Q", title=y_title, axis=axis),
         color=alt.Color("session:N", title=None, legend=alt.Legend(orient="top", labelLimit=400),
-                        scale=alt.Scale(range=["#4c78a8", "#f58518"])),
+                        scale=scale),
         tooltip=["session:N", alt.Tooltip("t_s:Q", format=".2f", title="t (s)"),
                  alt.Tooltip(f"{value}:Q", format=fmt or ",.2f", title=y_title)],
     ).properties(title=title, height=height)

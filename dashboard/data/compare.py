@@ -7,10 +7,13 @@ requests) and only beyond noise: latency percentiles whose bootstrap 95 % interv
 a hit rate moved by at least ``HIT_RATE_NOISE`` (run-to-run noise measured on the same workload is
 about 1 point), counts and rates moved by at least ``REL_NOISE``. Sizes and settings (KV blocks,
 memory) are shown without a verdict: more memory is not worse when the cache was sized for it.
+A latency from an attach session's server histograms is shown with the bucket it lies in, and
+differs only when the two values' buckets (or a bucket and a per-request value) do not overlap.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -133,6 +136,26 @@ def _delta(label: str, va: Any, vb: Any, fmt: Callable[[Any], str], kind: str) -
     return f"{d:+,.0f}{rel}"
 
 
+def _bucket(s: Side, kind: str) -> tuple[float, float] | None:
+    """The histogram bucket a latency key number lies in (attach sessions: the report's
+    ``resolution_s``; +Inf as ``inf``); None when it was measured per request, or is no latency."""
+    if not kind.startswith("latency:"):
+        return None
+    _, col, q = kind.split(":")
+    key = f"{col.removesuffix('_s')}_p{round(float(q) * 100)}"
+    res = (s.report["latency_s"].get("resolution_s") or {}).get(key)
+    if not (isinstance(res, list | tuple) and len(res) == 2 and is_number(res[0])):
+        return None
+    return float(res[0]), float(res[1]) if is_number(res[1]) else math.inf
+
+
+def _with_bucket(text: str, bucket: tuple[float, float] | None) -> str:
+    if bucket is None:
+        return text
+    lo, hi = bucket
+    return text + (f" (bucket ≥ {lo:g} s)" if math.isinf(hi) else f" (bucket {lo:g}–{hi:g} s)")
+
+
 def verdict(a: Side, b: Side, kind: str, va: Any, vb: Any) -> str:
     """"better", "worse", "same (within noise)" or "" (not an outcome, or not measured)."""
     if not kind or not (is_number(va) and is_number(vb)):
@@ -140,6 +163,14 @@ def verdict(a: Side, b: Side, kind: str, va: Any, vb: Any) -> str:
     if kind == "hit":
         return ("same (within noise)" if abs(vb - va) < HIT_RATE_NOISE
                 else "better" if vb > va else "worse")
+    ba, bb = _bucket(a, kind), _bucket(b, kind)
+    if ba is not None or bb is not None:
+        # a histogram percentile is known only to its bucket: a difference inside it is not one
+        ra = ba or (float(va), float(va))
+        rb = bb or (float(vb), float(vb))
+        if ra[1] >= rb[0] and rb[1] >= ra[0]:
+            return "same (within the histogram bucket)"
+        return "better" if vb < va else "worse"
     if kind.startswith("latency:"):
         _, col, q = kind.split(":")
         ca = _ci(a.requests[col], float(q), 1) if col in a.requests else None
@@ -163,12 +194,27 @@ def key_number_deltas(a: Side, b: Side) -> pd.DataFrame:
         va, vb = get(a), get(b)
         if va is None and vb is None:
             continue
-        rows.append({"metric": label, "A": fmt(va) if is_number(va) else "n/a",
-                     "B": fmt(vb) if is_number(vb) else "n/a", "B − A": _delta(label, va, vb, fmt, kind),
+        rows.append({"metric": label,
+                     "A": _with_bucket(fmt(va), _bucket(a, kind)) if is_number(va) else "n/a",
+                     "B": _with_bucket(fmt(vb), _bucket(b, kind)) if is_number(vb) else "n/a",
+                     "B − A": _delta(label, va, vb, fmt, kind),
                      "B is": "" if why else verdict(a, b, kind, va, vb)})
     out = pd.DataFrame(rows, columns=["metric", "A", "B", "B − A", "B is"])
     out.attrs["why_no_verdict"] = why
     return out
+
+
+def key_numbers_table(sides: list[tuple[str, Side]]) -> pd.DataFrame:
+    """Many sessions: one row per key number, one column of text per session (in the order given);
+    no deltas or verdicts (those compare two sessions)."""
+    rows = []
+    for label, get, fmt, _ in ROWS:
+        values = [get(s) for _, s in sides]
+        if all(v is None for v in values):
+            continue
+        rows.append({"metric": label, **{name: fmt(v) if is_number(v) else "n/a"
+                                         for (name, _), v in zip(sides, values, strict=True)}})
+    return pd.DataFrame(rows, columns=["metric", *(name for name, _ in sides)])
 
 
 def config_differences(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:

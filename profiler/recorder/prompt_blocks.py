@@ -1,5 +1,11 @@
 """Prompt-block hashes for what-if: the chained content hash of each new request's full prompt
-blocks, stored against the engine the frontend's stat logger created last."""
+blocks, stored against the engine that serves the request.
+
+With one engine in the frontend, every request is that engine's (hashed when the frontend's
+OutputProcessor adds it). With data parallelism the frontend's load balancer picks an engine per
+request (``DPLBAsyncMPClient.get_core_engine_for_request``): the request is hashed there, for the
+engine it was sent to.
+"""
 
 from __future__ import annotations
 
@@ -16,16 +22,23 @@ from profiler.session.rows import PromptBlocksRow
 class _Target:
     engine_id: int | None = None
     block_size: int | None = None
-    """None turns hashing off (no prefix caching, or no engine yet)."""
+    """None turns hashing off (no prefix caching)."""
 
 
-_target = _Target()
+_targets: dict[int, _Target] = {}
+"""Engine index (vLLM's data-parallel rank) -> where its requests' hashes go."""
 
 
-def set_target(engine_id: int | None, block_size: int | None) -> None:
-    """Hash new requests' prompts in blocks of ``block_size`` and store them for ``engine_id``."""
-    _target.engine_id = engine_id
-    _target.block_size = block_size
+def set_target(engine_id: int | None, block_size: int | None, engine_index: int = 0) -> None:
+    """Hash requests for engine ``engine_index`` in blocks of ``block_size`` and store them for
+    ``engine_id`` (``block_size`` None: no prefix caching, nothing to hash)."""
+    _targets[engine_index] = _Target(engine_id, block_size)
+
+
+def many_engines() -> bool:
+    """True when this frontend serves several engines (data parallel): requests are hashed where
+    the load balancer picks their engine."""
+    return len(_targets) > 1
 
 
 def prompt_block_hashes(token_ids: list[int], block_size: int) -> array:
@@ -38,16 +51,28 @@ def prompt_block_hashes(token_ids: list[int], block_size: int) -> array:
     return out
 
 
-def record_prompt_blocks(request: Any) -> None:
-    """Append a ``prompt_blocks`` row for ``request`` (a vLLM EngineCoreRequest)."""
-    if _target.block_size is None:
+def record_prompt_blocks(request: Any, engine_index: int | None = None) -> None:
+    """Append a ``prompt_blocks`` row for ``request`` (a vLLM EngineCoreRequest).
+
+    ``engine_index`` None: the frontend's only engine (nothing is written while it has several:
+    the load balancer's hook records those, with the engine it chose).
+    """
+    if engine_index is None:
+        if len(_targets) != 1:
+            return
+        target = next(iter(_targets.values()))
+    else:
+        target = _targets.get(engine_index)
+        if target is None:
+            return
+    if target.block_size is None:
         return
     ids = getattr(request, "prompt_token_ids", None)
     w = context.writer()
     if not ids or w is None:
         return
-    hashes = prompt_block_hashes(list(ids), _target.block_size)
+    hashes = prompt_block_hashes(list(ids), target.block_size)
     w.append("prompt_blocks", PromptBlocksRow(
-        engine_id=_target.engine_id, t_unix_s=time.time(),
+        engine_id=target.engine_id, t_unix_s=time.time(),
         request_id=getattr(request, "request_id", None), block_hashes=hashes.tobytes(),
     ))
