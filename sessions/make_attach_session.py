@@ -57,7 +57,7 @@ def main() -> int:
         timed = srv.drive_streaming(s.url, s.model, waves=4, per_wave=12, prefixes=4,
                                     max_tokens=32, gap_s=1.0)
         srv.wait_idle(s.url)
-        time.sleep(2.0)  # the last scrapes of the drained server
+        time.sleep(5.0)  # the drained server's last scrapes and KV-event batches
         attach.send_signal(signal.SIGINT)
         if attach.wait(60) != 0:
             raise SystemExit(f"kvscope attach exited with {attach.returncode}")
