@@ -25,6 +25,7 @@ PAGES: list[tuple[str, str, str]] = [
     ("requests.py", "Requests", ":material/list_alt:"),
     ("replay.py", "Replay", ":material/play_circle:"),
     ("compare.py", "Compare", ":material/compare_arrows:"),
+    ("fleet.py", "Fleet", ":material/dns:"),
     ("live.py", "Live", ":material/sensors:"),
     ("kv_events.py", "KV events", ":material/grid_view:"),
     ("whatif.py", "What if", ":material/science:"),

@@ -30,6 +30,14 @@ from profiler.units import escape_markdown
 SESSION_KEY = "kvscope_session"
 """st.session_state key (and ``?session=`` query parameter) holding the selected session label."""
 
+
+def chosen_key(key: str) -> str:
+    """The plain (non-widget) key that keeps a picker's choice across ``st.switch_page``."""
+    return f"{key}::chosen"
+
+
+CHOSEN_KEY = chosen_key(SESSION_KEY)
+
 PAGE_KEY = "kvscope_page"
 PAGE_CHANGED_KEY = "kvscope_page_changed"
 
@@ -143,8 +151,11 @@ def pick_session(where: Any = None, key: str = SESSION_KEY, label: str = "Sessio
                       "~/.kvscope/sessions (or $KVSCOPE_SESSIONS_DIR).")
         return None
     labels = [s.label for s in srcs]
-    if key == SESSION_KEY and key not in st.session_state:
-        wanted = st.query_params.get("session")
+    if key not in st.session_state:
+        # st.switch_page drops a picker's widget state: the last choice is also kept apart
+        wanted = st.session_state.get(chosen_key(key))
+        if wanted is None and key == SESSION_KEY:
+            wanted = st.query_params.get("session")
         st.session_state[key] = wanted if wanted in labels else labels[min(default_index, len(labels) - 1)]
     if st.session_state.get(key) not in labels:
         st.session_state[key] = labels[min(default_index, len(labels) - 1)]
@@ -152,6 +163,7 @@ def pick_session(where: Any = None, key: str = SESSION_KEY, label: str = "Sessio
     chosen = where.selectbox(label, labels, key=key, format_func=lambda lb: texts.get(lb, lb),
                              help="Session files: the ones given to `kvscope ui`, else the bundled "
                              "ones and ~/.kvscope/sessions; the same list and lines as the Sessions page")
+    st.session_state[chosen_key(key)] = chosen
     return srcs[labels.index(chosen)]
 
 

@@ -227,6 +227,7 @@ def test_replay_steps_and_plays(app: Any) -> None:
 
 def test_compare_page(app: Any) -> None:
     at = go(app(HEALTHY, CPU), "compare")
+    at.sidebar.selectbox[0].set_value(HEALTHY.stem).run()
     deltas = at.table[0].value.set_index("metric")
     ra, _ = report_memo(HEALTHY)
     rb, _ = report_memo(CPU)
@@ -240,6 +241,28 @@ def test_compare_page(app: Any) -> None:
     at.button(key="compare_swap").click().run()
     swapped = at.table[0].value
     assert list(swapped.columns[1:3]) == [f"A: {CPU.stem}", f"B: {HEALTHY.stem}"]
+    # a session file added from inside the dashboard becomes B (and joins every picker)
+    fixed = SESSIONS / "kv_saturation_fixed.kvscope"
+    at.text_input(key="compare_add_path").set_value(str(fixed)).run()
+    [b for b in at.button if b.label == "Add"][0].click().run()
+    assert not at.exception and not at.error
+    assert at.table[0].value.columns[2] == "B: kv_saturation_fixed · added"
+    assert "kv_saturation_fixed · added" in at.sidebar.selectbox[0].options[-1]
+    # A (kv_saturation) re-run at 521 blocks: the prediction from A beside what B measured
+    pred = at.table[-1].value.set_index("")
+    assert pred.loc["preemptions"].tolist() == ["0", "0"]
+
+
+def test_sessions_page_opens_a_session_and_keeps_it_across_pages(app: Any) -> None:
+    """"Open" on the Sessions page and "Open in Timeline" both switch pages: the session chosen
+    stays (st.switch_page drops a picker's widget state; the choice is kept apart)."""
+    at = app(HEALTHY, CPU)
+    at.button(key=f"open-{CPU.stem}").click().run()
+    assert at.title[0].value == f"Overview · {CPU.stem}"
+    at.button(key="finding-0").click().run()
+    assert at.title[0].value == f"Timeline · {CPU.stem}"
+    go(at, "sessions")
+    assert at.sidebar.selectbox[0].value == CPU.stem
 
 
 def test_live_page_reads_the_window(app: Any) -> None:
@@ -319,6 +342,10 @@ FINDINGS = {
     "kv_saturation": {"PREFIX_THRASH", "KV_SATURATION", "PREEMPTION_STORM"},
     "kv_saturation_fixed": {"KV_OVERPROVISIONED", "QUEUEING"},
     "prefix_thrash": {"PREFIX_THRASH"},
+    "sliding_window": {"PREEMPTION_STORM", "PREFIX_THRASH"},
+    "spec_ngram": {"QUEUEING"},
+    "spec_ngram_off": {"QUEUEING"},
+    "prefix_thrash_fixed": {"QUEUEING"},
 }
 """Finding codes each bundled session shows on its Overview (every one of them has some)."""
 

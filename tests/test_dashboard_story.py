@@ -199,8 +199,8 @@ def test_scheduler_model_on_a_synthetic_demand() -> None:
 def test_scheduler_model_finds_the_size_the_what_if_curve_misses_under_concurrency() -> None:
     """prefix_thrash: 16 prefixes of 8 blocks, 8 requests at once. The what-if curve asks for 133
     blocks (87.1 %); with 8 running requests' partial blocks the scheduler model keeps the prefixes
-    only from 137 on, and at 133 predicts 43.6 % -- what the real re-run at 133 measured (43.6 %,
-    sessions/make_sessions.py)."""
+    only from 137 on, and at 133 predicts 43.6 % -- what a real re-run at 133 measured (43.6 %).
+    The bundled re-run at 137 (prefix_thrash_fixed) measured 87.1 % with no PREFIX_THRASH."""
     with open_session(S["prefix_thrash"]) as s:
         m = sim.model(s)
     assert m.curve.blocks_for(0.9) == 133
@@ -228,3 +228,17 @@ def test_the_saturation_fix_re_run_measures_what_the_model_predicted() -> None:
     assert rows.loc["preemptions"].tolist() == ["0", "0"]
     assert m.times_extrapolated(p)  # batches of 64 where the recorded steps had at most 3
     assert "extrapolated" in verify.times_note(m, p)
+
+
+def test_the_thrash_fix_re_run_at_the_models_size_keeps_the_prefixes() -> None:
+    from dashboard.data import verify
+
+    with open_session(S["prefix_thrash"]) as s:
+        m = sim.model(s)
+    rep_b, findings_b = report_memo(S["prefix_thrash_fixed"])
+    settings, p, _ = verify.rerun_check(m, rep_b, load_session_memo(S["prefix_thrash_fixed"]).requests())
+    assert settings.num_blocks == 137
+    assert "PREFIX_THRASH" not in {f["code"] for f in findings_b}
+    assert p.model_hit_rate == pytest.approx(rep_b["prefix_cache"]["hit_rate"], abs=0.01)  # 87.1 % both
+    assert p.peak_kv_usage_frac == pytest.approx(rep_b["kv_cache"]["peak_usage_frac"], abs=0.03)
+    assert p.preemptions == rep_b["preemptions"] == 0

@@ -23,6 +23,9 @@ COLORS = {
 }
 ZOOM_PARAM = "zoom"
 """Name of the navigator's interval selection (Streamlit returns it under this key)."""
+RESET_PARAM = "reset"
+"""A double-click on the navigator, reported on its own: a brush drawn from a stored zoom (after a
+page change) clears without Streamlit seeing a change of the zoom selection."""
 
 
 def time_x(view: View, title: str | None = TIME_TITLE, labels: bool = True) -> alt.X:
@@ -289,7 +292,8 @@ def navigator_panel(buckets: pd.DataFrame, whole: View, zoom: tuple[float, float
             y=alt.Y("kv:Q", title="KV" if what == "peak KV usage" else "GPU",
                     axis=alt.Axis(format="%", tickCount=2),
                     scale=alt.Scale(domain=[0, 1])),
-        ).add_params(brush))
+        ).add_params(brush, alt.selection_point(name=RESET_PARAM, on="dblclick", clear=False,
+                                                 nearest=True, fields=["t_s"])))
         if "here" in d:  # on top of the area, so the shown range stays visible under any brush
             layers.append(alt.Chart(d["here"]).mark_rect(color="#f58518", opacity=0.3).encode(
                 x=time_x(whole, title=None), x2="t_end_s:Q", tooltip=["label:N"]))
@@ -302,13 +306,15 @@ def navigator_panel(buckets: pd.DataFrame, whole: View, zoom: tuple[float, float
 
 def compare_chart(df: pd.DataFrame, value: str, title: str, y_title: str, fmt: str | None = None,
                   height: int = 180) -> alt.Chart:
-    """Two sessions' series on time from their own start, colored by session."""
+    """Sessions' series on time from their own start, colored by session."""
     axis = alt.Axis(format=fmt) if fmt else alt.Axis()
+    two = df["session"].nunique() <= 2
+    scale = alt.Scale(range=["#4c78a8", "#f58518"]) if two else alt.Scale(scheme="tableau10")
     return alt.Chart(df).mark_line(interpolate="step-after", strokeWidth=1.5).encode(
         x=alt.X("t_s:Q", title="time since first engine step (s)"),
         y=alt.Y(f"{value}:Q", title=y_title, axis=axis),
         color=alt.Color("session:N", title=None, legend=alt.Legend(orient="top", labelLimit=400),
-                        scale=alt.Scale(range=["#4c78a8", "#f58518"])),
+                        scale=scale),
         tooltip=["session:N", alt.Tooltip("t_s:Q", format=".2f", title="t (s)"),
                  alt.Tooltip(f"{value}:Q", format=fmt or ",.2f", title=y_title)],
     ).properties(title=title, height=height)

@@ -204,6 +204,19 @@ def key_number_deltas(a: Side, b: Side) -> pd.DataFrame:
     return out
 
 
+def key_numbers_table(sides: list[tuple[str, Side]]) -> pd.DataFrame:
+    """Many sessions: one row per key number, one column of text per session (in the order given);
+    no deltas or verdicts (those compare two sessions)."""
+    rows = []
+    for label, get, fmt, _ in ROWS:
+        values = [get(s) for _, s in sides]
+        if all(v is None for v in values):
+            continue
+        rows.append({"metric": label, **{name: fmt(v) if is_number(v) else "n/a"
+                                         for (name, _), v in zip(sides, values, strict=True)}})
+    return pd.DataFrame(rows, columns=["metric", *(name for name, _ in sides)])
+
+
 def config_differences(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
     """Engine settings (first engine of each) that differ between the two sessions."""
     if a.empty or b.empty:

@@ -72,6 +72,23 @@ def key_numbers(report: dict[str, Any]) -> list[KeyNumber]:
         out.append(KeyNumber("ttft_p95", "TTFT p95", fmt_s(lat["ttft_p95"])))
     if lat.get("e2e_p95") is not None:
         out.append(KeyNumber("e2e_p95", "End-to-end p95", fmt_s(lat["e2e_p95"])))
+    if lat.get("prefill_p95") is not None:
+        out.append(KeyNumber("prefill_p95", "Prefill p95", fmt_s(lat["prefill_p95"]),
+                             "vLLM's scheduled → first token time per request (queueing excluded)"))
+    if lat.get("decode_per_token_p95") is not None:
+        out.append(KeyNumber("itl_p95", "Decode per token p95", fmt_s(lat["decode_per_token_p95"]),
+                             "inter-token latency: each request's decode time over its tokens after "
+                             "the first"))
+    tput = (report.get("throughput") or {}).get("output_tokens_per_s")
+    if tput is not None:
+        out.append(KeyNumber("throughput", "Output tokens / s", f"{tput:,.0f}",
+                             "generated tokens of the finished requests, first arrival to last finish"))
+    cost = report.get("cost") or {}
+    if cost.get("gpu_hours_per_million_tokens") is not None:
+        out.append(KeyNumber("cost", "GPU-h / M tokens", f"{cost['gpu_hours_per_million_tokens']:,.4f}",
+                             f"{cost['basis']}; {cost['prompt_tokens'] or 0:,} prompt + "
+                             f"{cost['generation_tokens'] or 0:,} generated tokens",
+                             f"{cost['gpu_seconds']:,.0f} GPU-s"))
     gpus = [g for g in engine_gpus(report) if g.get("peak_used_bytes") is not None]
     if gpus:
         g = max(gpus, key=lambda x: x["peak_used_bytes"])
@@ -96,6 +113,11 @@ def not_measured(report: dict[str, Any]) -> list[str]:
         out.append("latency (no finished requests)")
     if not report.get("gpus"):
         out.append("GPU memory (no NVML on this machine)")
+    cost = report.get("cost") or {}
+    if cost.get("gpu_hours_per_million_tokens") is None and cost.get("gpu_seconds") is not None:
+        out.append("GPU cost per token (no tokens processed)")
+    elif cost.get("gpu_hours_per_million_tokens") is None and cost.get("basis"):
+        out.append(f"GPU cost per token ({cost['basis']})")
     return out
 
 

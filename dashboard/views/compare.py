@@ -10,10 +10,11 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from dashboard import state
+from dashboard import sections, state
 from dashboard.charts import panels as charts
 from dashboard.data import compare, verify
 from dashboard.data.reports import model_memo
+from dashboard.data.session import SessionData
 from dashboard.data.steps import View
 from profiler.errors import KvscopeError
 from profiler.units import escape_markdown
@@ -27,6 +28,7 @@ UPLOADS = Path(tempfile.gettempdir()) / "kvscope-uploads"
 def _swap() -> None:
     a, b = st.session_state.get("compare_a"), st.session_state.get("compare_b")
     st.session_state["compare_a"], st.session_state["compare_b"] = b, a
+    st.session_state[state.chosen_key("compare_a")], st.session_state[state.chosen_key("compare_b")] = b, a
 
 
 def add_session_box() -> None:
@@ -52,7 +54,8 @@ def add_session_box() -> None:
                 state.cannot_use(Path(target).name, exc)
             else:
                 if st.session_state.get("compare_b") != src.label:
-                    st.session_state["compare_b"] = src.label
+                    st.session_state.pop("compare_b", None)  # set before its widget is drawn again
+                    st.session_state[state.chosen_key("compare_b")] = src.label
                     st.rerun()
 
 
@@ -102,6 +105,27 @@ if not diff.empty:
     st.markdown("**Engine settings that differ**")
     st.table(diff, hide_index=True)
     state.csv_download(diff, f"compare-settings-{src_a.label}-vs-{src_b.label}", "Settings CSV")
+sections.compare_serving(side_a.report, side_b.report, src_a.label, src_b.label)
+
+# More than two sessions (servers, days): their key numbers side by side, and their series below.
+others = [s for s in srcs if s.path not in (src_a.path, src_b.path)]
+more_labels = st.multiselect("More sessions", [s.label for s in others], key="compare_more",
+                             help="key numbers and series of more sessions beside A and B")
+more: list[tuple[str, SessionData, compare.Side]] = []
+for label in more_labels:
+    src = next(s for s in others if s.label == label)
+    data = state.load_or_error(src)
+    if data is None:
+        continue
+    with state.session_errors(src.label):
+        tag = f"{chr(ord('C') + len(more) % 24)}: {src.label}"
+        more.append((tag, data, compare.side(data, state.report(data)[0], state.requests(data))))
+if more:
+    table = compare.key_numbers_table([(f"A: {src_a.label}", side_a), (f"B: {src_b.label}", side_b),
+                                       *((tag, sd) for tag, _, sd in more)])
+    st.markdown(f"**Key numbers of all {len(more) + 2} sessions**")
+    st.table(table, hide_index=True)
+    state.csv_download(table, f"compare-{len(more) + 2}-sessions", "All sessions CSV")
 
 settings_differ = not diff.empty and bool(set(diff["setting"]) & {"num_gpu_blocks", "max_num_seqs"})
 if settings_differ and not why:  # a re-run of the same workload at other settings
@@ -121,14 +145,15 @@ if settings_differ and not why:  # a re-run of the same workload at other settin
 
 rolling_s = 1.0
 series: dict[str, list[pd.DataFrame]] = {}
-for src, data in ((src_a, data_a), (src_b, data_b)):
+tagged = [(f"A: {src_a.label}", data_a), (f"B: {src_b.label}", data_b),
+          *((tag, data) for tag, data, _ in more)]
+for tag, data in tagged:
     f = data.steps.fine
     if f.empty:
         continue
     first_step = float(f["t_lo_s"].min())
     _, end = data.serving_range()
     view = View(first_step, max(end, first_step + 1e-3), BUCKETS)
-    tag = f"{'A' if data is data_a else 'B'}: {src.label}"
     for k, v in compare.aligned_series(state.buckets(data, view), view, first_step, tag, rolling_s).items():
         series.setdefault(k, []).append(v)
 

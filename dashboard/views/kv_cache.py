@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import state
+from dashboard import sections, state
 from dashboard.charts import kv_cache as charts_kv
 from dashboard.charts import marks as chart_marks
 from dashboard.data import derive, tables
@@ -69,6 +69,7 @@ if data is not None:
         b = state.buckets(data, view)
         state.show(chart_marks.with_marks(charts_kv.kv_capacity_chart(b, view, blocks, block_size, unit, in_view),
                                           marks, view), key="kv-cap")
+        sections.kv_groups(data, rep, view)
 
         reqs = state.requests(data)
         if reqs.empty:

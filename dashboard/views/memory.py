@@ -42,7 +42,7 @@ def waterfalls(data: SessionData, rep: dict[str, Any]) -> None:
     kv = rep["kv_cache"]
     held = kv.get("size_bytes")
     blocks = rep["engine"].get("num_gpu_blocks")
-    for _, row in data.startup_memory.iterrows():
+    for _, row in data.startup_memory.sort_values(["rank", "t_s"], na_position="last").iterrows():
         device = row.get("device") or "?"
         where = "host RAM" if device == "cpu" else "device memory"
         kv_label = (f"KV cache held ({blocks:,} blocks × {units.fmt_bytes(kv['bytes_per_block'])})"

@@ -7,7 +7,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from dashboard import state
+from dashboard import sections, state
 from dashboard.charts import marks as chart_marks
 from dashboard.charts import memory as chart_memory
 from dashboard.charts import panels as charts
@@ -115,6 +115,7 @@ if data is not None:
                        "GPU memory is shown instead. " + chart_marks.LEGEND_TEXT)
         else:
             st.caption("No engine steps and no GPU samples in this session: nothing to chart.")
+        sections.spec_decode_summary(rep)
 
         st.subheader("Findings")
         if not findings:

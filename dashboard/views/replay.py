@@ -117,7 +117,8 @@ if data is not None:
                             + (f" ({(cs.t_s - cs.prev_t_s) * 1000:.2f} ms earlier)"
                                if cs.prev_t_s is not None and cs.t_s is not None else ""))
                 ch = replay.changes(cs)
-                st.dataframe(tables.shown(ch, {c: _num for c in ("previous", "now", "change")}),
+                st.dataframe(tables.shown(ch, {c: _num for c in ("previous", "now", "change")},
+                                          keep=("previous", "now", "change")),
                              hide_index=True, width="stretch")
                 state.csv_download(ch, f"{data.name}-step-{cs.t_s or 0:.4f}", "Changes CSV")
                 reqs = state.requests(data)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboard import histogram_latency, state
+from dashboard import histogram_latency, sections, state
 from dashboard.charts import marks as chart_marks
 from dashboard.charts import requests as cr
 from dashboard.data import derive, tables
@@ -76,6 +76,7 @@ if data is not None:
         st.table(tables.shown(pct, {c: units.fmt_s for c in ("p50_s", "p95_s", "p99_s")}).rename(columns={
             "p50_s": "p50", "p95_s": "p95", "p99_s": "p99", "n": "requests"}), hide_index=True)
         state.csv_download(pct, f"{data.name}-latency-percentiles", "Percentiles CSV")
+        sections.latency_splits(rep, data.name)
 
         measured = [col for col in derive.LATENCY_COLUMNS if reqs[col].notna().any()]
         cols = st.columns(3)

@@ -23,6 +23,7 @@ OPEN_KEY = "kvscope_sessions_open"
 
 def _open(src: SessionSource) -> None:
     st.session_state[state.SESSION_KEY] = src.label
+    st.session_state[state.CHOSEN_KEY] = src.label
     st.session_state[OPEN_KEY] = True
 
 

@@ -176,8 +176,10 @@ def render(data: SessionData) -> None:
         if note_b:
             st.caption(note_b)
         if st.button("Open both on Compare", icon=":material/compare_arrows:"):
-            st.session_state["compare_a"] = state.current_source().label  # type: ignore[union-attr]
-            st.session_state["compare_b"] = src.label
+            st.session_state[state.chosen_key("compare_a")] = state.current_source().label  # type: ignore[union-attr]
+            st.session_state[state.chosen_key("compare_b")] = src.label
+            for key in ("compare_a", "compare_b"):
+                st.session_state.pop(key, None)
             st.switch_page("views/compare.py")
 
 

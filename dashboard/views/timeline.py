@@ -21,7 +21,8 @@ if data is not None:
         focus = state.get_focus(data)
 
         def on_brush() -> None:
-            """Navigator brush moved: zoom every panel to it (a cleared brush shows the whole session)."""
+            """Navigator brush moved: zoom every panel to it; a cleared brush or a double-click
+            (``RESET_PARAM``) shows the whole session."""
             sel = st.session_state[nav_key].selection.get(charts.ZOOM_PARAM) or {}
             rng = sel.get("t_s")
             if rng and len(rng) == 2:
@@ -73,4 +74,4 @@ if data is not None:
                                  float(rolling_s), analysis=analysis, focus=focus)
         st.caption(chart_marks.LEGEND_TEXT + " Double-click the top strip to show the whole session.")
         st.vega_lite_chart(linked.spec(), key=nav_key, on_select=on_brush,
-                           selection_mode=[charts.ZOOM_PARAM], width="stretch")
+                           selection_mode=[charts.ZOOM_PARAM, charts.RESET_PARAM], width="stretch")

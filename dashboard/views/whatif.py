@@ -35,9 +35,9 @@ def render(data: SessionData) -> None:
     default_top = max(int(max(c.blocks_for(1.0) or 2, a.num_blocks or 2) * 1.5), 8)
     top = st.slider("largest cache size shown (blocks)", 4, max(default_top * 4, 64), default_top)
     st.altair_chart(whatif_chart(w, top), width="stretch")
-    if w.trace is not None:
+    if w.request_count is not None:
         how = ("One LRU stack-distance pass over the session's prompt-block hashes "
-               f"({len(w.trace.requests)} requests, {w.trace.accesses} block accesses).")
+               f"({w.request_count} requests, {w.access_count} block accesses).")
     else:
         how = ("Estimated from KV events (re-stores of evicted blocks; events show misses only), "
                "so only sizes from the session's up are predicted.")

@@ -7,13 +7,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from profiler.analysis import serving
 from profiler.analysis.devices import device_reasons
 from profiler.analysis.fixes import flag_changes, flags_line, same_fix_as
 from profiler.analysis.headline import headline, parallelism_text
+from profiler.analysis.kv_groups import kv_groups
 from profiler.analysis.kv_size import kv_cache_size
 from profiler.analysis.latency import fill_report_latency, format_latency
+from profiler.analysis.spec_decode import by_prompt_length as spec_by_prompt_length
+from profiler.analysis.spec_decode import (
+    drafter_weights_bytes,
+    mean_accepted_length,
+    spec_decode_report,
+)
+from profiler.session import summaries
 from profiler.session.reader import Session
-from profiler.units import finite_or_none, fmt, fmt_bytes, fmt_gib, json_safe, percentile, printable
+from profiler.units import finite_or_none, fmt, fmt_bytes, fmt_gib, json_safe, printable
 
 REPORT_VERSION = 1
 
@@ -41,14 +50,16 @@ def build_report(session: Session, findings: list[dict[str, Any]] | None = None)
     requests = session.table("requests")
     start, end = session.bounds()
     eng = engines.iloc[0] if not engines.empty else None
-    steps_n, pre, pq, ph, ppq, pph, kv_peak, kv_mean, finished = session.rows(_STEP_TOTALS)[0]
+    steps_n, pre, pq, ph, ppq, pph, kv_peak, kv_mean, finished = (
+        summaries.step_totals(session.db) if session.window is None and summaries.up_to_date(session.db)
+        else session.rows(_STEP_TOTALS)[0])
     startup = session.table("startup_memory")
     mem = startup.iloc[0] if not startup.empty else None
     engine = {
         k: (finite_or_none(eng[k]) if eng is not None else None)
         for k in ("block_size", "num_gpu_blocks", "enable_prefix_caching", "max_num_seqs",
                   "max_model_len", "gpu_memory_utilization", "tensor_parallel_size",
-                  "pipeline_parallel_size", "data_parallel_size")
+                  "pipeline_parallel_size", "data_parallel_size", "source")
     }
     if engine["enable_prefix_caching"] is not None:
         engine["enable_prefix_caching"] = bool(engine["enable_prefix_caching"])
@@ -83,22 +94,26 @@ def build_report(session: Session, findings: list[dict[str, Any]] | None = None)
             "preempted_hits_tokens": pph,
         },
         "kv_cache": {"peak_usage_frac": kv_peak, "mean_usage_frac": kv_mean,
-                     "bytes_per_block": size.bytes_per_block, "size_bytes": size.size_bytes},
+                     "bytes_per_block": size.bytes_per_block, "size_bytes": size.size_bytes,
+                     "groups": [g.as_dict() for g in kv_groups(session)]},
         "memory": {
-            k: (finite_or_none(mem[k]) if mem is not None else None)
-            for k in ("weights_bytes", "kv_cache_bytes", "activation_peak_bytes",
-                      "non_torch_bytes", "cuda_graph_bytes")
+            **{k: (finite_or_none(mem[k]) if mem is not None else None)
+               for k in ("weights_bytes", "kv_cache_bytes", "activation_peak_bytes",
+                         "non_torch_bytes", "cuda_graph_bytes")},
+            "drafter_weights_bytes": drafter_weights_bytes(session),
         },
         "gpus": _gpus(session, notes, findings or []),
-        "latency_s": {
-            f"{name}_p{int(q * 100)}": percentile(requests[col], q) if not requests.empty else None
-            for name, col in (("ttft", "ttft_s"), ("e2e", "e2e_s"))
-            for q in (0.5, 0.95, 0.99)
-        },
+        "latency_s": serving.latency(requests),
+        "throughput": serving.throughput(requests),
+        "cost": serving.cost(session, requests),
+        "spec_decode": spec_decode_report(session, notes),
         "events": _event_counts(session),
         "findings": findings or [],
         "notes": notes,
     }
+    split = (report["latency_s"].get("by_prompt_length") or {}).get("split_tokens")
+    report["spec_decode_by_prompt_length"] = (
+        spec_by_prompt_length(session, requests, split) if report["spec_decode"] else None)
     report["latency_s"] = fill_report_latency(report["latency_s"], session)
     report["headline"] = headline(report)
     dropped: list[str] = []
@@ -132,6 +147,60 @@ def _gpus(session: Session, notes: list[str], findings: list[dict[str, Any]]) ->
 def _event_counts(session: Session) -> dict[str, int]:
     rows = session.rows("SELECT kind, COUNT(*) FROM events WHERE kind IS NOT NULL GROUP BY kind")
     return {k: int(n) for k, n in rows}
+
+
+def _p(d: dict[str, Any] | None, name: str) -> str:
+    d = d or {}
+    return "/".join(fmt(d.get(f"{name}_p{q}"), "{:.3f}") for q in (50, 95, 99))
+
+
+def _serving_lines(report: dict[str, Any]) -> list[str]:
+    """Latency splits, prompt-length buckets, throughput, cost, KV groups, speculative decoding."""
+    lat = report.get("latency_s") or {}
+    lines = []
+    if any(lat.get(f"{k}_p50") is not None for k in ("prefill", "decode_per_token")):
+        lines.append(f"          prefill p50/p95/p99 {_p(lat, 'prefill')} s   decode per token "
+                     f"p50/p95/p99 {_p(lat, 'decode_per_token')} s")
+    split = lat.get("by_prompt_length")
+    if split:
+        for name in ("short", "long"):
+            b = split[name]
+            sign = "<" if name == "short" else ">="
+            lines.append(f"  {name:<5} prompts {sign} {split['split_tokens']} tokens "
+                         f"({b['requests']} requests): TTFT {_p(b, 'ttft')} s, decode/token "
+                         f"{_p(b, 'decode_per_token')} s")
+    tp = report.get("throughput") or {}
+    if tp.get("requests_per_s") is not None:
+        lines.append(f"throughput {fmt(tp.get('output_tokens_per_s'), '{:,.1f}')} output tokens/s, "
+                     f"{fmt(tp.get('requests_per_s'), '{:,.2f}')} requests/s")
+    c = report.get("cost") or {}
+    lines.append(f"cost      {fmt(c.get('gpu_seconds'), '{:,.1f}')} GPU-seconds, "
+                 f"{fmt(c.get('gpu_hours_per_million_tokens'), '{:,.3f}')} GPU-hours per million "
+                 f"tokens ({fmt(c.get('prompt_tokens'), '{:,}')} prompt + "
+                 f"{fmt(c.get('generation_tokens'), '{:,}')} generated)"
+                 + (f"; {c['basis']}" if c.get("basis") and c.get("gpu_seconds") is None else ""))
+    for g in (report.get("kv_cache") or {}).get("groups") or []:
+        window = f", window {g['sliding_window_tokens']} tokens" if g.get("sliding_window_tokens") else ""
+        lines.append(f"KV group {g['index']} {fmt(g['kind'], '{}')}"
+                     f"{' (draft)' if g.get('is_draft') else ''}: {fmt(g['layers'], '{}')} layers, "
+                     f"block {fmt(g['block_size'], '{}')} tokens{window}; peak "
+                     f"{fmt(g.get('peak_blocks_used'), '{}')} of {fmt(g['num_blocks'], '{}')} blocks "
+                     f"({fmt(g.get('peak_usage_frac'), '{:.0%}')})")
+    sd = report.get("spec_decode")
+    drafter = (report.get("memory") or {}).get("drafter_weights_bytes")
+    if sd:
+        lines.append(f"spec dec  {fmt(sd['method'], '{}')}: acceptance {fmt(sd['acceptance_rate'], '{:.1%}')} "
+                     f"({sd['accepted_tokens']} of {sd['draft_tokens']} draft tokens, "
+                     f"{sd['drafts']} drafts), mean accepted length "
+                     f"{fmt(mean_accepted_length(sd), '{:.2f}')}, per position "
+                     f"{sd['accepted_per_position']}; drafter weights "
+                     + ("none (no draft model)" if drafter == 0 else fmt_gib(drafter)))
+    by_len = report.get("spec_decode_by_prompt_length")
+    for name in ("short", "long") if by_len else ():
+        b = by_len[name]
+        lines.append(f"  {name:<5} prompts: acceptance {fmt(b['acceptance_rate'], '{:.1%}')}, mean "
+                     f"accepted length {fmt(b['mean_accepted_length'], '{:.2f}')} ({b['steps']} steps)")
+    return lines
 
 
 def _kv_line(report: dict[str, Any]) -> str:
@@ -212,6 +281,7 @@ def format_text(report: dict[str, Any]) -> str:
         lines.append("latency   n/a (no finished requests)")
     else:
         lines.append(f"latency   {format_latency(lat)}")
+    lines.extend(_serving_lines(report))
     if report["events"]:
         lines.append("events    " + ", ".join(f"{k} {n}" for k, n in sorted(report["events"].items())))
     findings = report["findings"]

@@ -356,9 +356,26 @@ class WhatIf:
 
     engine_id: int
     trace: AccessTrace | None
-    """The replayed prompt-block sequence (None for a curve estimated from KV events)."""
+    """The replayed prompt-block sequence (None for a curve estimated from KV events, or one read
+    back from the session's stored summaries: ``stored_counts`` then says what it held)."""
     curve: MissRatioCurve
     actual: SessionPoint
+    stored_counts: tuple[int, int] | None = None
+    """(requests, block accesses) of the replay a stored curve came from."""
+
+    @property
+    def request_count(self) -> int | None:
+        """Requests replayed (None for a KV-event estimate)."""
+        if self.trace is not None:
+            return len(self.trace.requests)
+        return self.stored_counts[0] if self.stored_counts else None
+
+    @property
+    def access_count(self) -> int | None:
+        """Block accesses replayed (None for a KV-event estimate)."""
+        if self.trace is not None:
+            return self.trace.accesses
+        return self.stored_counts[1] if self.stored_counts else None
 
 
 def analyse(session: Session, engine_id: int | None = None) -> WhatIf:
@@ -378,7 +395,7 @@ def predictions(w: WhatIf, sizes: list[int]) -> dict[str, Any]:
         "engine_id": w.engine_id,
         "source": c.source,
         "block_size": c.block_size,
-        "requests": len(w.trace.requests) if w.trace else None,
+        "requests": w.request_count,
         "query_tokens": c.query_tokens,
         "actual": {"num_blocks": a.num_blocks, "hit_rate": a.hit_rate,
                    "predicted_hit_rate": c.hit_rate(a.num_blocks) if a.num_blocks else None},

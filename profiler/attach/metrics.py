@@ -284,8 +284,8 @@ def _wanted_lines(text: str, where: str) -> tuple[str, bool]:
             continue
         if line.startswith("#"):
             words = line.split(None, 3)
-            if len(words) >= 3 and words[1] in ("TYPE", "HELP") and _base_name(words[2]) in _WANTED:
-                kept.append(line)
+            if len(words) >= 3 and words[1] == "TYPE" and _base_name(words[2]) in _WANTED:
+                kept.append(line)  # HELP lines are left out: nothing reads them
             continue
         m = _NAME.match(line)
         if m is None:
@@ -295,7 +295,7 @@ def _wanted_lines(text: str, where: str) -> tuple[str, bool]:
             )
         name = m.group()
         has_vllm = has_vllm or name.startswith("vllm:")
-        if _base_name(name) in _WANTED:
+        if _base_name(name) in _WANTED and not name.endswith("_created"):
             kept.append(line)
     return "\n".join(kept) + "\n", has_vllm
 

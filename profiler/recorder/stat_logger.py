@@ -13,7 +13,7 @@ from typing import Any
 
 from vllm.v1.metrics.loggers import StatLoggerBase
 
-from profiler.recorder import context, prompt_blocks
+from profiler.recorder import context, kv_groups, prompt_blocks, spec_decode
 from profiler.session.rows import RequestRow, StepRow
 
 
@@ -82,6 +82,8 @@ def insert_pending_engine(writer: Any, vllm_config: Any) -> None:
     """Describe the engine before it starts, so a start-up failure still has its config."""
     global _pending_engine_id
     _pending_engine_id = insert_engine(writer, engine_row(vllm_config, 0))
+    # the engine core (a child process, or this one) tags its KV-cache group rows with it
+    os.environ[kv_groups.ENV_ENGINE_ID] = str(_pending_engine_id)
 
 
 def adopt_pending_engine(engine_index: int) -> int | None:
@@ -122,6 +124,7 @@ class KvscopeStatLogger(StatLoggerBase):
             engine_index)
         self.writer.set_meta_default(vllm_version=row["vllm_version"], model=row["model"])
         context.register_process("frontend", engine_id=self.engine_id)
+        spec_decode.record_config(self.writer, vllm_config, self.engine_id)
 
     def record(self, scheduler_stats: Any, iteration_stats: Any, *args: Any, **kwargs: Any) -> None:
         """Append this step's row; never raises into the engine."""
@@ -139,6 +142,9 @@ class KvscopeStatLogger(StatLoggerBase):
             return
         t = time.time()
         running = waiting = kv = pq = ph = ppq = pph = None
+        spec = spec_decode.step_row(self.engine_id, t, getattr(s, "spec_decoding_stats", None))
+        if spec is not None:
+            w.append("spec_decode_steps", spec)
         if s is not None:
             running = getattr(s, "num_running_reqs", None)
             waiting = getattr(s, "num_waiting_reqs", None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,8 @@ from profiler.analysis.diagnosis.findings import (
     span,
     startup_row,
 )
+from profiler.analysis.diagnosis.kv_groups import GroupDemand, engine_groups, group_demands
+from profiler.errors import NotAnalysable
 from profiler.session.reader import Session
 from profiler.units import fmt_bytes
 
@@ -41,6 +43,9 @@ class Demand:
     """Blocks a request holds counting its prefix (p90 over requests)."""
     shared_blocks: int
     """Distinct prompt blocks that several requests share (held once)."""
+    groups: tuple[GroupDemand, ...] = field(default=())
+    """Each KV-cache group's share, for an engine with more than one group (the fields above are
+    then their sums: the groups share one pool)."""
 
     @property
     def blocks(self) -> int:
@@ -86,6 +91,12 @@ def demand(view: EngineView, session: Session) -> Demand | None:
     max_seqs = view.get("max_num_seqs")
     seqs = min(int(max_seqs), peak) if max_seqs else peak
     total_per_seq = int(np.ceil(np.percentile(total, 90)))
+    groups = engine_groups(session, view.engine_id)
+    if len(groups) > 1:
+        per_group = group_demands(groups, r, max(seqs, 1), shared)
+        return Demand(max(seqs, 1), sum(g.blocks_per_seq for g in per_group),
+                      sum(g.total_blocks_per_seq for g in per_group),
+                      sum(g.shared_blocks for g in per_group), tuple(per_group))
     return Demand(max(seqs, 1), max(per_seq, 1), max(total_per_seq, 1), shared)
 
 
@@ -98,7 +109,18 @@ def _capacity_recommendation(view: EngineView, session: Session, d: Demand) -> t
             f"prefix blocks = {d.blocks} blocks ({d.blocks * (bs or 0):,} tokens) needs ≥ "
             f"{d.needed_blocks} blocks of {bs} at {th.KV_TARGET_FRAC:.0%} use (have {have}): "
             f"{advice}")
+    if d.groups:
+        text += (f" (the {len(d.groups)} KV-cache groups share the pool: "
+                 + "; ".join(g.describe() for g in d.groups) + ")")
     return text, settings
+
+
+def _group_metrics(d: Demand | None) -> list[dict[str, Any]]:
+    """Per-group demand for a finding's metrics ([] for a one-group cache)."""
+    if d is None:
+        return []
+    return [{"group_index": g.index, "kind": g.kind, "blocks_per_seq": g.blocks_per_seq,
+             "shared_blocks": g.shared_blocks, "demand_blocks": g.blocks} for g in d.groups]
 
 
 def _range(values: pd.Series) -> str:
@@ -128,7 +150,8 @@ def kv_saturation(view: EngineView, session: Session) -> list[Finding]:
                      "max_waiting": int(hit["waiting"].max()),
                      "demand_blocks": d.blocks if d else None,
                      "needed_blocks": d.needed_blocks if d else None,
-                     "seqs_that_fit": d.seqs_that_fit(view.num_blocks or 0) if d else None}, settings)]
+                     "seqs_that_fit": d.seqs_that_fit(view.num_blocks or 0) if d else None,
+                     "groups": _group_metrics(d)}, settings)]
 
 
 def preemption_storm(view: EngineView, session: Session) -> list[Finding]:
@@ -177,7 +200,8 @@ def preemption_storm(view: EngineView, session: Session) -> list[Finding]:
     return [Finding("PREEMPTION_STORM", severity, t0, t1, msg, rec, view.engine_id,
                     {"preemptions": total, "preemptions_per_s": rate,
                      "preempted_requests": preempted_reqs, "max_preemptions_per_request": worst,
-                     "recomputed_tokens": recomputed, "recomputed_frac": recompute_frac}, settings)]
+                     "recomputed_tokens": recomputed, "recomputed_frac": recompute_frac,
+                     "groups": _group_metrics(d)}, settings)]
 
 
 @dataclass(frozen=True)
@@ -230,7 +254,8 @@ def prefix_thrash(view: EngineView, session: Session) -> list[Finding]:
     have = view.num_blocks or 0
     evicted = c.evicted_requests(have)
     t0, t1 = _recompute_range(view, [r for r, e in zip(w.trace.requests, evicted, strict=True) if e])
-    need = c.blocks_for(th.THRASH_TARGET_OF_MAX)
+    need = _with_concurrency(session, view, c.blocks_for(th.THRASH_TARGET_OF_MAX),
+                             th.THRASH_TARGET_OF_MAX * best)
     msg = (f"prompt prefixes recur but are evicted before reuse: prefix hit rate {measured:.1%} "
            f"measured vs {best:.1%} with a cache that kept every prefix; {int(evicted.sum())} of "
            f"{len(w.trace.requests)} requests recomputed evicted prefix blocks "
@@ -252,6 +277,23 @@ def prefix_thrash(view: EngineView, session: Session) -> list[Finding]:
                      "needed_blocks": need, "evicted_requests": int(evicted.sum()),
                      "lost_tokens": int(lost * c.query_tokens),
                      "restored_blocks": restores.restored_blocks if restores else None}, settings)]
+
+
+def _with_concurrency(session: Session, view: EngineView, need: int | None, target: float) -> int | None:
+    """The what-if curve's size, raised to what the scheduler model needs when the running
+    requests' own blocks push the prefixes out at the curve's size (prefix_thrash: the curve's 133
+    blocks measured 43.6 % in a real re-run, as the model predicted; its 137 measured 87.1 %).
+    Sessions with more than ``th.SIMULATE_MAX_REQUESTS`` requests keep the curve's size."""
+    if need is None or len(view.requests) > th.SIMULATE_MAX_REQUESTS:
+        return need
+    from profiler.analysis import simulate
+
+    try:
+        m = simulate.model(session, view.engine_id)
+    except (NotAnalysable, ValueError):
+        return need
+    found = simulate.blocks_for_hit_rate(m, target, lo=need, hi=2 * need)
+    return found if found is not None else need
 
 
 def _recompute_range(view: EngineView, requests: list[whatif.RequestAccess]) -> tuple[float | None, float | None]:
