@@ -44,8 +44,9 @@ def show(data: SessionData) -> bool:
                "no more exact than that bucket.")
     st.subheader("Latency percentiles (server histograms)")
     st.table(tables.shown(table, {c: fmt_s for c in ("p50_s", "p95_s", "p99_s")}).rename(
-        columns={"p50_s": "p50", "p95_s": "p95", "p99_s": "p99", "observations": "requests"}),
-        hide_index=True)
+        columns={"p50_s": "p50", "p95_s": "p95", "p99_s": "p99"}), hide_index=True)
+    st.caption("observations: requests, except inter-token latency (one per generated token after "
+               "the first).")
     state.csv_download(table, f"{data.name}-latency-percentiles", "Percentiles CSV")
     names = {METRICS[m]: m for m in METRICS}
     shown = [n for n in table["latency"] if n in names]

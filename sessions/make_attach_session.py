@@ -5,8 +5,8 @@
 Starts ``python -m vllm.entrypoints.openai.api_server`` on the tiny test model (24 KV blocks of
 128 tokens, prefix caching, KV events), attaches ``kvscope attach --kv-events auto`` at 4 Hz, and
 streams four waves of 12 requests over four ~600-token prefixes, one second apart: the cache
-overflows (preemptions, evictions, re-stores) and the server's latency histograms fill. The file is
-then checkpointed out of WAL mode like the recorded sessions (``make_sessions.finalize``).
+overflows (preemptions, evictions, re-stores) and the server's latency histograms fill; a last short
+request makes the engine publish the final step's KV events. The file is then checkpointed out of WAL mode like the recorded sessions (``make_sessions.finalize``).
 """
 
 from __future__ import annotations
@@ -57,7 +57,12 @@ def main() -> int:
         timed = srv.drive_streaming(s.url, s.model, waves=4, per_wave=12, prefixes=4,
                                     max_tokens=32, gap_s=1.0)
         srv.wait_idle(s.url)
-        time.sleep(2.0)  # the last scrapes of the drained server
+        # vLLM publishes a step's KV events with its next step: one short request (no full block of
+        # its own) makes the engine step once more, so the last wave's events arrive
+        srv.drive_streaming(s.url, s.model, waves=1, per_wave=1, prefixes=1, max_tokens=1,
+                            prompt="flush")
+        srv.wait_idle(s.url)
+        time.sleep(2.0)  # the drained server's last scrapes
         attach.send_signal(signal.SIGINT)
         if attach.wait(60) != 0:
             raise SystemExit(f"kvscope attach exited with {attach.returncode}")

@@ -332,6 +332,7 @@ PAGES = sorted(p.stem for p in (ROOT / "dashboard" / "views").glob("*.py") if p.
 """Every page of the app (a new view file is tested without being listed here)."""
 
 FINDINGS = {
+    "attach_pressure": {"PREEMPTION_STORM", "PREFIX_THRASH"},
     "gpu_h200_fragmentation": {"GPU_MEMORY_PRESSURE"},
     "gpu_h200_healthy": {"QUEUEING", "KV_OVERPROVISIONED"},
     "gpu_h200_kv_pressure": {"KV_SATURATION", "PREEMPTION_STORM"},

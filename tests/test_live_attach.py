@@ -185,7 +185,7 @@ def test_requests_and_compare_pages_use_the_histograms(run: Run,
 
     table = at.table[0].value.set_index("latency")
     assert {"TTFT", "inter-token", "end-to-end", "queue", "prefill", "decode"} <= set(table.index)
-    assert int(table.loc["TTFT", "requests"]) == len(run.timed)
+    assert int(table.loc["TTFT", "observations"]) == len(run.timed)
     assert table.loc["TTFT", "p50"] == fmt_s(lat["ttft_p50"])
     lo, hi = lat["resolution_s"]["ttft_p50"]
     assert table.loc["TTFT", "p50 bucket"] == f"{lo:g}–{hi:g} s"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from profiler.analysis import latency
@@ -51,7 +52,15 @@ def bucket_counts(path: str | Path, metric: str) -> pd.DataFrame:
 
 def percentiles_over_time(path: str | Path, metric: str, start_unix_s: float,
                           duration_s: float) -> pd.DataFrame:
-    """``metric``'s p50/p95/p99 per time bin (``profiler.analysis.latency.binned_percentiles``)."""
-    bin_s = max(duration_s / BIN_TARGET, MIN_BIN_S)
+    """``metric``'s p50/p95/p99 per time bin (``profiler.analysis.latency.binned_percentiles``).
+
+    A bin is never shorter than the interval at which the histograms were read (attach reads
+    them less often than the gauges): a shorter one would hold nothing most of the time."""
     with open_session(path) as session:
+        times = [float(t) for (t,) in session.rows(
+            "SELECT DISTINCT t_unix_s FROM latency_buckets WHERE metric = ? ORDER BY t_unix_s",
+            (metric,))]
+        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        read_every_s = float(np.median(gaps)) if gaps else 0.0
+        bin_s = max(duration_s / BIN_TARGET, MIN_BIN_S, read_every_s)
         return latency.binned_percentiles(session, metric, start_unix_s, bin_s)

@@ -26,6 +26,12 @@ PICK = "pick"  # the click selection on the Replay charts (a click moves the cur
 JUMPS = {"preemption": "preemption", "OOM": mk.OOM, "finding": mk.FINDING, "engine start": mk.ENGINE_START}
 
 
+
+def _count(value: object) -> str:
+    """A step's count as shown: n/a when the step did not report it (NULL, NaN)."""
+    v = units.finite_or_none(value)
+    return units.NOT_MEASURED if v is None else f"{int(v):,}"
+
 def clickable(chart: alt.LayerChart | alt.Chart, buckets: pd.DataFrame, view: View) -> alt.LayerChart:
     """``chart`` plus invisible points (one per bucket) that a click selects: the cursor moves there."""
     pts = pd.DataFrame({"t_s": buckets["t_lo_s"].to_numpy() if not buckets.empty else [view.t0_s]})
@@ -97,11 +103,12 @@ if data is not None:
             m = st.columns(6)
             m[0].metric("Step time", "n/a" if cs.t_s is None else f"{cs.t_s:.4f} s",
                         help="the engine step at or before the cursor")
-            m[1].metric("Running", int(n.get("running", 0)), delta=_delta(cs, "running"))
-            m[2].metric("Waiting", int(n.get("waiting", 0)), delta=_delta(cs, "waiting"), delta_color="inverse")
+            m[1].metric("Running", _count(n.get("running")), delta=_delta(cs, "running"))
+            m[2].metric("Waiting", _count(n.get("waiting")), delta=_delta(cs, "waiting"), delta_color="inverse")
             m[3].metric("KV usage", units.fmt_pct(n.get("kv_usage_frac")),
                         delta=_delta(cs, "kv_blocks_used", " blocks"), delta_color="off")
-            m[4].metric("Preempted this step", int(n.get("preemptions", 0) or 0))
+            # an attach session's first row is the counters' baseline: no count (NULL), not 0
+            m[4].metric("Preempted this step", _count(n.get("preemptions")))
             mem = _memory_at(cursor)
             m[5].metric("GPU memory", mem or "n/a", help="NVML used memory of the fullest device at the cursor"
                         if mem else "not measured on this machine (no NVML)")

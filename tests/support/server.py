@@ -192,10 +192,11 @@ class Timed:
 
 
 def drive_streaming(url: str, model: str, waves: int = 2, per_wave: int = 16, prefixes: int = 3,
-                    max_tokens: int = 48, gap_s: float = 0.0) -> list[Timed]:
+                    max_tokens: int = 48, gap_s: float = 0.0, prompt: str | None = None) -> list[Timed]:
     """``drive``'s waves as streamed completions, each timed by the client (TTFT and e2e).
 
     ``gap_s``: pause between waves (the server drains, so TTFTs spread from queued to immediate).
+    ``prompt``: this prompt for every request instead of ``drive``'s shared-prefix ones.
     """
 
     async def go() -> list[Timed]:
@@ -203,11 +204,12 @@ def drive_streaming(url: str, model: str, waves: int = 2, per_wave: int = 16, pr
         async with httpx.AsyncClient(timeout=300) as client:
             async def one(i: int) -> Timed:
                 p = i % prefixes
-                prompt = f"[system {p}] " + chr(97 + p) * 600 + f" question {i}: " + "data " * (i % 9)
+                text = prompt if prompt is not None else (
+                    f"[system {p}] " + chr(97 + p) * 600 + f" question {i}: " + "data " * (i % 9))
                 t0 = time.perf_counter()
                 first = None
                 async with client.stream("POST", url + "/v1/completions", json={
-                    "model": model, "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True,
+                    "model": model, "prompt": text, "max_tokens": max_tokens, "ignore_eos": True,
                     "temperature": 0.0, "stream": True,
                 }) as r:
                     async for line in r.aiter_lines():
