@@ -169,10 +169,12 @@ def residency_check(session: Session, engine_id: int | None = None) -> list[dict
     return [
         {"quantity": "evictions", "vllm": (life_v.count / rate if life_v and rate else None),
          "kvscope": int(evicted) if evicted else None,
-         "how": "vLLM: sampled evictions / sampling fraction; kvscope: KV-event BlockRemoved"},
+         "how": "vLLM: sampled blocks reallocated (cached or not) / sampling fraction; kvscope: "
+                "cached blocks evicted (KV-event BlockRemoved), at most vLLM's"},
         {"quantity": "lifetime mean (s)", "vllm": life_v.mean_s if life_v else None,
          "kvscope": life_m.mean_s if life_m else None,
-         "how": "vLLM: allocation to eviction; kvscope: hash stored to removed (KV events)"},
+         "how": "vLLM: allocation to reallocation of any sampled block; kvscope: a cached "
+                "block's hash stored to removed (KV events)"},
         {"quantity": "lifetime median (s)", "vllm": life_v.p50_s if life_v else None,
          "kvscope": life_m.p50_s if life_m else None, "how": "same"},
         {"quantity": "idle before eviction median (s)",

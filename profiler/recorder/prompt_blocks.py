@@ -55,11 +55,14 @@ def record_prompt_blocks(request: Any) -> None:
     ids = list(ids)
     t = time.time()
     rid = getattr(request, "request_id", None)
-    hashes = prompt_block_hashes(ids, _target.block_size)
+    chunks = prompt_block_hashes(ids, CHUNK_TOKENS)
+    bs = _target.block_size
+    # a chained hash names its whole prefix: block j of k chunks is chunk (j + 1) k - 1
+    hashes = chunks[bs // CHUNK_TOKENS - 1::bs // CHUNK_TOKENS] if bs % CHUNK_TOKENS == 0 \
+        else prompt_block_hashes(ids, bs)
     w.append("prompt_blocks", PromptBlocksRow(
         engine_id=_target.engine_id, t_unix_s=t, request_id=rid, block_hashes=hashes.tobytes(),
     ))
-    chunks = prompt_block_hashes(ids, CHUNK_TOKENS)
     w.append("prompt_chunks", PromptChunksRow(
         engine_id=_target.engine_id, t_unix_s=t, request_id=rid, chunk_tokens=CHUNK_TOKENS,
         chunk_hashes=chunks.tobytes(),
