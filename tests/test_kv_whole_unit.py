@@ -147,3 +147,76 @@ def test_bundled_sessions_read_the_new_keys_as_not_measured() -> None:
     assert rep["kv_tiers"][0]["hits_tokens"] == rep["prefix_cache"]["hits_tokens"]
     assert rep["kv_tiers"][0]["stored_bytes"] is None
     assert rep["preemption"]["count"] == rep["preemptions"] == 0
+
+
+def _tier_session(path: Path, tier: list[tuple], capacity_bytes: int | None = None,
+                  cycle: int = 0) -> Path:
+    """A written session with one engine (24 blocks of 128, 1 MiB of KV per block), finished
+    requests prefilled at 1,000 tokens/s, ``tier_samples`` rows (medium, queries, hits, stored,
+    store_s, loaded, load_s) and, with ``cycle``, requests cycling through ``cycle`` distinct
+    4-block prompts (a what-if trace)."""
+    from profiler.session.rows import EventRow, PromptBlocksRow, TierSampleRow
+
+    w = SessionWriter(path)
+    w.append("engines", _engine(1))
+    w.append("events", EventRow(99.0, 1, 1, "kv_cache_config", "", json.dumps(
+        {"num_blocks": 24, "bytes_per_block": 2**20})))
+    if capacity_bytes:
+        w.append("events", EventRow(99.0, 1, 1, "kv_connector", "", json.dumps(
+            {"medium": "CPU", "capacity_bytes": capacity_bytes})))
+    n = max(cycle * 6, 2)
+    for i in range(n):
+        t = 100.0 + i
+        w.append("steps", StepRow(1, t, 1, 0, 0.5, 513, 0, 0, 0, 0, 513, 10, 1, 0))
+        w.append("requests", RequestRow(1, f"r{i}", t + 0.9, 0.0, 0.513, 0.1, 0.6, 0.9, 0.5,
+                                        513, 10, 0, 0, "length"))
+        if cycle:
+            p = i % cycle
+            hashes = np.array([p * 10 + k for k in range(4)], dtype="<i8").tobytes()
+            w.append("prompt_blocks", PromptBlocksRow(1, t, f"r{i}", hashes))
+    for k, (medium, q, h, stored, store_s, loaded, load_s) in enumerate(tier):
+        w.append("tier_samples", TierSampleRow(1, 100.0 + k, medium, q, h, stored, store_s, loaded,
+                                               load_s, 0.5, None, None, None, 0, None))
+    w.close()
+    return path
+
+
+def _codes(path: Path) -> dict[str, dict]:
+    from profiler.analysis.diagnosis import diagnose
+
+    with open_session(path) as s:
+        return {f.code: f.as_dict() for f in diagnose(s)}
+
+
+def test_a_tier_that_only_stores_is_write_only(tmp_path: Path) -> None:
+    path = _tier_session(tmp_path / "w.kvscope", [("CPU", 4000, 0, 300 * 2**20, 0.1, 0, 0.0)])
+    f = _codes(path)["TIER_WRITE_ONLY"]
+    assert f["metrics"] == {"medium": "CPU", "stored_bytes": 300 * 2**20, "loaded_bytes": 0,
+                            "hits_tokens": 0, "queries_tokens": 4000}
+    read_back = _tier_session(tmp_path / "r.kvscope",
+                              [("CPU", 4000, 2000, 300 * 2**20, 0.1, 100 * 2**20, 0.05)])
+    assert "TIER_WRITE_ONLY" not in _codes(read_back)
+
+
+def test_loads_slower_than_prefill_are_named_with_both_rates(tmp_path: Path) -> None:
+    # 1 MiB per 128-token block = 8 KiB per token; prefill 1,000 tokens/s (requests above)
+    slow = _tier_session(tmp_path / "s.kvscope",
+                         [("CPU", 4000, 2000, 300 * 2**20, 0.1, 4 * 2**20, 1.0)])  # 4 MiB/s
+    f = _codes(slow)["TIER_SLOW_LOAD"]
+    assert f["metrics"]["load_tokens_per_s"] == pytest.approx(4 * 2**20 / 8192)  # 512 tokens/s
+    assert f["metrics"]["prefill_tokens_per_s"] == pytest.approx(1000.0)
+    fast = _tier_session(tmp_path / "f.kvscope",
+                         [("CPU", 4000, 2000, 300 * 2**20, 0.1, 40 * 2**20, 1.0)])
+    assert "TIER_SLOW_LOAD" not in _codes(fast)
+
+
+def test_a_tier_too_small_for_the_recurring_prefixes_gets_a_size(tmp_path: Path) -> None:
+    # 12 prompts of 4 blocks cycle: 48 distinct blocks recur; GPU 24 blocks, tier 8 MiB = 8 blocks
+    tier = [("CPU", 2000, 0, 80 * 2**20, 0.1, 0, 0.0)]
+    small = _tier_session(tmp_path / "t.kvscope", tier, capacity_bytes=8 * 2**20, cycle=12)
+    f = _codes(small)["TIER_TOO_SMALL"]
+    assert f["metrics"]["tier_blocks"] == 8 and f["metrics"]["gpu_blocks"] == 24
+    need = f["metrics"]["needed_blocks"]
+    assert need > 24 and f["settings"]["kv_offloading_size"] >= (need - 1) / 1024
+    big = _tier_session(tmp_path / "b.kvscope", tier, capacity_bytes=200 * 2**20, cycle=12)
+    assert "TIER_TOO_SMALL" not in _codes(big)

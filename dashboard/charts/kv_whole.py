@@ -30,7 +30,7 @@ def preemption_marks_panel(table: pd.DataFrame, view: View, height: int = PANEL_
                                                 clip=True).encode(
             x=time_x(view),
             y=alt.Y("computed_tokens:Q", title="tokens discarded"),
-            shape=alt.Shape("reason:N", legend=alt.Legend(orient="top", title=None)),
+            shape=alt.Shape("reason:N", legend=None),  # legends of a linked view gather at its top
             tooltip=[alt.Tooltip("t_s:Q", format=".3f", title="t (s)"),
                      alt.Tooltip("request_id:N", title="request"),
                      alt.Tooltip("nth:Q", title="its preemption #"), "reason:N",
@@ -48,11 +48,11 @@ def preemption_marks_panel(table: pd.DataFrame, view: View, height: int = PANEL_
 def preemption_scatter(table: pd.DataFrame, height: int = 260) -> alt.Chart:
     """Preemptions over time: discarded tokens (y), tokens prefilled again (size), reason (color)."""
     df = table.copy()
-    df["request_id"] = df["request_id"].astype(str)
+    df["request_id"] = df["request_key"].astype(str)
     df["reason"] = df["reason"].fillna("not recorded").astype(str)
     df["recomputed_tokens"] = pd.to_numeric(df["recomputed_tokens"], errors="coerce").fillna(0)
     return alt.Chart(df).mark_circle(opacity=0.7).encode(
-        x=alt.X("t_s:Q", title="time since session start (s)"),
+        x=alt.X("t_s:Q", title="time since session start (s)", scale=alt.Scale(zero=False)),
         y=alt.Y("computed_tokens:Q", title="computed tokens discarded"),
         size=alt.Size("recomputed_tokens:Q", title="prefilled again"),
         color=alt.Color("reason:N", legend=alt.Legend(orient="top")),
@@ -63,17 +63,21 @@ def preemption_scatter(table: pd.DataFrame, height: int = 260) -> alt.Chart:
     ).properties(title="Every preemption", height=height)
 
 
-def occupancy_chart(df: pd.DataFrame, height: int = 220) -> alt.Chart:
-    """Block usage vs token occupancy per step (the gap: unfilled tails of blocks in use)."""
+def occupancy_chart(df: pd.DataFrame, t0_s: float, t1_s: float, height: int = 220) -> alt.Chart:
+    """Block usage vs token occupancy per step in ``t0_s..t1_s`` (the gap: unfilled tail blocks)."""
+    df = df[(df["t_s"] >= t0_s) & (df["t_s"] <= t1_s)]
     long = df.melt(id_vars=["t_s"], value_vars=["block_usage_frac", "token_occupancy_frac"],
                    var_name="series", value_name="frac")
     long["series"] = long["series"].map({"block_usage_frac": "blocks in use",
                                          "token_occupancy_frac": "token slots holding tokens"})
     return alt.Chart(long).mark_line(interpolate="step-after", strokeWidth=1.4).encode(
-        x=alt.X("t_s:Q", title="time since session start (s)"),
+        x=alt.X("t_s:Q", title="time since session start (s)",
+                scale=alt.Scale(domain=[t0_s, t1_s], nice=False)),
         y=alt.Y("frac:Q", title="share of the KV cache", axis=alt.Axis(format="%"),
                 scale=alt.Scale(domain=[0, 1.05])),
-        color=alt.Color("series:N", title=None, legend=alt.Legend(orient="top")),
+        color=alt.Color("series:N", title=None, legend=alt.Legend(orient="top"),
+                        scale=alt.Scale(domain=["blocks in use", "token slots holding tokens"],
+                                        range=[COLORS["kv"], COLORS["rolling"]])),
         tooltip=[alt.Tooltip("t_s:Q", format=".3f"), "series:N", alt.Tooltip("frac:Q", format=".1%")],
     ).properties(title="Blocks in use vs token slots actually holding tokens", height=height)
 

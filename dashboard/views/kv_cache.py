@@ -16,7 +16,7 @@ from profiler.units import escape_markdown
 BUCKETS = 600
 
 
-def kv_tier_section(data: SessionData) -> None:
+def kv_tier_section(data: SessionData, t0: float, t1: float) -> None:
     """Token occupancy beside block usage, and the split of prefix lookups over the tiers."""
     occ = occupancy_memo(data.path)
     st.subheader("Tokens, not only blocks")
@@ -24,7 +24,7 @@ def kv_tier_section(data: SessionData) -> None:
         st.caption("Token occupancy: n/a (recorded by kvscope's engine-core hook; this session "
                    "predates it or was attached).")
     else:
-        state.show(charts_whole.occupancy_chart(occ), key="kv-occupancy")
+        state.show(charts_whole.occupancy_chart(occ, t0, t1), key="kv-occupancy")
         st.caption("Blocks in use (vLLM's KV usage) against the token slots that actually hold "
                    "tokens: the gap is the unfilled tail block of every running sequence.")
     v = tiers_memo(data.path)
@@ -70,7 +70,7 @@ if data is not None:
                    "generated tokens until it finishes. Above the capacity line the scheduler must queue "
                    "or preempt.")
 
-        kv_tier_section(data)
+        kv_tier_section(data, t0, t1)
 
         st.subheader("Preemption episodes")
         if episodes.empty:

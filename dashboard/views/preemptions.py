@@ -11,7 +11,7 @@ from profiler.units import NOT_MEASURED, escape_markdown, fmt
 
 COLUMNS = {
     "t_s": st.column_config.NumberColumn("time (s)", format="%.3f"),
-    "request_id": st.column_config.TextColumn("request"),
+    "request_key": st.column_config.TextColumn("request"),
     "nth": st.column_config.NumberColumn("its #", format="%d"),
     "reason": st.column_config.TextColumn("reason", help="kvscope's, from the scheduler method that "
                                           "preempted (vLLM records none): kv_cache_full = no free "

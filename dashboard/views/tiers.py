@@ -8,7 +8,7 @@ import streamlit as st
 from dashboard import state
 from dashboard.charts import kv_whole as charts
 from dashboard.data.kv_whole import tiers_memo
-from profiler.units import NOT_MEASURED, escape_markdown
+from profiler.units import NOT_MEASURED, escape_markdown, fmt
 
 TIER_COLUMNS = {
     "medium": st.column_config.TextColumn("tier"),
@@ -55,8 +55,9 @@ if data is not None:
                     state.show(chart, key=f"tier-{col}")
         st.subheader("Block residency: vLLM's numbers vs kvscope's model")
         res = pd.DataFrame(v.residency)
-        st.dataframe(res.astype(object).where(res.notna(), NOT_MEASURED), hide_index=True,
-                     width="stretch")
+        for col in ("vllm", "kvscope"):
+            res[col] = [fmt(x, "{:,.4g}") for x in res[col]]
+        st.dataframe(res, hide_index=True, width="stretch")
         st.caption("vLLM's side needs --kv-cache-metrics (kvscope record --kv-cache-metrics); "
                    "kvscope's needs KV events (kvscope record --kv-events, or attach --kv-events) "
                    "and prompt-block hashes.")

@@ -1,15 +1,17 @@
 """Block residency: how long KV blocks live, idle and wait between reuses, vLLM's view vs kvscope's.
 
-vLLM (``--kv-cache-metrics``) samples a fraction of blocks and, when one is evicted from the prefix
-cache, reports its lifetime (allocated to evicted), idle time before eviction and the gaps between
-its last few accesses. A recorded session keeps every sampled eviction (``kv_evictions``, from
+vLLM (``--kv-cache-metrics``) samples a fraction of blocks at allocation and, when one is taken
+from the free pool again (a cached prefix block evicted, or any other block reused), reports its
+lifetime (allocated to reallocated), idle time before that and the gaps between its last few
+accesses. A recorded session keeps every sampled eviction (``kv_evictions``, from
 ``SchedulerStats.kv_cache_eviction_events``); an attach session keeps the three Prometheus
 histograms (``kv_residency_hist``).
 
 kvscope's own model of the same cache: KV events give every eviction and, per evicted block, the
 time since its hash was (last) stored (its residency); the prompt-block hashes give, per block that
-a later request reused, the time since the previous request that used it (the reuse gaps the LRU
-replay of the what-if orders by distance). ``residency_check`` puts the two side by side.
+a later request reused, the time since the previous request that used it, both taken when the
+request was scheduled (the reuse gaps the LRU replay of the what-if orders by distance).
+``residency_check`` puts the two side by side.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from profiler.analysis.preemption import request_key
 from profiler.session.reader import Session
 
 METRICS = ("lifetime", "idle_before_evict", "reuse_gap")
@@ -112,31 +115,52 @@ def model_residency(session: Session, engine_id: int | None = None) -> dict[str,
     where = "WHERE (medium IS NULL OR medium = 'GPU')" + (" AND engine_id = ?" if engine_id is not None else "")
     params = (engine_id,) if engine_id is not None else ()
     ev = session.table("kv_events", where + " ORDER BY engine_id, t_unix_s, seq, rowid", params)
+    lives: list[tuple[int, float, float]] = []  # (vLLM hash, stored, removed)
     if not ev.empty:
         stored_at: dict[int, float] = {}
-        lives: list[float] = []
         for t, kind, h in zip(ev["t_unix_s"], ev["kind"], ev["block_hash"], strict=True):
             if kind == "stored" and h is not None and not pd.isna(h):
                 stored_at.setdefault(int(h), float(t))
             elif kind == "removed" and h is not None and not pd.isna(h):
                 t0 = stored_at.pop(int(h), None)
                 if t0 is not None:
-                    lives.append(float(t) - t0)
+                    lives.append((int(h), t0, float(t)))
             elif kind == "cleared":
                 stored_at.clear()
-        out["lifetime"] = _from_samples(np.asarray(lives, dtype=float))
-    where = "WHERE engine_id = ?" if engine_id is not None else ""
-    pb = session.table("prompt_blocks", where + " ORDER BY t_unix_s, rowid", params)
-    if not pb.empty:
-        last_use: dict[int, float] = {}
-        gaps: list[float] = []
-        for t, raw in zip(pb["t_unix_s"], pb["block_hashes"], strict=True):
-            for h in np.frombuffer(raw or b"", dtype="<i8").tolist():
-                if h in last_use:
-                    gaps.append(float(t) - last_use[h])
-                last_use[h] = float(t)
+        out["lifetime"] = _from_samples(np.asarray([b - a for _, a, b in lives], dtype=float))
+    uses = _prompt_block_uses(session, engine_id)
+    if uses:
+        gaps = [b - a for times in uses.values() for a, b in zip(times, times[1:], strict=False)]
         out["reuse_gap"] = _from_samples(np.asarray(gaps, dtype=float))
     return out
+
+
+def _prompt_block_uses(session: Session, engine_id: int | None) -> dict[int, list[float]]:
+    """Per prompt-block hash (kvscope's): when requests using it were scheduled (arrival +
+    queueing) and when a preempted one resumed (its ``preemptions`` resume rows), sorted.
+
+    kvscope's hashes and vLLM's (KV events) name blocks differently, so the two cannot be joined
+    block by block: the model's gaps cover every reused prompt block, vLLM's the sampled blocks
+    that were reallocated."""
+    where, params = ("WHERE engine_id = ?", (engine_id,)) if engine_id is not None else ("", ())
+    pb = session.table("prompt_blocks", where, params)
+    if pb.empty:
+        return {}
+    reqs = session.table("requests", where, params).drop_duplicates("request_id")
+    sched = reqs["t_finished_unix_s"] - reqs["e2e_s"] + reqs["queued_s"].fillna(0.0)
+    sched.index = reqs["request_id"].astype(str)
+    rid = pb["request_id"].astype(str)
+    at = rid.map(sched).fillna(request_key(rid).map(sched)).fillna(pb["t_unix_s"])
+    resumes = session.table("preemptions", "WHERE event = 'resumed'" + (
+        " AND engine_id = ?" if engine_id is not None else ""), params)
+    again = resumes.groupby(resumes["request_id"].astype(str))["t_unix_s"].apply(list).to_dict()
+    uses: dict[int, list[float]] = {}
+    for r, t, raw in zip(rid, at.to_numpy(dtype=float), pb["block_hashes"], strict=True):
+        for h in np.frombuffer(raw or b"", dtype="<i8").tolist():
+            uses.setdefault(h, []).extend([float(t), *again.get(r, ())])
+    for times in uses.values():
+        times.sort()
+    return uses
 
 
 def sample_rate(session: Session) -> float | None:
@@ -182,6 +206,6 @@ def residency_check(session: Session, engine_id: int | None = None) -> list[dict
          "kvscope": None, "how": "hits are not KV events: kvscope cannot see accesses"},
         {"quantity": "reuse gap median (s)", "vllm": gap_v.p50_s if gap_v else None,
          "kvscope": gap_m.p50_s if gap_m else None,
-         "how": "vLLM: between a sampled block's accesses; kvscope: between requests sharing a "
-                "prompt block (prompt-block hashes)"},
+         "how": "vLLM: between the last accesses of each sampled block reallocated; kvscope: "
+                "between schedulings and resumes of requests using each prompt block"},
     ]
