@@ -143,11 +143,13 @@ def engine_run(a: argparse.Namespace) -> int:
             counts["num_gpu_blocks"] = self.cfg.cache_config.num_gpu_blocks
             counts["block_size"] = self.cfg.cache_config.block_size
 
+    offload = ({"kv_offloading_size": a.offload_gib, "kv_offloading_backend": "native"}
+               if a.offload_gib > 0 else {})
     eng = LLMEngine.from_engine_args(EngineArgs(
         model=a.model, load_format="dummy", num_gpu_blocks_override=a.blocks,
-        kv_offloading_size=a.offload_gib, kv_offloading_backend="native",
         enable_prefix_caching=True, max_model_len=a.prefix_len + 512, max_num_seqs=a.max_num_seqs,
-        disable_log_stats=False, gpu_memory_utilization=0.85,
+        disable_log_stats=False, **offload, **({"gpu_memory_utilization": 0.85} if a.offload_gib > 0
+                                                else {}),
     ), stat_loggers=[Counter])
     params = SamplingParams(max_tokens=a.max_tokens, ignore_eos=True, temperature=0.0)
     texts = prompts(a)
@@ -184,9 +186,12 @@ def serve(a: argparse.Namespace, out: Path) -> None:
     from tests.support.ports import free_port
 
     port = free_port()
-    extra = ("--load-format", "dummy", "--kv-offloading-size", str(a.offload_gib),
-             "--kv-offloading-backend", "native", "--kv-cache-metrics",
-             "--kv-cache-metrics-sample", "1.0", "--gpu-memory-utilization", "0.85",
+    offload = (("--kv-offloading-size", str(a.offload_gib), "--kv-offloading-backend", "native",
+                "--gpu-memory-utilization", "0.85") if a.offload_gib > 0 else ())
+    # after running_server's own flags: argparse keeps the last value of a repeated option
+    extra = ("--max-model-len", str(a.prefix_len + 512), "--max-num-seqs", str(a.max_num_seqs),
+             "--load-format", "dummy", *offload, "--kv-cache-metrics",
+             "--kv-cache-metrics-sample", "1.0",
              "--kv-events-config", srv.kv_events_config(f"tcp://*:{port}", None))
     session = out / "gpu_h200_offload_attach.kvscope"
     with srv.running_server(sys.executable, a.model, out, blocks=a.blocks, extra=extra) as server:
@@ -231,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("model")
     ap.add_argument("out")
     ap.add_argument("--blocks", type=int, default=700)
-    ap.add_argument("--offload-gib", type=float, default=8.0)
+    ap.add_argument("--offload-gib", type=float, default=8.0,
+                    help="kv_offloading_size in GiB (0: no offloading, for a dry run on a CPU)")
     ap.add_argument("--prefixes", type=int, default=16)
     ap.add_argument("--prefix-len", type=int, default=3000)
     ap.add_argument("--rounds", type=int, default=3)

@@ -220,3 +220,29 @@ def test_a_tier_too_small_for_the_recurring_prefixes_gets_a_size(tmp_path: Path)
     assert need > 24 and f["settings"]["kv_offloading_size"] >= (need - 1) / 1024
     big = _tier_session(tmp_path / "b.kvscope", tier, capacity_bytes=200 * 2**20, cycle=12)
     assert "TIER_TOO_SMALL" not in _codes(big)
+
+
+@pytest.mark.parametrize("sample", ["0", "1.5", "-1"])
+def test_record_refuses_a_residency_sample_outside_0_1(tmp_path: Path, sample: str) -> None:
+    from tests.support.engine import kvscope_here
+
+    out = kvscope_here("record", "--session", str(tmp_path / "s.kvscope"), "--kv-cache-metrics",
+                       sample, "--", "true")
+    assert out.returncode == 2 and "--kv-cache-metrics" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "s.kvscope").exists()
+
+
+def test_recording_options_switch_on_vllms_kv_instrumentation(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from profiler.recorder import options
+
+    cfg = SimpleNamespace(observability_config=SimpleNamespace(kv_cache_metrics=False,
+                                                               kv_cache_metrics_sample=0.01))
+    monkeypatch.setenv(options.ENV_KV_CACHE_METRICS, "0.5")
+    assert options.apply(cfg) == ["kv_cache_metrics (sample 0.5)"]
+    assert cfg.observability_config.kv_cache_metrics_sample == 0.5
+    mine = SimpleNamespace(observability_config=SimpleNamespace(kv_cache_metrics=True,
+                                                                kv_cache_metrics_sample=0.2))
+    assert options.apply(mine) == []  # the program's own setting stays
+    assert mine.observability_config.kv_cache_metrics_sample == 0.2
