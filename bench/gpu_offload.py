@@ -17,7 +17,8 @@ MODEL_DIR: a Llama-3-8B-shaped directory (``python bench/gpu_model.py DIR TOKENI
   ``kv_connector_stats`` / ``connector_prefix_cache_stats`` / eviction events as vLLM produced them;
 * unless ``--skip-serve``: ``metrics_offload_vllm026.txt``, the ``/metrics`` text of a real
   ``vllm.entrypoints.openai.api_server`` with the same offloading arguments plus
-  ``--kv-cache-metrics --kv-cache-metrics-sample 1.0`` and ZMQ KV events, after the same workload;
+  ``--kv-cache-metrics --kv-cache-metrics-sample 1.0`` and ZMQ KV events, after the same workload
+  (and ``metrics_offload_vllm026_before.txt``, before it);
   ``gpu_h200_offload_attach.kvscope`` (``kvscope attach --kv-events`` on it during the load) and
   ``gpu_h200_offload_server_counts.json`` (the server's counters at the end).
 """
@@ -195,6 +196,8 @@ def serve(a: argparse.Namespace, out: Path) -> None:
              "--kv-events-config", srv.kv_events_config(f"tcp://*:{port}", None))
     session = out / "gpu_h200_offload_attach.kvscope"
     with srv.running_server(sys.executable, a.model, out, blocks=a.blocks, extra=extra) as server:
+        (out / "metrics_offload_vllm026_before.txt").write_text(
+            httpx.get(server.url + "/metrics", timeout=30).text)
         attach = subprocess.Popen(
             [sys.executable, "-m", "profiler.cli", "attach", server.url, "--session", str(session),
              "--kv-events", f"tcp://127.0.0.1:{port}", "--interval-s", "0.25"],
@@ -220,7 +223,7 @@ def serve(a: argparse.Namespace, out: Path) -> None:
 
         codes = asyncio.run(go())
         srv.wait_idle(server.url, timeout_s=300)
-        time.sleep(1.0)  # one more scrape interval after the last request
+        time.sleep(2.0)  # a few more scrape intervals after the last request
         (out / "metrics_offload_vllm026.txt").write_text(httpx.get(server.url + "/metrics",
                                                                    timeout=30).text)
         counters = srv.counters(server.url)
