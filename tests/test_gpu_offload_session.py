@@ -13,7 +13,6 @@ independent StatLoggerBase of the same run and the server's own /metrics text.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
