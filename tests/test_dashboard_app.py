@@ -282,6 +282,7 @@ FINDINGS = {
     "kv_saturation": {"PREFIX_THRASH", "KV_SATURATION", "PREEMPTION_STORM"},
     "prefix_thrash": {"PREFIX_THRASH"},
     "kv_forensics": {"KV_SATURATION", "PREEMPTION_STORM"},
+    "disk_tier": {"QUEUEING", "KV_OVERPROVISIONED"},
 }
 """Finding codes each bundled session shows on its Overview (every one of them has some)."""
 

@@ -118,17 +118,28 @@ class TierSeries:
 
 def tier_series(session: Session, t0_unix_s: float, bucket_s: float | None = None
                 ) -> list[TierSeries]:
-    """Per tier: hit rate, transfer bandwidth and usage over time (one row per bucket)."""
+    """Per tier, GPU first: hit rate, transfer bandwidth and usage over time (one row per bucket).
+
+    The GPU's hit rate comes from the steps over the tiers' time span; a session without tiers
+    has no series."""
     df = tier_samples(session)
     out: list[TierSeries] = []
     if df.empty:
         return out
     t = df["t_unix_s"].to_numpy(dtype=float) - t0_unix_s
-    span = float(np.nanmax(t) - np.nanmin(t)) if len(t) else 0.0
-    bucket = bucket_s or max(span / 100.0, 0.25)
-    df = df.assign(bucket=np.floor((t - np.nanmin(t)) / bucket) * bucket + np.nanmin(t))
-    for medium in sorted(df["medium"].dropna().unique(), key=_order):
-        g = df[df["medium"] == medium].groupby("bucket")
+    lo, hi = float(np.nanmin(t)), float(np.nanmax(t))
+    bucket = bucket_s or max((hi - lo) / 100.0, 0.25)
+    steps = session.table("steps", "WHERE t_unix_s BETWEEN ? AND ?",
+                          (lo + t0_unix_s, hi + t0_unix_s + bucket)).assign(medium="GPU")
+    steps = steps.rename(columns={"prefix_queries_tokens": "queries_tokens",
+                                  "prefix_hits_tokens": "hits_tokens",
+                                  "kv_usage_frac": "usage_frac"})
+    frames = pd.concat([steps.assign(stored_bytes=np.nan, loaded_bytes=np.nan), df],
+                       ignore_index=True)
+    rel = frames["t_unix_s"].to_numpy(dtype=float) - t0_unix_s
+    frames = frames.assign(bucket=np.floor((rel - lo) / bucket) * bucket + lo)
+    for medium in sorted(frames["medium"].dropna().unique(), key=_order):
+        g = frames[frames["medium"] == medium].groupby("bucket")
         frame = pd.DataFrame({
             "queries_tokens": g["queries_tokens"].sum(min_count=1),
             "hits_tokens": g["hits_tokens"].sum(min_count=1),
