@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from profiler.analysis import whatif
+from profiler.analysis.diagnosis import thresholds as th
 from profiler.session.reader import open_session
 from tests.support import scenarios as sc
 from tests.support.engine import kvscope
@@ -67,8 +69,11 @@ def test_report_kv_tiers_gpu_first_then_the_disk_tier(run: tuple[Path, dict]) ->
                                                              counts["connector_hits"])
     assert disk["hit_rate"] == pytest.approx(counts["connector_hits"] / counts["connector_queries"])
     assert disk["stored_bytes"] is None and disk["peak_usage_frac"] is None
-    # a thrash finding, if any, counts what the disk tier recovered before asking for GPU blocks
-    for f in rep["findings"]:
-        if f["code"] == "PREFIX_THRASH":
-            assert f["metrics"]["tier_hits_tokens"] == counts["connector_hits"]
-            assert f["metrics"]["measured_hit_rate"] > f["metrics"]["gpu_hit_rate"]
+    # the GPU cache alone keeps far less than an unbounded one: PREFIX_THRASH would ask for GPU
+    # blocks, but the disk tier served the rest, and the rule counts its hits first
+    with open_session(path) as s:
+        best = whatif.analyse(s).curve.max_hit_rate
+    assert gpu["hit_rate"] <= th.THRASH_MAX_KEPT_FRAC * best
+    together = (gpu["hits_tokens"] + disk["hits_tokens"]) / gpu["queries_tokens"]
+    assert together == pytest.approx(best, abs=0.02)
+    assert "PREFIX_THRASH" not in {f["code"] for f in rep["findings"]}
