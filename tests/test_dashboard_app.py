@@ -283,6 +283,7 @@ FINDINGS = {
     "prefix_thrash": {"PREFIX_THRASH"},
     "kv_forensics": {"KV_SATURATION", "PREEMPTION_STORM"},
     "disk_tier": {"QUEUEING", "KV_OVERPROVISIONED"},
+    "prefix_below_block": {"PREFIX_BELOW_BLOCK"},
 }
 """Finding codes each bundled session shows on its Overview (every one of them has some)."""
 
