@@ -6,7 +6,8 @@ a self-describing shape, ``{"types": {name: counter|gauge|histogram}, "data": {n
 value}}}``, with flat metric names (``vllm:kv_offload_store_bytes``, ``..._store_time``,
 ``..._load_bytes``, ``..._load_time``, ``vllm:kv_offload_cpu_cache_usage_perc``,
 ``vllm:kv_offload_lookup_sync_delay_seconds``, ``vllm:kv_offload_allocation_failure``, ...).
-Older connectors reported ``{"GPU_to_CPU": [{"op_size": bytes, "op_time": s}, ...], ...}``.
+A per-transfer list shape, ``{"GPU_to_CPU": [{"op_size": bytes, "op_time": s}, ...], ...}``, is
+read too (not seen on a real run).
 Both are flattened here to ``{name: number}`` (a histogram to ``name_count`` and ``name_sum``);
 everything is kept in ``tier_samples.details_json``, and the known names fill the columns.
 
