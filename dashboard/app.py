@@ -17,6 +17,7 @@ PAGES_DIR = Path(__file__).resolve().parent / "views"  # not "pages/": Streamlit
 
 # (file in views/, title, icon); files that do not exist (optional pages) are skipped.
 PAGES: list[tuple[str, str, str]] = [
+    ("sessions.py", "Sessions", ":material/folder_open:"),
     ("overview.py", "Overview", ":material/dashboard:"),
     ("timeline.py", "Timeline", ":material/timeline:"),
     ("memory.py", "Memory", ":material/memory:"),
@@ -24,11 +25,13 @@ PAGES: list[tuple[str, str, str]] = [
     ("requests.py", "Requests", ":material/list_alt:"),
     ("replay.py", "Replay", ":material/play_circle:"),
     ("compare.py", "Compare", ":material/compare_arrows:"),
+    ("fleet.py", "Fleet", ":material/dns:"),
     ("live.py", "Live", ":material/sensors:"),
     ("kv_events.py", "KV events", ":material/grid_view:"),
     ("preemptions.py", "Preemptions", ":material/swap_vert:"),
     ("tiers.py", "Tiers", ":material/layers:"),
     ("whatif.py", "What if", ":material/science:"),
+    ("simulate.py", "Simulate a fix", ":material/tune:"),
 ]
 
 
@@ -36,14 +39,18 @@ def main() -> None:
     """Configure the page, build the navigation, draw the picker, run the chosen page."""
     st.set_page_config(page_title="kvscope", page_icon=":material/memory:", layout="wide")
     pages = [
-        st.Page(PAGES_DIR / name, title=title, icon=icon, default=(name == "overview.py"))
+        st.Page(PAGES_DIR / name, title=title, icon=icon, default=(name == "sessions.py"))
         for name, title, icon in PAGES if (PAGES_DIR / name).exists()
     ]
     page = st.navigation(pages)
     with st.sidebar:
         st.markdown("### kvscope")
         state.pick_session()
-    page.run()
+    state.note_page(page.title)
+    try:
+        page.run()
+    finally:  # also after st.stop(): the address keeps the session, zoom and focused finding
+        state.write_current_link()
 
 
 main()

@@ -2,11 +2,13 @@
 
     python -m dashboard.serve [SESSION ...] [--host 127.0.0.1] [--port 8501]
 
-Before serving, the dashboard's modules are imported and every offered session is summarised (one
-scan each, about 1.5 s per million steps); the first one, which the browser opens on, is also
-diagnosed (about 5 s per million steps) and has its Timeline chart built. The first page then draws
-from memory instead of reading a million-step file while the user waits. Other sessions are
-diagnosed when first opened.
+Before serving, the dashboard's modules are imported and every offered session is summarised (from
+its stored rollups; a session without them is scanned, about 1.5 s per million steps, and a large
+one gets them stored once) and has its report and findings read (stored with a large session's
+summaries, else diagnosed: about 5 s per million steps; the picker and the Sessions page show each
+session's headline); the first one's Timeline chart is built in the background while the server
+starts. The first page then draws from memory instead of reading a million-step file while the
+user waits.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import sqlite3
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -23,24 +27,38 @@ WARM_MAX = 16
 """Sessions summarised before serving (the rest load when first opened)."""
 
 
-def warm(paths: list[Path]) -> None:
-    """Load (and remember) every session's summary, and the first one's report, findings and
-    Timeline spec; bad files are left for the page to report."""
+def warm(paths: list[Path], timeline: bool = True) -> None:
+    """Load (and remember) every session's summary, report and findings, and (``timeline``) the
+    first one's Timeline spec; bad files are left for the page to report."""
+    from dashboard.data.reports import report_memo
+    from dashboard.data.session import load_session_memo
+    from profiler.errors import KvscopeError
+
+    for i, p in enumerate(paths):
+        try:
+            load_session_memo(p)
+            report_memo(p)  # every picker line is the session's headline
+            if i == 0 and timeline:
+                warm_timeline(p)
+        except (KvscopeError, sqlite3.DatabaseError, OSError):
+            continue
+
+
+def warm_timeline(path: Path) -> None:
+    """Build the Timeline's chart spec of ``path`` once (its spec cache keeps it)."""
     from dashboard.charts import timeline as tl
     from dashboard.data.reports import report_memo
     from dashboard.data.session import load_session_memo
     from dashboard.data.steps import View
-    from profiler.errors import SessionFormatError
+    from profiler.errors import KvscopeError
 
-    for i, p in enumerate(paths):
-        try:
-            data = load_session_memo(p)
-            if i == 0:
-                report_memo(p)
-                view = View(*data.serving_range(), tl.BUCKETS)
-                tl.linked_chart(data, view, data.buckets(view), data.buckets(tl.whole_view(data)), None)
-        except (SessionFormatError, OSError):
-            continue
+    try:
+        data = load_session_memo(path)
+        view = View(*data.serving_range(), tl.BUCKETS)
+        tl.linked_chart(data, view, data.buckets(view), data.buckets(tl.whole_view(data)), None,
+                        analysis=report_memo(path))
+    except (KvscopeError, sqlite3.DatabaseError, OSError):
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
     paths = [s.path for s in discover_sessions()][:WARM_MAX]
     started = time.perf_counter()
-    warm(paths)
+    warm(paths, timeline=False)
     print(f"kvscope: {len(paths)} session(s) ready in {time.perf_counter() - started:.1f} s; "
           f"serving on http://{a.host}:{a.port}", flush=True)
     from streamlit.web import cli as stcli
@@ -69,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     # start-up built (modules, warm summaries) out of the collector's reach keeps that pass short:
     # it was 0.1-0.2 s of every zoom on a 1M-step session.
     gc.freeze()
+    if paths:  # the Timeline's spec is built while the server starts, not before it serves
+        threading.Thread(target=warm_timeline, args=(paths[0],), name="kvscope-warm",
+                         daemon=True).start()
     sys.argv = ["streamlit", "run", str(APP), "--server.address", a.host, "--server.port", str(a.port),
                 "--server.headless", "true", "--browser.gatherUsageStats", "false",
                 # A served tool, not an app under development: no source watching, no Deploy button.

@@ -31,6 +31,17 @@ SESSION_KEY = "kvscope_session"
 """st.session_state key (and ``?session=`` query parameter) holding the selected session label."""
 
 
+def chosen_key(key: str) -> str:
+    """The plain (non-widget) key that keeps a picker's choice across ``st.switch_page``."""
+    return f"{key}::chosen"
+
+
+CHOSEN_KEY = chosen_key(SESSION_KEY)
+
+PAGE_KEY = "kvscope_page"
+PAGE_CHANGED_KEY = "kvscope_page_changed"
+
+
 @st.cache_data(show_spinner=False, max_entries=16)
 def _requests(path: str, size: int, mtime: float) -> pd.DataFrame:
     return load_session_memo(path).requests()
@@ -81,9 +92,53 @@ def kv_events(data: SessionData) -> KvEventSummary:
     return kv_events_memo(data.path)
 
 
+EXTRA_KEY = "kvscope_extra_sessions"
+"""Session files added from inside the dashboard (Compare's "add a session"), this browser session."""
+
+
 def sources() -> list[SessionSource]:
-    """Sessions offered in the picker."""
-    return discover_sessions()
+    """Sessions offered in the picker: discovered ones, then those added in the dashboard."""
+    found = discover_sessions()
+    known = {s.path.resolve() for s in found}
+    labels = {s.label for s in found}
+    for raw in st.session_state.get(EXTRA_KEY, []):
+        p = Path(raw)
+        if p.resolve() in known:
+            continue
+        label = p.stem if p.stem not in labels else f"{p.stem} ({p.parent.name})"
+        found.append(SessionSource(p, f"{label} · added", "added"))
+        known.add(p.resolve())
+        labels.add(label)
+    return found
+
+
+def add_session(path: str | Path) -> SessionSource:
+    """Offer one more session file in every picker (checked: it must open); raises KvscopeError,
+    sqlite3.DatabaseError or OSError with the reason."""
+    p = Path(path).expanduser().resolve()
+    if not p.is_file():
+        raise OSError(2, f"no such session file: {p}")
+    load(p)
+    extra = list(st.session_state.get(EXTRA_KEY, []))
+    if str(p) not in extra:
+        extra.append(str(p))
+    st.session_state[EXTRA_KEY] = extra
+    return next(s for s in sources() if s.path.resolve() == p)
+
+
+def headline(src: SessionSource) -> str:
+    """The session's one line (``profiler.analysis.headline``), or why it cannot be read."""
+    try:
+        return str(report_memo(src.path)[0].get("headline") or "")
+    except (KvscopeError, sqlite3.DatabaseError, OSError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return "cannot open: " + (why.splitlines() or [type(exc).__name__])[0]
+
+
+def picker_text(src: SessionSource) -> str:
+    """What the picker shows for a session: its name and its one line."""
+    line = headline(src)
+    return f"{src.label} — {line}" if line else src.label
 
 
 def pick_session(where: Any = None, key: str = SESSION_KEY, label: str = "Session",
@@ -96,13 +151,19 @@ def pick_session(where: Any = None, key: str = SESSION_KEY, label: str = "Sessio
                       "~/.kvscope/sessions (or $KVSCOPE_SESSIONS_DIR).")
         return None
     labels = [s.label for s in srcs]
-    if key == SESSION_KEY and key not in st.session_state:
-        wanted = st.query_params.get("session")
+    if key not in st.session_state:
+        # st.switch_page drops a picker's widget state: the last choice is also kept apart
+        wanted = st.session_state.get(chosen_key(key))
+        if wanted is None and key == SESSION_KEY:
+            wanted = st.query_params.get("session")
         st.session_state[key] = wanted if wanted in labels else labels[min(default_index, len(labels) - 1)]
     if st.session_state.get(key) not in labels:
         st.session_state[key] = labels[min(default_index, len(labels) - 1)]
-    chosen = where.selectbox(label, labels, key=key, help="Session files: the ones given to "
-                             "`kvscope ui`, else the bundled ones and ~/.kvscope/sessions")
+    texts = {s.label: picker_text(s) for s in srcs}
+    chosen = where.selectbox(label, labels, key=key, format_func=lambda lb: texts.get(lb, lb),
+                             help="Session files: the ones given to `kvscope ui`, else the bundled "
+                             "ones and ~/.kvscope/sessions; the same list and lines as the Sessions page")
+    st.session_state[chosen_key(key)] = chosen
     return srcs[labels.index(chosen)]
 
 
@@ -117,12 +178,16 @@ def current_source() -> SessionSource | None:
 
 
 def current_session() -> SessionData | None:
-    """Load the chosen session; on a bad file show one st.error line and return None."""
+    """Load the chosen session (applying a link's zoom/focus once); on a bad file show one st.error
+    line and return None."""
     src = current_source()
     if src is None:
         st.info("No session selected.")
         return None
-    return load_or_error(src)
+    data = load_or_error(src)
+    if data is not None:
+        apply_link(data)
+    return data
 
 
 def load_or_error(src: SessionSource) -> SessionData | None:
@@ -215,3 +280,94 @@ def set_zoom(data: SessionData, t0_s: float, t1_s: float, by_brush: bool = False
         whole = hi - lo >= 0.98 * max(data.duration_s, 1e-3)
         st.session_state[f"brushval::{data.path}"] = None if whole else (lo, hi)
 
+
+
+def focus_key(data: SessionData) -> str:
+    """st.session_state key of the finding a user opened on this session: (t0_s, t1_s, code)."""
+    return f"focus::{data.path}"
+
+
+def get_focus(data: SessionData) -> tuple[float, float, str] | None:
+    """The finding the user opened from Overview (its range and code), or None."""
+    f = st.session_state.get(focus_key(data))
+    return (float(f[0]), float(f[1]), str(f[2])) if f else None
+
+
+def set_focus(data: SessionData, focus: tuple[float, float, str] | None) -> None:
+    """Remember (or clear) the finding to highlight on the time charts."""
+    st.session_state[focus_key(data)] = focus
+
+
+def open_finding(data: SessionData, finding: dict[str, Any], page: str = "views/timeline.py") -> None:
+    """Highlight ``finding``'s range, zoom to it with some margin and go to ``page``."""
+    a = float(finding["t_start_s"])
+    z = float(finding.get("t_end_s") or a)
+    pad = max((z - a) * 0.15, 0.5)
+    set_focus(data, (a, max(z, a), str(finding.get("code"))))
+    set_zoom(data, a - pad, z + pad)
+    st.switch_page(page)
+
+
+def note_page(name: str) -> None:
+    """Record the page being drawn; ``page_changed()`` says whether the previous run drew another."""
+    st.session_state[PAGE_CHANGED_KEY] = st.session_state.get(PAGE_KEY) != name
+    st.session_state[PAGE_KEY] = name
+
+
+def page_changed() -> bool:
+    """True on the first run of a page after another page (or the first page of the session)."""
+    return bool(st.session_state.get(PAGE_CHANGED_KEY, True))
+
+
+def _link_state(data: SessionData) -> dict[str, str]:
+    out = {"session": str(st.session_state.get(SESSION_KEY) or data.name)}
+    z = st.session_state.get(zoom_key(data))
+    if z:
+        out["t0"], out["t1"] = f"{z[0]:.3f}", f"{z[1]:.3f}"
+    f = get_focus(data)
+    if f:
+        out["focus"] = f"{f[2]}:{f[0]:.3f}:{f[1]:.3f}"
+    return out
+
+
+def apply_link(data: SessionData) -> None:
+    """Apply ``?t0=&t1=&focus=CODE:T0:T1`` the first time this browser session shows ``data`` (a
+    pasted or shared link opens a new browser session); bad values get one warning line."""
+    key = f"linked::{data.path}"
+    if st.session_state.get(key):
+        return
+    st.session_state[key] = True
+    qp = {k: st.query_params.get(k) for k in ("t0", "t1", "focus") if st.query_params.get(k)}
+    if not qp or st.query_params.get("session") not in (None, st.session_state.get(SESSION_KEY)):
+        return
+    try:
+        if "t0" in qp and "t1" in qp:
+            set_zoom(data, float(qp["t0"]), float(qp["t1"]))
+        if "focus" in qp:
+            code, a, b = str(qp["focus"]).rsplit(":", 2)
+            set_focus(data, (float(a), float(b), code))
+    except ValueError:
+        st.warning("Ignored the t0/t1/focus in the address: they are not numbers.")
+
+
+def write_link(data: SessionData) -> None:
+    """Put the session, zoom and focused finding in the address bar: copying it reopens this view."""
+    link = _link_state(data)
+    for k in ("t0", "t1", "focus"):
+        if k not in link and k in st.query_params:
+            del st.query_params[k]
+    for k, v in link.items():
+        if st.query_params.get(k) != v:
+            st.query_params[k] = v
+
+
+def write_current_link() -> None:
+    """``write_link`` for the session in the picker (nothing when it cannot be loaded)."""
+    src = current_source()
+    if src is None:
+        return
+    try:
+        data = load(src.path)
+    except (KvscopeError, sqlite3.DatabaseError, OSError):
+        return
+    write_link(data)

@@ -18,12 +18,15 @@ import pytest
 
 from profiler.attach import session as attach_session
 from profiler.attach.session import AttachOptions, run_attach
-from tests.support.engine import kvscope, kvscope_here
+from tests.support.engine import kvscope
 from tests.support.fake_metrics import STEP, FakeVllm, fake_vllm
 
 DURATION_S = 2.0
 TIMEOUT_S = 1.0
 INTERVAL_S = 0.1
+HANG_S = 20.0
+"""Slack over the window before a case counts as a hang: a process start and interpreter import on
+a loaded 2-core machine take seconds; a hang would run to the 600 s timeout."""
 PROMPT = "vllm:prompt_tokens_total"
 FIRST_PROMPT = 11 * STEP[PROMPT]
 """The prompt-token counter at the probe (the fake starts at 10 steps and advances per scrape)."""
@@ -52,14 +55,12 @@ class Attached:
         return [str(r[0]) for r in self.q(f"SELECT message FROM events WHERE kind = '{kind}'")]
 
 
-def attach(fake: FakeVllm, tmp_path: Path, *extra: str, in_process: bool = True,
-           duration_s: float = DURATION_S) -> Attached:
-    """``kvscope attach`` on the fake: in this process (quick), or as a real process where the
-    case is about not hanging."""
+def attach(fake: FakeVllm, tmp_path: Path, *extra: str, duration_s: float = DURATION_S) -> Attached:
+    """``kvscope attach`` on the fake, as a real process (its stderr is its own: in this process,
+    another test's server thread printing to stderr would land in the captured lines)."""
     path = tmp_path / "s.kvscope"
     t0 = time.monotonic()
-    run = kvscope_here if in_process else kvscope
-    r = run("attach", fake.url, "--session", str(path), "--duration-s", str(duration_s),
+    r = kvscope("attach", fake.url, "--session", str(path), "--duration-s", str(duration_s),
             "--interval-s", str(INTERVAL_S), "--timeout-s", str(TIMEOUT_S), *extra)
     wall = time.monotonic() - t0
     lines = r.stderr.strip().splitlines()
@@ -83,15 +84,12 @@ def test_healthy_server_is_complete_with_exact_counters(tmp_path: Path) -> None:
         a = attach(fake, tmp_path)
         final = fake.counters[PROMPT]
     assert_complete(a)
-    assert a.wall_s < DURATION_S + 5
+    assert a.wall_s < DURATION_S + HANG_S
     assert a.gaps == [] and a.events("bad_value") == []
     n = a.q("SELECT COUNT(*) FROM steps")[0][0]
     assert n >= 10
     assert prompt_sum(a) == final - FIRST_PROMPT
 
-
-HANGS = {"drip", "stall"}
-"""Behaviours whose cases run attach as a real process with a timeout: they prove it cannot hang."""
 
 # a server that goes bad mid-session and stays bad: data until then, then one gap to the end
 FOREVER = {
@@ -106,10 +104,10 @@ FOREVER = {
 def test_server_failing_to_the_end_is_incomplete_with_a_gap(tmp_path: Path, behaviour: str) -> None:
     with fake_vllm() as fake:
         fake.set(behaviour, after=5)
-        a = attach(fake, tmp_path, in_process=behaviour not in HANGS)
+        a = attach(fake, tmp_path)
     why = FOREVER[behaviour]
     assert a.rc == 1, a.lines
-    assert a.wall_s < DURATION_S + 2 * TIMEOUT_S + 4, a.wall_s  # drip/stall bounded by the deadline
+    assert a.wall_s < DURATION_S + 2 * TIMEOUT_S + HANG_S, a.wall_s  # drip/stall bounded by the deadline
     assert a.q("SELECT COUNT(*) FROM steps")[0][0] == 5  # the probe + 4 good scrapes, all kept
     (source, t0, t1, reason), = a.gaps
     assert source == "metrics" and why in str(reason)
@@ -140,9 +138,9 @@ def test_server_that_recovers_leaves_a_gap_and_a_complete_session(tmp_path: Path
 ])
 def test_bad_server_at_start_is_one_line_and_no_file(tmp_path: Path, behaviour: str, what: str) -> None:
     with fake_vllm(behaviour) as fake:
-        a = attach(fake, tmp_path, in_process=behaviour not in HANGS)
+        a = attach(fake, tmp_path)
     assert a.rc == 2 and len(a.lines) == 1 and what in a.lines[0], a.lines
-    assert a.wall_s < TIMEOUT_S + 6, a.wall_s
+    assert a.wall_s < TIMEOUT_S + HANG_S, a.wall_s
     assert not a.path.exists()
 
 
@@ -231,7 +229,7 @@ def test_scrape_thread_error_is_a_gap_and_incomplete_never_silent(tmp_path: Path
         t0 = time.monotonic()
         result = run_attach(opts, threading.Event())
         wall = time.monotonic() - t0
-    assert wall < DURATION_S + 3
+    assert wall < DURATION_S + HANG_S
     assert result.incomplete and "internal error (OverflowError" in result.incomplete[0]
     a = Attached(1, [], wall, opts.session)
     (source, _, _, reason), = a.gaps

@@ -113,8 +113,7 @@ def test_block_size_zero_is_ignored_with_a_note(tmp_path: Path) -> None:
 def test_infinite_kv_usage_is_ignored(tmp_path: Path) -> None:
     path = _copy(tmp_path, sql="UPDATE steps SET kv_usage_frac = 9e999")
     rep = _report_json(path)
-    assert rep["kv_cache"] == {"peak_usage_frac": None, "mean_usage_frac": None,
-                               "token_occupancy_mean_frac": None, "token_occupancy_peak_frac": None}
+    assert (rep["kv_cache"]["peak_usage_frac"], rep["kv_cache"]["mean_usage_frac"]) == (None, None)
     assert any(n.startswith("steps.kv_usage_frac: ignored 644 values") for n in rep["notes"])
 
 

@@ -15,10 +15,10 @@ pytestmark = pytest.mark.browser
 
 SHOTS_FOR_LEAD = Path("/tmp/kvscope-shots")
 
-# page path -> minimum charts drawn (CPU session, GPU session)
+# page path -> minimum charts drawn (CPU session, GPU session); "" is the Sessions page
 PAGES: dict[str, tuple[int, int]] = {
-    "": (2, 2), "timeline": (1, 1), "memory": (1, 4), "kv_cache": (2, 2), "requests": (8, 8),
-    "replay": (3, 3), "compare": (5, 5), "live": (3, 3),
+    "": (0, 0), "overview": (2, 2), "timeline": (1, 1), "memory": (1, 6), "kv_cache": (2, 2),
+    "requests": (9, 8), "replay": (3, 3), "compare": (5, 5), "live": (3, 3), "simulate": (0, 0),
 }
 SESSIONS = {"kv_saturation": 0, "gpu_h200x2_tp2": 1}
 
@@ -53,10 +53,13 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         shutil.copy(png, SHOTS_FOR_LEAD / png.name)
 
 
-def open_page(browser: Any, url: str) -> Any:
+def open_page(browser: Any, url: str, charts: bool = True) -> Any:
+    """A new tab on ``url``, once its heading (and, with ``charts``, a chart) is drawn and idle."""
     page = browser.new_page(viewport={"width": 1400, "height": 2400})
     page.goto(url)
-    page.wait_for_selector(f"{CHART} svg, {CHART} canvas", timeout=90_000)
+    page.wait_for_selector("[data-testid='stMain'] :is(h1, h2)", timeout=90_000)
+    if charts:
+        page.wait_for_selector(f"{CHART} svg, {CHART} canvas", timeout=90_000)
     page.wait_for_selector(IDLE, timeout=90_000)
     page.wait_for_timeout(800)  # let Vega finish painting every chart
     return page
@@ -74,16 +77,18 @@ def drawn_charts(page: Any) -> int:
 @pytest.mark.parametrize("session", list(SESSIONS))
 @pytest.mark.parametrize("path", list(PAGES))
 def test_page_renders(server: str, browser: Any, shots: Path, session: str, path: str) -> None:
-    page = open_page(browser, f"{server}/{path}?session={session}")
+    page = open_page(browser, f"{server}/{path}?session={session}", charts=PAGES[path][SESSIONS[session]] > 0)
     try:
         assert page.locator("[data-testid='stException']").count() == 0, \
             page.locator("[data-testid='stException']").first.inner_text()
         assert page.locator("[data-testid='stAlertContentError']").count() == 0
         minimum = PAGES[path][SESSIONS[session]]
         assert drawn_charts(page) >= minimum
-        if session == "kv_saturation" and path in ("", "timeline", "memory"):
+        if session == "kv_saturation" and path in ("overview", "timeline", "memory"):
             assert page.get_by_text("not measured on this machine (no NVML)").count() >= 1
-        page.screenshot(path=str(shots / f"{session}-{path or 'overview'}.png"), full_page=True)
+        if path == "":  # Sessions: every bundled session with its one line
+            assert page.locator("[data-testid='stMain'] button", has_text="Open").count() >= 9
+        page.screenshot(path=str(shots / f"{session}-{path or 'sessions'}.png"), full_page=True)
     finally:
         page.close()
 
@@ -108,5 +113,112 @@ def test_timeline_brush_zooms_every_panel(server: str, browser: Any, shots: Path
         assert after != before
         assert page.locator("[data-testid='stException']").count() == 0
         page.screenshot(path=str(shots / "kv_saturation-timeline-zoomed.png"), full_page=True)
+    finally:
+        page.close()
+
+
+def _showing(page: Any) -> str:
+    return page.locator("p", has_text="Showing").first.inner_text()
+
+
+def _brush(page: Any, frm: float, to: float) -> str:
+    """Drag across the Timeline's navigator from ``frm`` to ``to`` (fractions of its width) and
+    wait for the zoomed page; returns its "Showing" line."""
+    before = _showing(page)
+    box = page.locator(CHART).first.locator("g.role-frame > g > path.background").first.bounding_box()
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + frm * box["width"], y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + to * box["width"], y, steps=4)
+    page.mouse.up()
+    page.wait_for_function(
+        "(b) => { const p = [...document.querySelectorAll('p')].find(e => e.innerText.startsWith('Showing'));"
+        " return p && p.innerText !== b; }", arg=before, timeout=60_000)
+    page.wait_for_selector(IDLE, timeout=60_000)
+    return _showing(page)
+
+
+def _nav(page: Any, slug: str) -> None:
+    """Go to another page through the sidebar (the browser session, and its state, stay)."""
+    page.locator(f"[data-testid='stSidebarNav'] a[href$='/{slug}']").first.click()
+    page.wait_for_url(f"**/{slug}**", timeout=60_000)
+    page.wait_for_selector("[data-testid='stMain'] h1", timeout=60_000)
+    page.wait_for_selector(IDLE, timeout=60_000)
+    page.wait_for_timeout(800)
+
+
+def test_zoom_survives_page_changes_and_links_and_double_click_resets(server: str, browser: Any,
+                                                                      shots: Path) -> None:
+    """Brush a zoom, go to Memory and back: the panels and the brush come back at the zoom; the
+    address then reopens the same session, page and zoom in a new tab; double-clicking the
+    navigator shows the whole session again."""
+    page = open_page(browser, f"{server}/timeline?session=kv_saturation")
+    try:
+        zoomed = _brush(page, 0.90, 0.97)
+        _nav(page, "memory")
+        _nav(page, "timeline")
+        assert _showing(page) == zoomed
+        brush = page.locator(CHART).first.locator("g.zoom_brush path").first.bounding_box()
+        assert brush is not None and brush["width"] > 5  # the brush is drawn where the zoom is
+        page.screenshot(path=str(shots / "kv_saturation-timeline-back.png"), full_page=True)
+        link = page.url
+        assert "session=kv_saturation" in link and "t0=" in link and "/timeline" in link
+        again = open_page(browser, link)
+        try:
+            assert _showing(again) == zoomed
+        finally:
+            again.close()
+        box = page.locator(CHART).first.locator("g.role-frame > g > path.background").first.bounding_box()
+        before = _showing(page)
+        page.mouse.dblclick(box["x"] + 0.3 * box["width"], box["y"] + box["height"] / 2)
+        page.wait_for_function(
+            "(b) => { const p = [...document.querySelectorAll('p')].find(e => e.innerText.startsWith('Showing'));"
+            " return p && p.innerText !== b; }", arg=before, timeout=60_000)
+        assert _showing(page).startswith("Showing 0.00 –")
+    finally:
+        page.close()
+
+
+def test_finding_opens_its_panel_and_replay_jumps_and_clicks(server: str, browser: Any, shots: Path) -> None:
+    """PREFIX_THRASH's "Open in Timeline" lands on the thrash (not the warm-up second) with the
+    hit-rate panel first; Replay's Next jumps to a preemption and a click on a chart moves the
+    cursor."""
+    page = open_page(browser, f"{server}/overview?session=prefix_thrash")
+    try:
+        page.get_by_role("button", name="Open in Timeline").first.click()
+        page.wait_for_url("**/timeline**", timeout=60_000)
+        page.wait_for_selector("[data-testid='stMain'] h1", timeout=60_000)
+        page.wait_for_selector(IDLE, timeout=60_000)
+        assert "focus=PREFIX_THRASH" in page.url
+        assert page.get_by_text("the prefix-cache hit rate panel that shows it is first").count() == 1
+        start = float(_showing(page).split("Showing ")[1].split(" –")[0].replace(",", ""))
+        assert start > 45.0  # the serving, not the engine's start-up
+        page.screenshot(path=str(shots / "prefix_thrash-timeline-focus.png"), full_page=True)
+    finally:
+        page.close()
+    page = open_page(browser, f"{server}/replay?session=kv_saturation")
+    try:
+        def step_time() -> str:
+            return page.locator("[data-testid='stMetric']", has_text="Step time").locator(
+                "[data-testid='stMetricValue']").inner_text()
+
+        first = step_time()
+        page.get_by_role("button", name="Next").click()
+        page.wait_for_function(
+            "(b) => { const m = [...document.querySelectorAll('[data-testid=stMetric]')].find(e =>"
+            " e.innerText.includes('Step time')); return m && !m.innerText.includes(b); }", arg=first,
+            timeout=60_000)
+        jumped = step_time()
+        assert page.locator("[data-testid='stMetric']", has_text="Preempted this step").locator(
+            "[data-testid='stMetricValue']").inner_text() != "0"
+        chart = page.locator(CHART).nth(1)
+        box = chart.locator("path.background").first.bounding_box()
+        page.mouse.click(box["x"] + 0.85 * box["width"], box["y"] + box["height"] / 2)
+        page.wait_for_function(
+            "(b) => { const m = [...document.querySelectorAll('[data-testid=stMetric]')].find(e =>"
+            " e.innerText.includes('Step time')); return m && !m.innerText.includes(b); }", arg=jumped,
+            timeout=60_000)
+        assert step_time() != jumped
+        page.screenshot(path=str(shots / "kv_saturation-replay-clicked.png"), full_page=True)
     finally:
         page.close()

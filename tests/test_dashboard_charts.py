@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from dashboard.charts import memory as charts_memory
 from dashboard.charts import panels as charts
 from dashboard.charts import requests as cr
 from dashboard.data import derive, replay
+from dashboard.data.attribution import device_attribution
 from dashboard.data.downsample import minmax_frame
 from dashboard.data.session import SessionData, load_session
 from dashboard.data.steps import View
@@ -158,18 +160,19 @@ def test_deep_zoom_reads_raw_steps(big: SessionData) -> None:
 def test_memory_charts_on_gpu_session(gpu: SessionData) -> None:
     whole = View(0.0, gpu.duration_s, 300)
     dev = int(gpu.gpu_samples["device_index"].iloc[0])
-    s = gpu.gpu_samples[gpu.gpu_samples["device_index"] == dev]
-    s = minmax_frame(s, "t_s", ["used_bytes"], whole.t0_s, whole.t1_s, whole.buckets)
     total = float(gpu.gpus[gpu.gpus["device_index"] == dev]["total_bytes"].iloc[0])
-    spec = charts.gpu_memory_panel(s, gpu.startup_memory.iloc[0], total, whole, "GPU").chart().to_dict()
-    assert ("y", "gib") in encoding_fields(spec) and ("color", "part") in encoding_fields(spec)
+    df = device_attribution(gpu, dev, whole.t0_s, whole.t1_s, whole.buckets, None)
+    spec = charts_memory.attribution_panel(df, whole, "GPU", total).chart().to_dict()
+    assert ("y", "gib") in encoding_fields(spec) and ("color", "band") in encoding_fields(spec)
     assert any(lay["mark"]["type"] == "area" for lay in layers(spec))
     proc = minmax_frame(gpu.gpu_process_samples.dropna(subset=["used_bytes"]), "t_s", ["used_bytes"],
                         whole.t0_s, whole.t1_s, whole.buckets, by="process")
     pspec = charts_memory.process_memory_chart(proc, whole).to_dict()
-    assert ("color", "process") in encoding_fields(pspec)
-    assert any("worker" in r["process"] for v in pspec["datasets"].values() for r in v)
+    assert ("color", "holder") in encoding_fields(pspec)  # one colour per process and GPU
+    holders = {r["holder"] for v in pspec["datasets"].values() for r in v}
+    assert holders == {"worker 0 (pid 3058) · GPU 0", "worker 1 (pid 3059) · GPU 1"}  # TP=2 told apart
     aspec = charts_memory.allocator_chart(gpu.allocator_samples, whole).to_dict()
+    assert ("color", "process") in encoding_fields(aspec)
     measures = {r["measure"] for v in aspec["datasets"].values() for r in v}
     assert measures == {"reserved", "allocated"}
     wf = derive.startup_waterfall(gpu.startup_memory.iloc[0])
@@ -199,11 +202,16 @@ def test_request_charts(cpu: SessionData) -> None:
     assert "p95" in h["title"]["subtitle"]
     pp = cr.preemptions_per_request_chart(reqs).to_dict()
     counts = {r["preemptions"]: r["requests"] for v in pp["datasets"].values() for r in v}
-    assert sum(counts.values()) == len(reqs)
+    assert sum(counts.values()) == reqs["preemptions"].notna().sum() == len(reqs)
+    missing = reqs.assign(preemptions=float("nan"))  # vLLM 0.26 reports no per-request count
+    pp = cr.preemptions_per_request_chart(missing).to_dict()
+    assert not [r for v in pp["datasets"].values() for r in v]  # not counted as "0 times"
     split = derive.split_by_prompt(reqs, float(reqs["prompt_tokens"].median()))
     sl = cr.short_long_chart(split).to_dict()
     assert ("xOffset", "group") in encoding_fields(sl)
     assert cr.prompt_scatter(reqs).to_dict()["mark"]["type"] == "circle"
+    sc = json.dumps(cr.prompt_scatter(missing, groups={"0": "prefix A"}).to_dict())
+    assert "NaN" not in sc and '"preemptions"' not in sc  # coloured by prefix, not by an unmeasured count
 
 
 def test_kv_blocks_picture_groups_large_caches() -> None:

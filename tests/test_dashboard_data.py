@@ -9,12 +9,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from dashboard.data import compare, derive, replay
 from dashboard.data.downsample import minmax_indices, rolling_ratio
-from dashboard.data.reports import compute_report
+from dashboard.data.reports import report_memo
 from dashboard.data.session import file_signature, load_recent, load_session
 from dashboard.data.sources import ENV_SESSIONS_DIR, ENV_UI_SESSIONS, discover_sessions
 from dashboard.data.steps import BASE_BUCKETS, View
@@ -212,14 +211,34 @@ def test_preemption_episodes_and_kv_demand() -> None:
 
 def test_report_deltas_and_config_differences() -> None:
     a, b = load_session(SESSIONS / "healthy.kvscope"), load_session(CPU_SESSION)
-    ra, _ = compute_report(a.path)
-    rb, _ = compute_report(b.path)
-    d = compare.key_number_deltas(ra, rb).set_index("metric")
-    assert d.loc["preemptions", "B − A"] == (rb["preemptions"] or 0) - (ra["preemptions"] or 0)
-    assert d.loc["KV blocks", "A"] == ra["engine"]["num_gpu_blocks"]
-    assert d.loc["preemptions", "B is"] == "worse"
+    ra, _ = report_memo(a.path)
+    rb, _ = report_memo(b.path)
+    d = compare.key_number_deltas(compare.side(a, ra, a.requests()), compare.side(b, rb, b.requests()))
+    assert d.attrs["why_no_verdict"] == "different workloads (96 vs 128 finished requests)"
+    d = d.set_index("metric")
+    assert d.loc["preemptions", "B − A"].startswith(f"+{(rb['preemptions'] or 0) - (ra['preemptions'] or 0):,}")
+    assert d.loc["KV blocks", "A"] == f"{ra['engine']['num_gpu_blocks']:,}"
+    assert d.loc["preemptions", "B is"] == ""  # not comparable: no verdict at all
+    assert d.loc["prefix hit rate", "A"] == f"{ra['prefix_cache']['hit_rate']:.1%}"  # fractions as percentages
     diff = compare.config_differences(a.engines, b.engines).set_index("setting")
     assert diff.loc["num_gpu_blocks", "A"] == str(ra["engine"]["num_gpu_blocks"])
+
+
+def test_compare_verdicts_only_beyond_noise_on_comparable_sessions() -> None:
+    """kv_pressure vs healthy on one H200: the same 512 requests of the same model. Preemptions and
+    latency differ far beyond noise; hit rates 97.7 % vs 97.5 % do not; memory gets no verdict."""
+    a, b = load_session(GPU_SESSION), load_session(SESSIONS / "gpu_h200_healthy.kvscope")
+    sa = compare.side(a, report_memo(a.path)[0], a.requests())
+    sb = compare.side(b, report_memo(b.path)[0], b.requests())
+    d = compare.key_number_deltas(sa, sb)
+    assert d.attrs["why_no_verdict"] is None
+    v = d.set_index("metric")["B is"]
+    assert v["preemptions"] == "better" and v["end-to-end p95"] == "better" and v["TTFT p50"] == "better"
+    assert v["prefix hit rate"] == "same (within noise)"
+    assert v["peak GPU memory"] == v["KV cache held"] == v["peak KV usage"] == ""
+    assert "duration (s)" not in set(d["metric"])  # start-up included: not compared
+    same = compare.key_number_deltas(sa, sa).set_index("metric")["B is"]
+    assert set(same) <= {"same (within noise)", ""}
 
 
 def test_replay_cursor_state_and_changes() -> None:
@@ -239,23 +258,24 @@ def test_replay_cursor_state_and_changes() -> None:
     assert none.t_s is None and none.next_t_s is not None
 
 
-def test_startup_waterfall_and_gpu_breakdown_on_gpu_session() -> None:
+def test_startup_waterfall_shows_the_cache_held_not_the_room_start_up_measured() -> None:
     data = load_session(GPU_SESSION)
     row = data.startup_memory.iloc[0]
-    wf = derive.startup_waterfall(row).set_index("label")
+    held = 600 * 2 * 2**20  # num_gpu_blocks_override 600 blocks of 2 MiB (kv_cache_config event)
+    wf = derive.startup_waterfall(row, kv_held_bytes=held, kv_label="KV cache held").set_index("label")
     assert wf.loc["device total", "value_gib"] == pytest.approx(row["total_bytes"] / 2**30)
-    assert wf.loc["KV cache", "value_gib"] == pytest.approx(row["kv_cache_bytes"] / 2**30)
-    used = sum(row[c] for c, _ in derive.WATERFALL_STEPS)
+    assert wf.loc["KV cache held", "value_gib"] == pytest.approx(held / 2**30)
+    assert row["kv_cache_bytes"] > 80 * held  # start-up measured room for far more
+    used = sum(row[c] for c, _ in derive.WATERFALL_STEPS if c != "kv_cache_bytes") + held
     assert wf.loc["left in budget", "value_gib"] == pytest.approx((row["budget_bytes"] - used) / 2**30)
-    dev = int(data.gpu_samples["device_index"].iloc[0])
-    s = data.gpu_samples[data.gpu_samples["device_index"] == dev]
-    br = derive.gpu_breakdown(s, row)
-    per_t = br.groupby("t_s")["gib"].sum()
-    assert np.allclose(per_t.to_numpy(), s.groupby("t_s")["used_bytes"].sum().to_numpy() / 2**30)
-    assert set(br["part"]) == {"weights", "KV cache", "activations + other"}
+    oom = load_session(SESSIONS / "gpu_h200_oom_startup.kvscope").startup_memory.iloc[0]
+    assert oom["kv_cache_bytes"] < 0  # start-up found no room: no KV bar, an over-the-budget bar
+    bars = derive.startup_waterfall(oom).set_index("label")
+    assert not any(label.startswith("KV cache") for label in bars.index)
+    over = bars.loc["over the budget (no room for a KV cache)", "value_gib"]
+    assert over == pytest.approx(-oom["kv_cache_bytes"] / 2**30, rel=1e-6)
     lat = derive.latency_percentiles(data.requests()).set_index("metric")
     assert lat.loc["TTFT", "p95_s"] == pytest.approx(data.requests()["ttft_s"].quantile(0.95))
-    assert isinstance(lat, pd.DataFrame)
 
 
 def test_first_open_keeps_the_cache_key(tmp_path: Path) -> None:

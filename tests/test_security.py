@@ -66,12 +66,12 @@ def _markdown_texts(at: AppTest) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("page", ["overview", "timeline", "memory", "requests", "replay",
-                                  "kv_cache", "whatif", "kv_events"])
+@pytest.mark.parametrize("page", ["sessions", "overview", "timeline", "memory", "requests", "replay",
+                                  "kv_cache", "whatif", "kv_events", "simulate", "compare"])
 def test_dashboard_renders_session_text_as_text(monkeypatch: pytest.MonkeyPatch,
                                                 hostile_session: Path, page: str) -> None:
     at = open_app(monkeypatch, hostile_session)
-    if page != "overview":
+    if page != "sessions":  # the page the dashboard opens on
         go(at, page)
     texts = _markdown_texts(at)
     assert texts

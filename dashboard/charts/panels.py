@@ -23,6 +23,9 @@ COLORS = {
 }
 ZOOM_PARAM = "zoom"
 """Name of the navigator's interval selection (Streamlit returns it under this key)."""
+RESET_PARAM = "reset"
+"""A double-click on the navigator, reported on its own: a brush drawn from a stored zoom (after a
+page change) clears without Streamlit seeing a change of the zoom selection."""
 
 
 def time_x(view: View, title: str | None = TIME_TITLE, labels: bool = True) -> alt.X:
@@ -54,15 +57,17 @@ class Panel:
         return self.draw(dict(self.frames))
 
 
-def _empty_panel(text: str, view: View, height: int) -> Panel:
+def empty_panel(text: str, view: View, height: int, title: str = "") -> Panel:
+    """A titled panel that says why it has nothing to draw (centred text on the time axis)."""
     df = pd.DataFrame({"t_s": [(view.t0_s + view.t1_s) / 2], "y": [0.5], "text": [text]})
 
     def draw(d: dict[str, Source]) -> alt.Chart:
-        return alt.Chart(d["note"]).mark_text(color="#888", fontSize=13).encode(
+        chart = alt.Chart(d["note"]).mark_text(color="#888", fontSize=13).encode(
             x=time_x(view), y=alt.Y("y:Q", axis=None, scale=alt.Scale(domain=[0, 1])), text="text:N"
         ).properties(height=height)
+        return chart.properties(title=title) if title else chart
 
-    return Panel({"note": df}, ("empty", text, height), draw)
+    return Panel({"note": df}, ("empty", text, title, height), draw)
 
 
 def _with_cursor(panel: Panel, cursor_s: float | None, view: View) -> Panel:
@@ -98,7 +103,7 @@ def kv_usage_panel(buckets: pd.DataFrame, view: View, num_blocks: int | None = N
     """KV cache usage (% of blocks) per pixel bucket, with the 100 % capacity line."""
     df = derive.kv_series(buckets)
     if df.empty:
-        return _empty_panel("no engine steps in this range", view, height)
+        return empty_panel("no engine steps in this range", view, height, "KV cache usage")
     cap = f" of {num_blocks} blocks" if num_blocks else ""
     multi = _multi_engine(df)
 
@@ -130,7 +135,7 @@ def queue_panel(buckets: pd.DataFrame, view: View, cursor_s: float | None = None
     """Running and waiting requests per pixel bucket."""
     df = derive.queue_series(buckets)
     if df.empty:
-        return _empty_panel("no engine steps in this range", view, height)
+        return empty_panel("no engine steps in this range", view, height, "Requests running and waiting")
 
     def draw(d: dict[str, Source]) -> alt.Chart:
         return alt.Chart(d["line"]).mark_line(interpolate="step-after", strokeWidth=1.5).encode(
@@ -160,7 +165,7 @@ def preemption_panel(buckets: pd.DataFrame, view: View, cursor_s: float | None =
     preempted."""
     rate = derive.rate_series(buckets, view, {"preemptions": "preemptions/s"}, smooth_s)
     if rate.empty:
-        return _empty_panel("no engine steps in this range", view, height)
+        return empty_panel("no engine steps in this range", view, height, "Preemptions per second")
 
     def draw(d: dict[str, Source]) -> alt.LayerChart:
         area = alt.Chart(d["rate"]).mark_area(interpolate="step", color=COLORS["preempt"],
@@ -188,7 +193,7 @@ def prefix_hit_panel(buckets: pd.DataFrame, view: View, rolling_s: float,
     """Prefix-cache hit rate per bucket (points) and over a rolling window (line)."""
     df = derive.hit_rate_series(buckets, view, rolling_s)
     if df.empty:
-        return _empty_panel("no prefix-cache queries in this range", view, height)
+        return empty_panel("no prefix-cache queries in this range", view, height, "Prefix-cache hit rate")
     names = tuple(dict.fromkeys(df["series"]))
     first = df["series"] == names[0]
 
@@ -225,7 +230,8 @@ def throughput_panel(buckets: pd.DataFrame, view: View, cursor_s: float | None =
     df = derive.rate_series(buckets, view, {"prompt_tokens": "prompt", "generation_tokens": "generation"},
                             smooth_s)
     if df.empty:
-        return _empty_panel("no engine steps in this range", view, height)
+        return empty_panel("no engine steps in this range", view, height,
+                           "Throughput: prompt and generation tokens per second")
 
     def draw(d: dict[str, Source]) -> alt.Chart:
         return alt.Chart(d["line"]).mark_line(interpolate="step-after", strokeWidth=1.5).encode(
@@ -249,50 +255,19 @@ def throughput_chart(buckets: pd.DataFrame, view: View, cursor_s: float | None =
     return throughput_panel(buckets, view, cursor_s, height, smooth_s).chart()
 
 
-GPU_PARTS = ["weights", "KV cache", "activations + other", "used (no start-up profile)"]
-
-
-def gpu_memory_panel(samples: pd.DataFrame, startup: pd.Series | None, total_bytes: float | None,
-                     view: View, title: str, cursor_s: float | None = None,
-                     height: int = PANEL_HEIGHT + 30) -> Panel:
-    """One device's NVML memory: stacked weights / KV cache / activations+other, and the total."""
-    df = derive.gpu_breakdown(samples, startup)
-    if df.empty:
-        return _empty_panel("no NVML samples in this range", view, height)
-    df = df.assign(part_order=df["part"].map({p: i for i, p in enumerate(GPU_PARTS)}))
-    total = pd.DataFrame({"gib": [total_bytes / derive.GIB]}) if total_bytes else None
-
-    def draw(d: dict[str, Source]) -> alt.LayerChart:
-        area = alt.Chart(d["used"]).mark_area(interpolate="step-after", opacity=0.85).encode(
-            x=time_x(view),
-            y=alt.Y("gib:Q", title="GiB", stack="zero"),
-            color=alt.Color("part:N", title=None, sort=GPU_PARTS, scale=alt.Scale(
-                domain=GPU_PARTS, range=["#9ecae9", "#4c78a8", "#f58518", "#4c78a8"]),
-                legend=alt.Legend(orient="top", direction="horizontal")),
-            order=alt.Order("part_order:Q"),
-            tooltip=[alt.Tooltip("t_s:Q", format=".2f", title="t (s)"), "part:N",
-                     alt.Tooltip("gib:Q", format=".2f", title="GiB")],
-        )
-        layers: list[alt.Chart] = [area]
-        if "total" in d:
-            layers.append(alt.Chart(d["total"]).mark_rule(strokeDash=[5, 3], color=COLORS["total"]).encode(
-                y="gib:Q", tooltip=[alt.Tooltip("gib:Q", format=".1f", title="device total GiB")]))
-        return alt.layer(*layers).properties(title=title, height=height)
-
-    frames = {"used": df} | ({"total": total} if total is not None else {})
-    panel = Panel(frames, ("gpu", title, total is not None, height), draw)
-    return _with_cursor(panel, cursor_s, view)
-
-
 def navigator_panel(buckets: pd.DataFrame, whole: View, zoom: tuple[float, float] | None,
-                    startup_end_s: float | None, view: View | None = None) -> Panel:
-    """Whole-session strip (peak KV usage per bucket) with a brush: drag to choose the range every
+                    startup_end_s: float | None, view: View | None = None,
+                    fallback: pd.DataFrame | None = None, what: str = "peak KV usage") -> Panel:
+    """Whole-session strip (peak KV usage per bucket; ``fallback`` = ``t_s``, ``kv`` fractions,
+    e.g. GPU memory used, for a session without steps) with a brush: drag to choose the range every
     panel shows. ``zoom`` is the brush's initial range (None: no brush yet); ``view`` is shaded as
     the range the panels show."""
     if buckets.empty:
-        df = pd.DataFrame({"t_s": [whole.t0_s, whole.t1_s], "kv": [0.0, 0.0]})
+        df = (fallback[["t_s", "kv"]].reset_index(drop=True) if fallback is not None and not fallback.empty
+              else pd.DataFrame({"t_s": [whole.t0_s, whole.t1_s], "kv": [0.0, 0.0]}))
     else:
         df = pd.DataFrame({"t_s": buckets["t_lo_s"], "kv": buckets["kv_usage_frac_max"]})
+        what = "peak KV usage"
     frames = {"kv": df}
     if startup_end_s is not None and startup_end_s > whole.t0_s:
         frames["startup"] = pd.DataFrame({"t_s": [whole.t0_s], "t_end_s": [startup_end_s],
@@ -314,28 +289,32 @@ def navigator_panel(buckets: pd.DataFrame, whole: View, zoom: tuple[float, float
         layers.append(alt.Chart(d["kv"]).mark_area(interpolate="step-after", color=COLORS["kv"],
                                                    opacity=0.7).encode(
             x=time_x(whole, title=None),
-            y=alt.Y("kv:Q", title="KV", axis=alt.Axis(format="%", tickCount=2),
+            y=alt.Y("kv:Q", title="KV" if what == "peak KV usage" else "GPU",
+                    axis=alt.Axis(format="%", tickCount=2),
                     scale=alt.Scale(domain=[0, 1])),
-        ).add_params(brush))
+        ).add_params(brush, alt.selection_point(name=RESET_PARAM, on="dblclick", clear=False,
+                                                 nearest=True, fields=["t_s"])))
         if "here" in d:  # on top of the area, so the shown range stays visible under any brush
             layers.append(alt.Chart(d["here"]).mark_rect(color="#f58518", opacity=0.3).encode(
                 x=time_x(whole, title=None), x2="t_end_s:Q", tooltip=["label:N"]))
-        title = alt.TitleParams("Whole session (peak KV usage): drag to zoom every panel, double-click "
+        title = alt.TitleParams(f"Whole session ({what}): drag to zoom every panel, double-click "
                                 "to reset", fontSize=12, fontWeight="normal", color="#555")
         return alt.layer(*layers).properties(height=60, title=title)
 
-    return Panel(frames, ("nav", whole.t0_s, whole.t1_s, value, tuple(frames)), draw)
+    return Panel(frames, ("nav", whole.t0_s, whole.t1_s, value, tuple(frames), what), draw)
 
 
 def compare_chart(df: pd.DataFrame, value: str, title: str, y_title: str, fmt: str | None = None,
                   height: int = 180) -> alt.Chart:
-    """Two sessions' series on time from their own start, colored by session."""
+    """Sessions' series on time from their own start, colored by session."""
     axis = alt.Axis(format=fmt) if fmt else alt.Axis()
+    two = df["session"].nunique() <= 2
+    scale = alt.Scale(range=["#4c78a8", "#f58518"]) if two else alt.Scale(scheme="tableau10")
     return alt.Chart(df).mark_line(interpolate="step-after", strokeWidth=1.5).encode(
         x=alt.X("t_s:Q", title="time since first engine step (s)"),
         y=alt.Y(f"{value}:Q", title=y_title, axis=axis),
         color=alt.Color("session:N", title=None, legend=alt.Legend(orient="top", labelLimit=400),
-                        scale=alt.Scale(range=["#4c78a8", "#f58518"])),
+                        scale=scale),
         tooltip=["session:N", alt.Tooltip("t_s:Q", format=".2f", title="t (s)"),
                  alt.Tooltip(f"{value}:Q", format=fmt or ",.2f", title=y_title)],
     ).properties(title=title, height=height)

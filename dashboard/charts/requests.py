@@ -6,6 +6,8 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
+from dashboard.charts.panels import time_x
+from dashboard.data.steps import View
 from profiler.units import fmt_s
 
 HIST_BINS = 40
@@ -48,8 +50,9 @@ def latency_histogram(values: pd.Series, name: str, height: int = 170) -> alt.La
 
 
 def preemptions_per_request_chart(requests: pd.DataFrame, height: int = 170) -> alt.Chart:
-    """How many requests were preempted 0, 1, 2, ... times."""
-    counts = requests["preemptions"].fillna(0).astype(int).value_counts().sort_index()
+    """How many requests were preempted 0, 1, 2, ... times (requests without a count are left out:
+    a count vLLM did not report is not 0)."""
+    counts = requests["preemptions"].dropna().astype(int).value_counts().sort_index()
     df = pd.DataFrame({"preemptions": counts.index.astype(str), "requests": counts.to_numpy()})
     return alt.Chart(df).mark_bar(color="#e45756").encode(
         x=alt.X("preemptions:N", title="times preempted", sort=None, axis=alt.Axis(labelAngle=0)),
@@ -73,16 +76,70 @@ def short_long_chart(split: pd.DataFrame, height: int = 220) -> alt.Chart:
     ).properties(title="Short vs long prompts: p50 (solid) and p95 (light)", height=height)
 
 
-def prompt_scatter(requests: pd.DataFrame, max_points: int = 5000, height: int = 220) -> alt.Chart:
-    """TTFT against prompt length (a random sample when there are many requests)."""
-    df = requests[["prompt_tokens", "ttft_s", "cached_tokens", "preemptions", "request_id"]].dropna(
-        subset=["prompt_tokens", "ttft_s"])
+def prompt_scatter(requests: pd.DataFrame, max_points: int = 5000, height: int = 220,
+                   groups: dict[str, str] | None = None) -> alt.Chart:
+    """TTFT against prompt length (a random sample when there are many requests), coloured by the
+    times each request was preempted where vLLM counted them, else by its shared prefix."""
+    df = requests.dropna(subset=["prompt_tokens", "ttft_s"]).copy()
     if len(df) > max_points:
         df = df.sample(max_points, random_state=0)
+    tooltip = [alt.Tooltip("request_id:N", title="request"), "prompt_tokens:Q",
+               alt.Tooltip("ttft_s:Q", format=".4f", title="TTFT (s)")]
+    if df["preemptions"].notna().all():
+        color = alt.Color("preemptions:Q", title="preempted", scale=alt.Scale(scheme="orangered"))
+        tooltip.append(alt.Tooltip("preemptions:Q", title="preempted"))
+    elif groups:
+        df["prefix"] = df["request_id"].astype(str).map(lambda r: groups.get(r, "prefix not recorded"))
+        color = alt.Color("prefix:N", title="starts with", legend=alt.Legend(orient="top", labelLimit=200))
+        tooltip.append(alt.Tooltip("prefix:N"))
+    else:
+        color = alt.value("#4c78a8")
+    if df["cached_tokens"].notna().any():
+        tooltip.append(alt.Tooltip("cached_tokens:Q", title="cached tokens"))
+    df = df.drop(columns=[c for c in df.columns if df[c].isna().all()])
     return alt.Chart(df).mark_circle(size=22, opacity=0.6).encode(
         x=alt.X("prompt_tokens:Q", title="prompt tokens", scale=alt.Scale(zero=False)),
-        y=alt.Y("ttft_s:Q", title="TTFT (s)"),
-        color=alt.Color("preemptions:Q", title="preempted", scale=alt.Scale(scheme="orangered")),
-        tooltip=["request_id:N", "prompt_tokens:Q", "cached_tokens:Q", "preemptions:Q",
-                 alt.Tooltip("ttft_s:Q", format=".4f")],
+        y=alt.Y("ttft_s:Q", title="TTFT (s)"), color=color, tooltip=tooltip,
     ).properties(title="TTFT vs prompt length", height=height)
+
+
+PHASE_OPACITY = {"queued": 0.25, "prefill": 1.0, "decode": 0.6, "in system": 0.6, "preempted": 1.0}
+
+
+def swimlane_chart(spans: pd.DataFrame, view: View, evictions: pd.DataFrame | None = None) -> alt.LayerChart:
+    """One lane per request (arrival order): queued (faint), prefill (solid) and decode (half)
+    spans coloured by the shared prompt prefix the request starts with; preempted spans in black;
+    a red dot ends the lane of a request preempted N times; evictions (KV events) as grey ticks."""
+    lanes = int(spans["lane"].max()) + 1 if not spans.empty else 1
+    height = int(min(max(lanes * 5, 160), 900))
+    y = alt.Y("lane:O", title=f"requests ({lanes}, by arrival)", axis=alt.Axis(labels=False, ticks=False,
+                                                                             domain=False))
+    tip = [alt.Tooltip("request_id:N", title="request"), alt.Tooltip("phase:N"), alt.Tooltip("prefix:N"),
+           alt.Tooltip("t_s:Q", format=".3f", title="from (s)"), alt.Tooltip("t_end_s:Q", format=".3f", title="to (s)")]
+    base = spans[spans["phase"] != "preempted"]
+    base = base.assign(alpha=base["phase"].map(PHASE_OPACITY).fillna(0.6))
+    bars = alt.Chart(base).mark_bar(height={"band": 0.9}, clip=True).encode(
+        x=time_x(view), x2="t_end_s:Q", y=y,
+        color=alt.Color("prefix:N", title="starts with", legend=alt.Legend(orient="top", labelLimit=200)),
+        opacity=alt.Opacity("alpha:Q", scale=None, legend=None),
+        tooltip=tip)
+    layers: list[alt.Chart] = [bars]
+    pre = spans[spans["phase"] == "preempted"]
+    if not pre.empty:
+        layers.append(alt.Chart(pre).mark_bar(height={"band": 0.9}, color="#111111", clip=True).encode(
+            x=time_x(view), x2="t_end_s:Q", y=y, tooltip=tip))
+    counted = spans[spans["preemptions"].fillna(0) > 0].groupby("lane", as_index=False).agg(
+        t_end_s=("t_end_s", "max"), preemptions=("preemptions", "first"), request_id=("request_id", "first"))
+    if not counted.empty:
+        layers.append(alt.Chart(counted).mark_point(color="#d62728", filled=True, size=30, clip=True).encode(
+            x=alt.X("t_end_s:Q", scale=alt.Scale(domain=[view.t0_s, view.t1_s], nice=False)), y=y,
+            tooltip=[alt.Tooltip("request_id:N", title="request"),
+                     alt.Tooltip("preemptions:Q", title="times preempted")]))
+    if evictions is not None and not evictions.empty:
+        layers.append(alt.Chart(evictions).mark_tick(color="#777777", thickness=1, size=8, clip=True).encode(
+            x=time_x(view), y=alt.value(4),
+            tooltip=[alt.Tooltip("t_s:Q", format=".2f", title="t (s)"),
+                     alt.Tooltip("evictions_per_s:Q", format=",.0f", title="evictions / s")]))
+    return alt.layer(*layers).properties(
+        title="Requests over time: queued (faint), prefill (solid), decode (half), coloured by shared prefix",
+        height=height)

@@ -177,10 +177,14 @@ WATERFALL_STEPS: tuple[tuple[str, str], ...] = (
 """Start-up consumers of the memory budget, in vLLM's order."""
 
 
-def startup_waterfall(row: pd.Series, total_label: str = "device total") -> pd.DataFrame:
+def startup_waterfall(row: pd.Series, total_label: str = "device total",
+                      kv_held_bytes: float | None = None, kv_label: str = "KV cache") -> pd.DataFrame:
     """Waterfall bars from device total to the budget, its consumers, and what is left.
 
-    Columns: ``label``, ``start_gib``, ``end_gib``, ``kind`` (total/budget/used/left/outside),
+    The KV bar is what the cache held (``kv_held_bytes``: blocks × bytes per block) when known,
+    else what start-up measured for it; a negative start-up figure (no room at all) is no KV bar
+    but an "over the budget" bar from the budget to what start-up used.
+    Columns: ``label``, ``start_gib``, ``end_gib``, ``kind`` (total/budget/used/left/outside/over),
     ``value_gib``, ``order``. Consumers vLLM did not report are left out (listed in ``missing``
     attrs of the frame).
     """
@@ -197,12 +201,20 @@ def startup_waterfall(row: pd.Series, total_label: str = "device total") -> pd.D
     level = 0.0
     for col, label in WATERFALL_STEPS:
         v = _f(row.get(col))
+        if col == "kv_cache_bytes":
+            if kv_held_bytes is not None:
+                v, label = kv_held_bytes, kv_label
+            elif v is not None and v < 0:
+                continue  # no room: drawn as "over the budget" below
         if v is None:
             missing.append(label)
             continue
         bars.append(dict(label=label, start=level, end=level + v, kind="used"))
         level += v
-    if budget is not None:
+    if budget is not None and level > budget:
+        bars.append(dict(label="over the budget (no room for a KV cache)", start=budget, end=level,
+                         kind="over"))
+    elif budget is not None:
         bars.append(dict(label="left in budget", start=level, end=budget, kind="left"))
     df = pd.DataFrame(bars)
     if df.empty:
@@ -224,32 +236,6 @@ def _f(v: object) -> float | None:
     except (TypeError, ValueError):
         return None
     return None if np.isnan(x) else x
-
-
-def gpu_breakdown(samples: pd.DataFrame, startup: pd.Series | None) -> pd.DataFrame:
-    """One device's NVML used memory split into weights, KV cache and activations+other (GiB).
-
-    Long format: ``t_s``, ``part``, ``gib``. Without a start-up profile everything is "used".
-    """
-    if samples.empty:
-        return pd.DataFrame(columns=["t_s", "part", "gib"])
-    used = samples["used_bytes"].to_numpy(float)
-    t = samples["t_s"].to_numpy(float)
-    weights = _f(startup.get("weights_bytes")) if startup is not None else None
-    kv = _f(startup.get("kv_cache_bytes")) if startup is not None else None
-    t_profile = _f(startup.get("t_s")) if startup is not None else None
-    if weights is None and kv is None:
-        return pd.DataFrame({"t_s": t, "part": "used (no start-up profile)", "gib": used / GIB})
-    w = np.full_like(used, weights or 0.0)
-    k = np.full_like(used, kv or 0.0)
-    if t_profile is not None:
-        k = np.where(t >= t_profile, k, 0.0)
-    w = np.minimum(w, used)
-    k = np.minimum(k, used - w)
-    rest = used - w - k
-    parts = [("weights", w), ("KV cache", k), ("activations + other", rest)]
-    return pd.concat([pd.DataFrame({"t_s": t, "part": name, "gib": v / GIB}) for name, v in parts],
-                     ignore_index=True)
 
 
 def latency_percentiles(requests: pd.DataFrame) -> pd.DataFrame:

@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from dashboard.data.session import FileMemo
-from profiler.analysis.diagnosis import diagnose
 from profiler.analysis.kv_events import KvEventSummary, kv_event_summary
-from profiler.analysis.report import build_report
-from profiler.analysis.whatif import WhatIf, analyse
+from profiler.analysis.simulate import Model, model
+from profiler.analysis.summarized import report_and_findings
+from profiler.analysis.summarized import whatif as summarized_whatif
+from profiler.analysis.whatif import WhatIf
 from profiler.session.reader import open_session
 
 Report = tuple[dict[str, Any], list[dict[str, Any]]]
@@ -19,14 +20,14 @@ Report = tuple[dict[str, Any], list[dict[str, Any]]]
 def compute_report(path: str | Path) -> Report:
     """``profiler.analysis.report.build_report`` of a session plus its diagnosis findings (as dicts)."""
     with open_session(path) as session:
-        findings = [f.as_dict() for f in diagnose(session)]
-        return build_report(session, findings=findings), findings
+        return report_and_findings(session)
 
 
 def compute_whatif(path: str | Path) -> WhatIf:
-    """The what-if model of the session's busiest engine; ValueError when it has no trace."""
+    """The what-if model of the session's busiest engine (stored with a large session's
+    summaries); ValueError when it has no trace."""
     with open_session(path) as session:
-        return analyse(session)
+        return summarized_whatif(session)
 
 
 def compute_kv_events(path: str | Path) -> KvEventSummary:
@@ -35,7 +36,14 @@ def compute_kv_events(path: str | Path) -> KvEventSummary:
         return kv_event_summary(session)
 
 
-report_memo = FileMemo(compute_report)
+def compute_model(path: str | Path) -> Model:
+    """The session's scheduler model (``profiler.analysis.simulate``); NotAnalysable without demand."""
+    with open_session(path) as session:
+        return model(session)
+
+
+report_memo = FileMemo(compute_report, size=64)
 """``compute_report`` remembered per (path, size, mtime) in this process (filled at start)."""
 whatif_memo = FileMemo(compute_whatif)
 kv_events_memo = FileMemo(compute_kv_events)
+model_memo = FileMemo(compute_model)

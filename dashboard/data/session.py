@@ -18,9 +18,11 @@ from dashboard.data.steps import (
     preempting_steps,
     query_buckets,
     rebucket,
+    rollup_buckets,
     steps_around,
     summarize,
 )
+from profiler.analysis.summarized import prepare
 from profiler.errors import SessionFormatError
 from profiler.session.reader import Session, open_session
 
@@ -107,8 +109,13 @@ class SessionData:
             return self.steps.fine.iloc[0:0]
         if not self.steps.needs_raw(view):
             return rebucket(self.steps.fine, view)
+        level = self.steps.rollup_level(view)
         with self.open() as session:
-            return query_buckets(session, self.start_unix_s, view, self.steps.rowid_range(view))
+            if level is not None:  # a finer stored rollup holds the view: no raw steps read
+                return rebucket(rollup_buckets(session, self.start_unix_s, level, view.t0_s,
+                                               view.t1_s), view)
+            return query_buckets(session, self.start_unix_s, view, self.steps.rowid_range(view),
+                                 self.steps.checked)
 
     def requests(self) -> pd.DataFrame:
         """Finished requests with ``t_finished_s`` and ``t_arrival_s`` (read from the file)."""
@@ -186,6 +193,7 @@ def load_session(path: str | Path) -> SessionData:
     """Read every table the dashboard needs; raises SessionFormatError with a one-line reason."""
     session = open_session(path)
     try:
+        prepare(session)  # a large session's summaries: built and stored once
         return _load(session)
     except sqlite3.DatabaseError as exc:
         raise SessionFormatError(f"{session.path}: damaged session file ({exc})") from exc
@@ -234,7 +242,10 @@ def _role_labels(processes: pd.DataFrame) -> dict[int, str]:
         role = str(p["role"])
         if role == "worker" and not _isnull(p["rank"]):
             role = f"worker {int(p['rank'])}"
-        out[int(p["pid"])] = f"{role} (pid {int(p['pid'])})"
+        pid = int(p["pid"])
+        if pid in out and out[pid].startswith("worker"):
+            continue  # one process in two roles (an engine core that is its own worker): the worker
+        out[pid] = f"{role} (pid {pid})"
     return out
 
 
@@ -284,6 +295,6 @@ def load_recent(path: str | Path, window_s: float,
     return data, view, req
 
 
-load_session_memo = FileMemo(load_session)
+load_session_memo = FileMemo(load_session, size=16)
 """``load_session`` remembered per file; ``dashboard.serve`` fills it before serving, so the first
 page opened on a big session does not wait for its one-scan summary."""

@@ -60,11 +60,13 @@ def _bucket_sql(where: str) -> str:
 
 
 def query_buckets(session: Session, start_unix_s: float, view: View,
-                  rowid_range: tuple[int, int] | None = None) -> pd.DataFrame:
+                  rowid_range: tuple[int, int] | None = None, checked: bool = False) -> pd.DataFrame:
     """Aggregate the steps inside ``view`` into ``view.buckets`` buckets with one SQL scan.
 
     ``rowid_range`` bounds the scan (a superset of the view's rows) so that a zoomed view reads
-    only its own part of the table. Times in the result are seconds from ``start_unix_s``.
+    only its own part of the table. ``checked``: every value of the steps was checked valid when
+    written (the session's summaries say so), so the table is read as stored, without the checked
+    view's per-value tests. Times in the result are seconds from ``start_unix_s``.
     """
     a = start_unix_s + view.t0_s
     b = start_unix_s + view.t1_s
@@ -74,7 +76,10 @@ def query_buckets(session: Session, start_unix_s: float, view: View,
         where += " AND rowid BETWEEN ? AND ?"
         params += [int(rowid_range[0]), int(rowid_range[1])]
     try:
-        rows = session.db.execute(_bucket_sql(where), params).fetchall()
+        sql = _bucket_sql(where)
+        if checked:
+            sql = sql.replace("FROM steps", "FROM main.steps")
+        rows = session.db.execute(sql, params).fetchall()
     except sqlite3.DatabaseError as exc:
         raise SessionFormatError(f"{session.path}: damaged session file ({exc})") from exc
     df = pd.DataFrame.from_records(rows, columns=list(BUCKET_COLUMNS)).astype("float64")
@@ -121,11 +126,23 @@ class StepSummary:
     fine: pd.DataFrame
     duration_s: float
     total_steps: int
+    width_s: float | None = None
+    """Width of the fine buckets when they come from the session's stored rollups (else
+    ``duration / BASE_BUCKETS``)."""
+    levels_s: tuple[float, ...] = ()
+    """Rollup levels finer than ``fine`` that a zoom can read (empty: zooms read raw steps)."""
+    checked: bool = False
+    """Every stored step value was checked valid when written: raw reads skip the checks."""
 
     @property
     def fine_width_s(self) -> float:
         """Width of one fine bucket in seconds."""
-        return max(self.duration_s, 1e-9) / BASE_BUCKETS
+        return self.width_s or max(self.duration_s, 1e-9) / BASE_BUCKETS
+
+    def rollup_level(self, view: View) -> float | None:
+        """The coarsest stored rollup level fine enough for ``view`` (None: read raw steps)."""
+        fits = [level for level in self.levels_s if level <= view.width_s]
+        return max(fits) if fits else None
 
     def needs_raw(self, view: View) -> bool:
         """True when the fine buckets are too coarse to fill ``view``'s pixel buckets."""
@@ -146,8 +163,59 @@ class StepSummary:
         return int(sel["rowid_lo"].min()), int(sel["rowid_hi"].max())
 
 
+ROLLUP_MAX_BUCKETS = 4 * BASE_BUCKETS
+"""The whole-session summary reads the finest stored rollup level with at most this many buckets."""
+ROLLUP_MIN_BUCKETS = 512
+"""A session too short for that many buckets at the finest level is summarised from its steps
+(it has few enough of them); a zoom narrower than the level reads raw steps either way."""
+
+
+def rollup_buckets(session: Session, start_unix_s: float, level_s: float,
+                   t0_s: float | None = None, t1_s: float | None = None) -> pd.DataFrame:
+    """The stored rollups of one level (``profiler.session.summaries``) as a bucket frame,
+    optionally only the buckets overlapping ``t0_s..t1_s`` (seconds from ``start_unix_s``)."""
+    from profiler.session import summaries as sm
+
+    sums = ", ".join(f"CASE WHEN {c}_n > 0 THEN {c}_sum END" for c in COUNTERS)
+    where = "level = ? AND bucket <> ?"
+    params: list[float | int] = [level_s, sm.UNTIMED_BUCKET]
+    if t0_s is not None and t1_s is not None:
+        where += " AND t_hi >= ? AND t_lo <= ?"
+        params += [start_unix_s + t0_s, start_unix_s + t1_s]
+    sql = (f"SELECT NULLIF(engine_id, {sm.NO_ENGINE}), bucket, t_lo - ?, t_hi - ?, n_rows, "
+           f"{', '.join(f'{g}_min, {g}_max' for g in GAUGES)}, {sums}, rowid_lo, rowid_hi "
+           f"FROM {sm.ROLLUP} WHERE {where} ORDER BY bucket, engine_id")
+    try:
+        rows = session.db.execute(sql, [start_unix_s, start_unix_s, *params]).fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise SessionFormatError(f"{session.path}: damaged session file ({exc})") from exc
+    return pd.DataFrame.from_records(rows, columns=list(BUCKET_COLUMNS)).astype("float64")
+
+
+def _from_rollups(session: Session, start_unix_s: float, duration_s: float) -> StepSummary | None:
+    from profiler.session import summaries as sm
+
+    if not sm.up_to_date(session.db):
+        return None
+    levels = [lv for lv in sm.LEVELS_S if duration_s / lv <= ROLLUP_MAX_BUCKETS]
+    if not levels or duration_s / levels[0] < ROLLUP_MIN_BUCKETS:
+        return None
+    level = levels[0]
+    fine = rollup_buckets(session, start_unix_s, level)
+    total = int(fine["n_steps"].sum()) if not fine.empty else 0
+    done = sm.stored_bad(session.db, "steps")
+    checked = (done is not None and done[0] >= sm.max_rowid(session.db, "steps")
+               and not done[1])
+    return StepSummary(fine, max(duration_s, 1e-6), total, level,
+                       tuple(lv for lv in sm.LEVELS_S if lv < level), checked)
+
+
 def summarize(session: Session, start_unix_s: float, duration_s: float) -> StepSummary:
-    """One scan of the steps table into ``BASE_BUCKETS`` buckets over the whole session."""
+    """The whole session in fine buckets: from its stored rollups when it has them (any length
+    costs the same), else one scan of the steps table into ``BASE_BUCKETS`` buckets."""
+    rolled = _from_rollups(session, start_unix_s, duration_s)
+    if rolled is not None:
+        return rolled
     end = max(duration_s, 1e-6)
     fine = query_buckets(session, start_unix_s, View(0.0, end, BASE_BUCKETS))
     # Steps before the recorded start (clock skew between processes) land in bucket 0 by clamping.

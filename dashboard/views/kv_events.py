@@ -6,7 +6,10 @@ import streamlit as st
 
 from dashboard import state
 from dashboard.charts import kv_events as kv
+from dashboard.charts import marks as chart_marks
+from dashboard.data import marks as mk
 from dashboard.data.session import SessionData
+from dashboard.data.steps import View
 
 
 def render(data: SessionData) -> None:
@@ -25,8 +28,11 @@ def render(data: SessionData) -> None:
     if summary.gaps:
         st.warning(f"{summary.gaps} interval(s) of KV events were lost; see the gaps table.")
     names = kv.engine_names(engines)
-    st.altair_chart(kv.resident_chart(summary, float(t0), names))
-    st.altair_chart(kv.rates_chart(summary, float(t0), names))
+    view = View(*kv.time_domain(summary, float(t0)))
+    marks = mk.session_marks(data, state.report(data)[1], state.get_focus(data))
+    st.altair_chart(chart_marks.with_marks(kv.resident_chart(summary, float(t0), names), marks, view))
+    st.altair_chart(chart_marks.with_marks(kv.rates_chart(summary, float(t0), names), marks, view))
+    st.caption(chart_marks.LEGEND_TEXT)
     if summary.restored_blocks:
         st.altair_chart(kv.evicted_time_chart(summary))
     else:

@@ -1,15 +1,21 @@
-"""Requests page: every finished request, latency distributions and percentiles, short vs long."""
+"""Requests page: every finished request over time (swimlanes), latency distributions and
+percentiles, preemptions per request, short vs long prompts."""
 
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
-from dashboard import state
+from dashboard import histogram_latency, sections, state
+from dashboard.charts import marks as chart_marks
 from dashboard.charts import requests as cr
-from dashboard.data import derive
+from dashboard.data import derive, tables
+from dashboard.data import marks as mk
 from dashboard.data.kv_whole import forensics_memo, request_preemptions
 from dashboard.data.session import SessionData
+from dashboard.data.steps import View
+from dashboard.data.swimlanes import prefix_groups, session_spans
+from profiler import units
 from profiler.units import escape_markdown
 
 PREEMPTION_COLUMNS = {
@@ -24,6 +30,7 @@ PREEMPTION_COLUMNS = {
     "recomputed_tokens": st.column_config.NumberColumn("tokens prefilled again", format="%d"),
     "recompute_s_est": st.column_config.NumberColumn("recompute (s, est.)", format="%.4f"),
 }
+
 
 def request_preemptions_section(data: SessionData, reqs: pd.DataFrame) -> None:
     """Each preempted request's preemptions (the engine core's record), one request at a time."""
@@ -50,28 +57,86 @@ def request_preemptions_section(data: SessionData, reqs: pd.DataFrame) -> None:
                  width="stretch", column_config=PREEMPTION_COLUMNS)
 
 
+def evictions(data_kv: object, start_unix_s: float) -> pd.DataFrame | None:
+    """Eviction rate bins from the session's KV events (None without events)."""
+    rates = getattr(data_kv, "rates", None)
+    if rates is None or rates.empty:
+        return None
+    ev = rates[rates["evictions_per_s"] > 0]
+    return pd.DataFrame({"t_s": ev["t_unix_s"] - start_unix_s, "evictions_per_s": ev["evictions_per_s"]})
+
+
 data = state.current_session()
 if data is not None:
     with state.session_errors(data.name):
         st.title(f"Requests · {escape_markdown(data.name)}")
         reqs = state.requests(data)
+        rep, findings = state.report(data)
         if reqs.empty:
-            st.info("No finished requests in this session.")
+            if not histogram_latency.show(data):  # attach: the server's histograms
+                st.info("No finished requests in this session"
+                        + (": the engine never served." if not rep.get("steps") else "."),
+                        icon=":material/info:")
             st.stop()
 
-        pct = derive.latency_percentiles(reqs)
-        st.subheader("Latency percentiles")
-        st.dataframe(pct, hide_index=True, column_config={
-            c: st.column_config.NumberColumn(c.replace("_s", " (s)"), format="%.4f")
-            for c in ("p50_s", "p95_s", "p99_s")})
-        state.csv_download(pct, f"{data.name}-latency-percentiles", "Percentiles CSV")
+        pre_steps = rep.get("preemptions")
+        counted = reqs["preemptions"].dropna()
+        cards: list[tuple[str, str, str | None, str | None]] = [("Requests finished", f"{len(reqs):,}", None, None)]
+        if pre_steps is not None:
+            cards.append(("Preemptions", f"{int(pre_steps):,}", None,
+                          "requests preempted, summed over the engine steps (as on Overview and KV cache)"))
+        if len(counted):
+            cards.append(("Requests preempted", f"{int((counted > 0).sum()):,}",
+                          f"of {len(counted):,} with a count", None))
+        if rep["latency_s"].get("ttft_p95") is not None:
+            cards.append(("TTFT p95", units.fmt_s(rep["latency_s"]["ttft_p95"]), None, None))
+        for col, (label, value, delta, helptext) in zip(st.columns(4), cards, strict=False):
+            col.metric(label, value, delta=delta, delta_color="off", delta_arrow="off", help=helptext)
 
+        st.subheader("Requests over time")
+        z0, z1 = state.get_zoom(data)
+        view = View(z0, z1, 400)
+        spans = session_spans(data, reqs, view.t0_s, view.t1_s)
+        if spans.empty:
+            st.info("No finished request overlaps the range shown (change the zoom on the Timeline).")
+        else:
+            kv = state.kv_events(data) if data.steps.total_steps else None
+            marks = mk.session_marks(data, findings, state.get_focus(data))
+            state.show(chart_marks.with_marks(cr.swimlane_chart(spans, view, evictions(kv, data.start_unix_s)),
+                                              marks, view), key="swimlanes")
+            hidden = spans.attrs.get("hidden", 0)
+            st.caption(f"Range {z0:,.2f}–{z1:,.2f} s (the Timeline's zoom). Spans are vLLM's per-request "
+                       "queue, prefill and decode times laid end to end from arrival"
+                       + ("; preempted spans are not recorded by this session, so a red dot ends the lane "
+                          "of a preempted request" if (reqs["preemptions"].fillna(0) > 0).any() else "")
+                       + (f". {hidden:,} later requests in the range are not drawn." if hidden else "."))
+
+        st.subheader("Latency percentiles")
+        pct = derive.latency_percentiles(reqs)
+        st.table(tables.shown(pct, {c: units.fmt_s for c in ("p50_s", "p95_s", "p99_s")}).rename(columns={
+            "p50_s": "p50", "p95_s": "p95", "p99_s": "p99", "n": "requests"}), hide_index=True)
+        state.csv_download(pct, f"{data.name}-latency-percentiles", "Percentiles CSV")
+        sections.latency_splits(rep, data.name)
+
+        measured = [col for col in derive.LATENCY_COLUMNS if reqs[col].notna().any()]
         cols = st.columns(3)
-        for i, (col, name) in enumerate(derive.LATENCY_COLUMNS.items()):
+        for i, col in enumerate(measured):
             with cols[i % 3]:
-                state.show(cr.latency_histogram(reqs[col], name), key=f"hist-{col}")
-        with cols[len(derive.LATENCY_COLUMNS) % 3]:
-            state.show(cr.preemptions_per_request_chart(reqs), key="preempt-per-req")
+                state.show(cr.latency_histogram(reqs[col], derive.LATENCY_COLUMNS[col]), key=f"hist-{col}")
+        with cols[len(measured) % 3]:
+            if len(counted):
+                state.show(cr.preemptions_per_request_chart(reqs), key="preempt-per-req")
+                if len(counted) < len(reqs):
+                    st.caption(f"{len(reqs) - len(counted):,} requests have no count (not reported).")
+            else:
+                per = (f"{int(pre_steps):,} preemptions over the engine steps, "
+                       f"{pre_steps / len(reqs):.2f} per finished request" if pre_steps is not None
+                       else "no preemption count either")
+                st.info(f"Preemptions per request: not measured (this vLLM {rep['session']['vllm_version'] or ''} "
+                        f"does not report per-request counts); {per}.", icon=":material/info:")
+        missing = [derive.LATENCY_COLUMNS[c] for c in derive.LATENCY_COLUMNS if c not in measured]
+        if missing:
+            st.caption("Not reported for these requests: " + ", ".join(missing) + ".")
 
         st.subheader("Short vs long prompts")
         lo, hi = int(reqs["prompt_tokens"].min()), int(reqs["prompt_tokens"].max())
@@ -86,15 +151,23 @@ if data is not None:
         with left:
             state.show(cr.short_long_chart(derive.split_by_prompt(reqs, threshold)), key="short-long")
         with right:
-            state.show(cr.prompt_scatter(reqs), key="ttft-scatter")
+            if reqs["ttft_s"].notna().any():
+                with data.open() as session:
+                    groups = prefix_groups(session.table("prompt_blocks"))
+                state.show(cr.prompt_scatter(reqs, groups=groups), key="ttft-scatter")
+            else:
+                st.info("TTFT vs prompt length: TTFT not measured for these requests.")
 
         st.subheader(f"All {len(reqs):,} finished requests")
-        st.caption("Click a column header to sort.")
         table = reqs.drop(columns=["t_finished_unix_s"], errors="ignore")
         front = ["request_id", "t_arrival_s", "t_finished_s", "prompt_tokens", "cached_tokens",
                  "generation_tokens", "ttft_s", "e2e_s", "queued_s", "prefill_s", "decode_s", "preemptions",
                  "finish_reason"]
         table = table[[c for c in front if c in table] + [c for c in table if c not in front]]
-        st.dataframe(table, hide_index=True, width="stretch", height=420)
+        view_table = tables.shown(table)
+        gone = view_table.attrs.get("not_measured") or []
+        st.caption("Click a column header to sort."
+                   + (f" Not reported for any request (left out): {', '.join(gone)}." if gone else ""))
+        st.dataframe(view_table, hide_index=True, width="stretch", height=420)
         state.csv_download(table, f"{data.name}-requests", "Requests CSV")
         request_preemptions_section(data, reqs)

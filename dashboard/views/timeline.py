@@ -1,10 +1,12 @@
-"""Timeline page: every per-step metric on one shared, zoomable time axis."""
+"""Timeline page: every per-step metric and each GPU's memory on one shared, zoomable time axis,
+with engine start, OOMs and finding ranges marked on every panel."""
 
 from __future__ import annotations
 
 import streamlit as st
 
 from dashboard import state
+from dashboard.charts import marks as chart_marks
 from dashboard.charts import panels as charts
 from dashboard.charts import timeline as tl
 from dashboard.data.steps import View
@@ -15,18 +17,12 @@ if data is not None:
     with state.session_errors(data.name):
         whole = tl.whole_view(data)
         nav_key = f"nav::{data.path}"
-
-        # ?t0=&t1= (links from findings, shared URLs) set the zoom once.
-        qp = st.query_params
-        if "t0" in qp and "t1" in qp:
-            try:
-                state.set_zoom(data, float(qp["t0"]), float(qp["t1"]))
-            except ValueError:
-                st.warning("Ignored the t0/t1 in the address: they are not numbers.")
-            del qp["t0"], qp["t1"]
+        analysis = state.report(data)
+        focus = state.get_focus(data)
 
         def on_brush() -> None:
-            """Navigator brush moved: zoom every panel to it (a cleared brush shows the whole session)."""
+            """Navigator brush moved: zoom every panel to it; a cleared brush or a double-click
+            (``RESET_PARAM``) shows the whole session."""
             sel = st.session_state[nav_key].selection.get(charts.ZOOM_PARAM) or {}
             rng = sel.get("t_s")
             if rng and len(rng) == 2:
@@ -35,7 +31,14 @@ if data is not None:
                 state.set_zoom(data, whole.t0_s, whole.t1_s)
 
         st.title(f"Timeline · {escape_markdown(data.name)}")
+        if not data.steps.total_steps and not data.has_gpu_samples:
+            st.info("Nothing to draw over time: this session has neither engine steps nor GPU samples "
+                    "(no NVML on the machine that recorded it).", icon=":material/info:")
+            st.stop()
         t0, t1 = state.get_zoom(data)
+        if state.page_changed() and st.session_state.get(state.zoom_key(data)):
+            # back from another page after a zoom: draw the brush where the zoom is
+            state.set_zoom(data, t0, t1)
         view = View(t0, t1, tl.BUCKETS)
         b = state.buckets(data, view)
         steps_in_view = int(b["n_steps"].sum()) if not b.empty else 0
@@ -43,18 +46,32 @@ if data is not None:
         c = st.columns([3, 1.2, 1.2, 1.5])
         c[0].markdown(f"Showing **{t0:,.2f} – {t1:,.2f} s** ({t1 - t0:,.2f} s, {steps_in_view:,} engine steps, "
                       f"{view.width_s * 1000:,.2f} ms per bucket)")
-        if c[1].button("Serving period", icon=":material/fit_screen:", help="From the first engine step on"):
+        if c[1].button("Serving period", icon=":material/fit_screen:", help="From the first engine step on",
+                       disabled=not data.steps.total_steps):
             state.set_zoom(data, *data.serving_range())
             st.rerun()
         if c[2].button("Whole session", icon=":material/zoom_out_map:", help="Including engine start-up"):
             state.set_zoom(data, whole.t0_s, whole.t1_s)
             st.rerun()
-        rolling_s = c[3].select_slider("Rolling window for rates (s)", options=tl.ROLLING_OPTIONS_S,
-                                       value=tl.DEFAULT_ROLLING_S, key="rolling_s")
-
+        rolling_s = tl.DEFAULT_ROLLING_S
+        if data.steps.total_steps:
+            rolling_s = c[3].select_slider("Rolling window for rates (s)", options=tl.ROLLING_OPTIONS_S,
+                                           value=tl.DEFAULT_ROLLING_S, key="rolling_s")
+        if focus is not None:
+            f = st.columns([5, 1.2])
+            panel = tl.PANEL_NAMES.get(tl.focus_panel_key(focus[2]) or "", "")
+            f[0].markdown(f":orange[**{escape_markdown(focus[2])}**] {focus[0]:,.2f}–{focus[1]:,.2f} s is "
+                          "highlighted in yellow on every panel"
+                          + (f"; the {panel} panel that shows it is first." if panel else "."))
+            if f[1].button("Clear highlight", icon=":material/close:"):
+                state.set_focus(data, None)
+                st.rerun()
+        if not data.steps.total_steps:
+            st.caption("No engine step was recorded in this session: only GPU memory is drawn.")
         if not data.has_gpu_samples:
             state.not_measured("GPU memory per device", data, "nvml")
         linked = tl.linked_chart(data, view, b, state.buckets(data, whole), state.brush_value(data),
-                                 float(rolling_s))
+                                 float(rolling_s), analysis=analysis, focus=focus)
+        st.caption(chart_marks.LEGEND_TEXT + " Double-click the top strip to show the whole session.")
         st.vega_lite_chart(linked.spec(), key=nav_key, on_select=on_brush,
-                           selection_mode=[charts.ZOOM_PARAM], width="stretch")
+                           selection_mode=[charts.ZOOM_PARAM, charts.RESET_PARAM], width="stretch")

@@ -51,9 +51,9 @@ def render(data: SessionData) -> None:
     left.altair_chart(whatif_chart(w, top), width="stretch")
     with right:
         block_size_section(data, c.block_size)
-    if w.trace is not None:
+    if w.request_count is not None:
         how = ("One LRU stack-distance pass over the session's prompt-block hashes "
-               f"({len(w.trace.requests)} requests, {w.trace.accesses} block accesses).")
+               f"({w.request_count} requests, {w.access_count} block accesses).")
     else:
         how = ("Estimated from KV events (re-stores of evicted blocks; events show misses only), "
                "so only sizes from the session's up are predicted.")

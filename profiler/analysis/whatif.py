@@ -58,6 +58,8 @@ class RequestAccess:
     prompt_tokens: int
     tail_blocks: int
     """Full blocks of generated tokens (cached by vLLM, reused by nobody)."""
+    request_id: str = ""
+    """The request's id as its prompt-block row recorded it ("" when unknown)."""
 
 
 @dataclass(frozen=True)
@@ -248,8 +250,9 @@ def _trace(session: Session, engine_id: int, bs: int, blocks: pd.DataFrame,
     prompt = np.where(unknown, n_full * bs + 1, prompt).astype(np.int64)
     gen = np.where(np.isnan(gen) | unknown, 0, gen).astype(np.int64)
     tail = np.maximum(np.maximum(prompt + gen - 1, 0) // bs - n_full, 0)  # last token never stored
-    out = [RequestAccess(float(t), h, int(p), int(k))
-           for t, h, p, k in zip(blocks["t_unix_s"], blocks["_hashes"], prompt, tail, strict=True)]
+    out = [RequestAccess(float(t), h, int(p), int(k), r)
+           for t, h, p, k, r in zip(blocks["t_unix_s"], blocks["_hashes"], prompt, tail, rid,
+                                    strict=True)]
     running = session.scalar("SELECT AVG(running) FROM steps WHERE engine_id = ? AND running > 0",
                              (engine_id,))
     return AccessTrace(engine_id, bs, out, int(round(running)) if running else 0)
@@ -435,9 +438,26 @@ class WhatIf:
 
     engine_id: int
     trace: AccessTrace | None
-    """The replayed prompt-block sequence (None for a curve estimated from KV events)."""
+    """The replayed prompt-block sequence (None for a curve estimated from KV events, or one read
+    back from the session's stored summaries: ``stored_counts`` then says what it held)."""
     curve: MissRatioCurve
     actual: SessionPoint
+    stored_counts: tuple[int, int] | None = None
+    """(requests, block accesses) of the replay a stored curve came from."""
+
+    @property
+    def request_count(self) -> int | None:
+        """Requests replayed (None for a KV-event estimate)."""
+        if self.trace is not None:
+            return len(self.trace.requests)
+        return self.stored_counts[0] if self.stored_counts else None
+
+    @property
+    def access_count(self) -> int | None:
+        """Block accesses replayed (None for a KV-event estimate)."""
+        if self.trace is not None:
+            return self.trace.accesses
+        return self.stored_counts[1] if self.stored_counts else None
 
 
 def analyse(session: Session, engine_id: int | None = None) -> WhatIf:
@@ -457,7 +477,7 @@ def predictions(w: WhatIf, sizes: list[int]) -> dict[str, Any]:
         "engine_id": w.engine_id,
         "source": c.source,
         "block_size": c.block_size,
-        "requests": len(w.trace.requests) if w.trace else None,
+        "requests": w.request_count,
         "query_tokens": c.query_tokens,
         "actual": {"num_blocks": a.num_blocks, "hit_rate": a.hit_rate,
                    "predicted_hit_rate": c.hit_rate(a.num_blocks) if a.num_blocks else None},

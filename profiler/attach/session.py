@@ -17,8 +17,13 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from profiler.attach import tier_metrics
+from profiler.attach.feeds import COARSE_PERIOD_S, Feed, FeedSchedule, core_samples
+from profiler.attach.fetch import FILTERED_PATH, fetch_async, filtered_url
+from profiler.attach.fleet import Fleet
+from profiler.attach.histograms import WANTED_NAMES, HistogramTracker, bucket_rows
 from profiler.attach.kv_events import (
     KvEventsConfigError,
     KvEventSubscriber,
@@ -46,6 +51,7 @@ from profiler.attach.processes import (
     stop_gpu_sampling,
     url_port,
 )
+from profiler.session.heartbeat import Heartbeat
 from profiler.session.writer import SessionWriter, get_writer
 from profiler.units import first_line
 
@@ -79,6 +85,8 @@ class AttachOptions:
     """A server unreachable for this long is given up (the session is marked incomplete)."""
     timeout_s: float = 2.0
     """Deadline of one whole HTTP request (connect, headers and body)."""
+    feeds: list[Feed] = field(default_factory=list)
+    """Consumers of /metrics besides the ``steps`` rows, each at its own period (``feeds.py``)."""
 
 
 @dataclass
@@ -132,11 +140,26 @@ def probe_server(url: str, timeout_s: float) -> ServerInfo:
     return ServerInfo(url, str(version) if version is not None else None, first)
 
 
+CORE_FEED = "steps"
+LATENCY_FEED = "latency_buckets"
+"""The latency histograms (``latency_buckets`` rows, made in ``record`` from the parsed scrape):
+cumulative, so asked for every ``COARSE_PERIOD_S``; a scrape without them leaves the histogram
+tracker's last values, and the next one that has them covers the interval."""
+LATENCY_SAMPLES = tuple(sorted(n for n in WANTED_NAMES if n.endswith(("_bucket", "_count", "_sum"))))
+"""Name of the attach's own feed (gauges and counters into ``steps`` rows, every tick)."""
+TIERS_FEED = "kv_tiers"
+"""KV tiers and block residency (``tier_samples`` / ``kv_residency_hist`` rows, made in ``record``
+from the parsed scrape): cumulative, so asked for every ``COARSE_PERIOD_S`` like the latency
+histograms; the rows of a scrape without them are made from the next one that has them."""
+
+
 class ServerAttachment:
-    """Scrapes one server on a thread and writes engines/steps/gaps rows."""
+    """Scrapes one server (a coroutine on the fleet's event loop) and writes engines/steps/gaps
+    rows; ``record`` turns one parsed scrape into rows, other feeds get the body (``feeds.py``)."""
 
     def __init__(self, writer: SessionWriter, info: ServerInfo, opts: AttachOptions,
-                 pid: int | None, seen_pids: set[int] | None = None) -> None:
+                 pid: int | None, seen_pids: set[int] | None = None,
+                 feeds: tuple[Feed, ...] = ()) -> None:
         self.writer = writer
         self.info = info
         self.url = info.url
@@ -144,6 +167,7 @@ class ServerAttachment:
         self.pid = pid
         self.engine_ids: dict[str, int] = {}
         self.trackers: dict[str, CounterTracker] = {}
+        self.hist_trackers: dict[str, HistogramTracker] = {}
         self.tier_trackers: dict[str, tier_metrics.TierTracker] = {}
         self.intervals = 0
         self.gaps = 0
@@ -161,7 +185,17 @@ class ServerAttachment:
         self._lock = threading.Lock()
         self._start_unix_s = info.first.process_start_unix_s
         self._watcher = ProcessWatcher(writer, pid, None, seen_pids) if pid else None
-        self._thread: threading.Thread | None = None
+        self._running = True
+        """Until its scrape loop has ended (set before the loop starts: nothing to wait for)."""
+        self.scrapes = 0
+        """/metrics answers recorded (the probe not counted)."""
+        self.filtering = True
+        """Ask for only the due feeds' samples (``?name[]=``); off once the server refuses it."""
+        self.schedule = FeedSchedule([Feed(CORE_FEED, core_samples(), self._no_op),
+                                      Feed(LATENCY_FEED, LATENCY_SAMPLES, self._no_op, COARSE_PERIOD_S),
+                                      Feed(TIERS_FEED, tier_metrics.SAMPLES, self._no_op,
+                                           COARSE_PERIOD_S),
+                                      *feeds])
 
     def engine_id(self, label: str, eng: EngineScrape | None = None) -> int:
         """Session engine id of this server's engine ``label`` (its row is created on first use)."""
@@ -232,6 +266,10 @@ class ServerAttachment:
                 _int(d.get("prompt_tokens")), _int(d.get("generation_tokens")),
                 _int(d.get("finished")), 1,
             ))
+            latency = self.hist_trackers.setdefault(label, HistogramTracker()).update(
+                eng.histograms, deltas is not None and deltas.reset)
+            for row in bucket_rows(eid, scrape.t_unix_s, latency or ()):
+                self.writer.append("latency_buckets", row)
             if deltas is not None:
                 self.intervals += 1
         for label, values in tier_metrics.tier_values(scrape.extra).items():
@@ -244,70 +282,93 @@ class ServerAttachment:
                 self.writer.append("kv_residency_hist", hrow)
         self._prev_t_unix_s = scrape.t_unix_s
 
+    @staticmethod
+    def _no_op(_server: object, _text: str, _t_unix_s: float) -> None:
+        """The core feed is recorded by ``record`` itself."""
+
     def block_size(self, label: str) -> int:
         """The engine's KV block size in tokens (16 when the server does not say)."""
         eng = self.info.first.engines.get(label) or next(iter(self.info.first.engines.values()), None)
         size = cache_config(eng.cache_info).get("block_size") if eng else None
         return int(size) if isinstance(size, int) and size > 0 else 16
 
-    def start(self, stop: threading.Event) -> None:
-        """Start the scrape thread."""
-        self._thread = threading.Thread(target=self._run, args=(stop,), name="kvscope-scrape",
-                                        daemon=True)
-        self._thread.start()
-
-    def join(self, timeout_s: float) -> None:
-        """Wait for the scrape thread (it does one last scrape after stop)."""
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-
     @property
     def running(self) -> bool:
-        """True while the scrape thread is alive."""
-        return self._thread is not None and self._thread.is_alive()
+        """True while this server's scrape loop runs."""
+        return self._running
 
-    def _run(self, stop: threading.Event) -> None:
-        """The scrape loop; whatever escapes it becomes a gap and a lost server, never silence."""
+    async def run(self, client: Any, fleet: Fleet, stop: threading.Event,
+                  phase_s: float = 0.0) -> None:
+        """The scrape loop (on the fleet's event loop); whatever escapes it becomes a gap and a
+        lost server, never silence."""
         try:
-            self._loop(stop)
+            await self._loop(client, fleet, stop, phase_s)
         except BaseException as exc:
-            reason = f"scrape thread stopped: {type(exc).__name__}: {first_line(exc)}"
+            reason = f"scrape loop stopped: {type(exc).__name__}: {first_line(exc)}"
             self.lost_reason = f"lost {self.url} ({reason})"
             self._gap(self.last_ok_unix_s, time.time(), reason)
             self.writer.event("error", self.lost_reason, self._any_engine(),
                               traceback=traceback.format_exc())
             print(f"kvscope: {self.lost_reason}", file=sys.stderr)
+        finally:
+            self._running = False
 
-    def _scrape(self) -> Scrape:
-        return parse_metrics(
-            fetch_text(self.url + "/metrics", self.opts.timeout_s), time.time(), self.url
-        )
+    async def _scrape(self, client: Any, final: bool = False) -> None:
+        """One tick: ask for the due feeds' samples, record the steps rows, feed the others. The
+        ``final`` scrape (the window's end) serves every feed, so coarse ones cover the window too."""
+        now = time.monotonic()
+        due = list(self.schedule.feeds) if final else self.schedule.due(now)
+        url = self.url + "/metrics"
+        text = None
+        refused = False
+        if self.filtering:
+            samples = FeedSchedule.samples(due)
+            status, body = await fetch_async(client, filtered_url(self.url + FILTERED_PATH, samples),
+                                             self.opts.timeout_s)
+            if status == 200 and "vllm:" in body:
+                text = body
+            else:
+                refused = True
+        if text is None:
+            status, text = await fetch_async(client, url, self.opts.timeout_s)
+            if status >= 400:
+                raise FetchError(f"GET {url} returned HTTP {status}")
+        t_unix_s = time.time()
+        scrape = parse_metrics(text, t_unix_s, self.url)
+        if refused:  # the whole text works where the filtered one did not: keep to it
+            self.filtering = False
+        self.scrapes += 1
+        self.record(scrape)
+        for feed in due:
+            if feed.name != CORE_FEED:
+                feed.consume(self, text, t_unix_s)
+        self.schedule.served(due, now)
+        self.last_ok_unix_s = t_unix_s
 
-    def _loop(self, stop: threading.Event) -> None:
+    async def _loop(self, client: Any, fleet: Fleet, stop: threading.Event, phase_s: float) -> None:
         interval = self.opts.interval_s
-        next_s = time.monotonic() + interval
+        next_s = time.monotonic() + interval + phase_s
         failing_since: float | None = None
         failure = ""
         retries = 0
         internal_reported = False
-        stop.wait(interval)
+        await fleet.sleep(interval + phase_s)
         while True:
             stopping = stop.is_set()
             if stopping and failing_since is not None:  # no last try: it would only delay the end
                 self._gap(self.last_ok_unix_s, time.time(), failure)
                 return
             try:
-                scrape = self._scrape()
-                self.record(scrape)
+                ok_before = self.last_ok_unix_s
+                await self._scrape(client, final=stopping)
                 if failing_since is not None:
-                    self._gap(self.last_ok_unix_s, scrape.t_unix_s, failure)
+                    self._gap(ok_before, self.last_ok_unix_s, failure)
                     print(f"kvscope: {self.url}: reachable again", file=sys.stderr)
                     failing_since, retries, self.failure = None, 0, None
-                self.last_ok_unix_s = scrape.t_unix_s
             except Exception as exc:  # noqa: BLE001 (FetchError, NotVllmError, or a kvscope bug)
                 if isinstance(exc, (FetchError, NotVllmError)):
                     failure = str(exc)
-                else:  # a bug in kvscope: a gap and one event, never a dead thread
+                else:  # a bug in kvscope: a gap and one event, never a dead loop
                     failure = f"{self.url}: internal error ({type(exc).__name__}: {first_line(exc)})"
                     if not internal_reported:
                         internal_reported = True
@@ -325,7 +386,8 @@ class ServerAttachment:
                     self._gap(self.last_ok_unix_s, time.time(), failure)
                     return
                 retries += 1
-                stop.wait(min(interval * 2 ** min(retries, 8), MAX_BACKOFF_S))
+                await fleet.sleep(min(interval * 2 ** min(retries, 8), MAX_BACKOFF_S))
+                next_s = time.monotonic() + interval
                 continue
             if stopping:
                 return
@@ -335,7 +397,14 @@ class ServerAttachment:
             delay = next_s - time.monotonic()
             if delay < 0:  # fell behind: skip the missed ticks instead of bursting
                 next_s, delay = time.monotonic(), 0.0
-            stop.wait(delay)
+            await fleet.sleep(delay)
+
+    def heartbeat_state(self) -> dict[str, object]:
+        """This server's line of the session heartbeat (``profiler.session.heartbeat``)."""
+        state = "lost" if self.lost_reason else "failing" if self.failure else "ok"
+        return {"url": self.url, "state": state, "last_ok_unix_s": self.last_ok_unix_s,
+                "reason": self.lost_reason or self.failure,
+                "interval_s": self.opts.interval_s}
 
     def _any_engine(self) -> int | None:
         return next(iter(self.engine_ids.values()), None)
@@ -500,7 +569,7 @@ def run_attach(opts: AttachOptions, stop: threading.Event | None = None) -> Atta
         pid = opts.pids[i] if opts.pids else (
             listening_pid(url_port(info.url)) if is_local(info.url) else None
         )
-        server = ServerAttachment(writer, info, opts, pid, seen_pids)
+        server = ServerAttachment(writer, info, opts, pid, seen_pids, tuple(opts.feeds))
         server.record(info.first)  # baseline: gauges now, counters from here on
         servers.append(server)
     local = [s for s in servers if s.pid is not None]
@@ -518,11 +587,16 @@ def run_attach(opts: AttachOptions, stop: threading.Event | None = None) -> Atta
     for server in servers:
         if server._watcher is not None:
             server._watcher.poll()
-        server.start(stop)
+    # one event loop for every server; their ticks spread evenly over the interval
+    fleet = Fleet([_job(server, stop, i * opts.interval_s / len(servers))
+                   for i, server in enumerate(servers)])
+    fleet.start()
     writer.event("attach_start", f"attached to {len(servers)} server(s)",
                  urls=opts.urls, kv_endpoints=[s.source.endpoint for s in subscribers])
     for server, srcs in zip(servers, sources, strict=True):
         print(_describe(server, srcs, opts.session), file=sys.stderr)
+    heartbeat = Heartbeat(writer, "attach",
+                          lambda: {"servers": [s.heartbeat_state() for s in servers]}).start()
     t0 = time.monotonic()
     deadline = None if opts.duration_s is None else t0 + opts.duration_s
     ended_by = "stop"
@@ -531,7 +605,7 @@ def run_attach(opts: AttachOptions, stop: threading.Event | None = None) -> Atta
             if deadline is not None and time.monotonic() >= deadline:
                 ended_by = "duration"
                 break
-            if not any(s.running for s in servers):
+            if not fleet.alive or not any(s.running for s in servers):
                 ended_by = "servers"
                 break
             for dog in watchdogs:
@@ -539,8 +613,9 @@ def run_attach(opts: AttachOptions, stop: threading.Event | None = None) -> Atta
             stop.wait(0.1)
     finally:
         stop.set()
-        for server in servers:
-            server.join(opts.timeout_s + 5.0)
+        fleet.stop()
+        fleet.join(opts.timeout_s + 5.0)
+        heartbeat.stop()
         for sub in subscribers:
             sub.stop()
         for dog in watchdogs:
@@ -564,6 +639,12 @@ def run_attach(opts: AttachOptions, stop: threading.Event | None = None) -> Atta
         lost=lost,
         incomplete=incomplete,
     )
+
+
+def _job(server: ServerAttachment, stop: threading.Event, phase_s: float) -> Any:
+    async def job(client: Any, fleet: Fleet) -> None:
+        await server.run(client, fleet, stop, phase_s)
+    return job
 
 
 def _coverage(servers: list[ServerAttachment], ended_by: str, elapsed_s: float,

@@ -59,6 +59,25 @@ FAMILIES = frozenset([*{k.rsplit("_sum", 1)[0].rsplit("_count", 1)[0] for k in C
 """Family names (no suffix) this module needs from /metrics, besides every ``lmcache:`` one."""
 
 
+LMCACHE_SAMPLES = ("lmcache:num_requested_tokens_total", "lmcache:num_hit_tokens_total",
+                   "lmcache:num_stored_tokens_total", "lmcache:num_retrieve_requests_total",
+                   "lmcache:num_store_requests_total", "lmcache:retrieve_hit_rate",
+                   "lmcache:lookup_hit_rate", "lmcache:local_cache_usage",
+                   "lmcache:remote_cache_usage")
+"""LMCache's samples asked for by name (a filtered scrape names samples; an unfiltered one
+keeps every ``lmcache:`` number)."""
+
+SAMPLES = tuple(sorted({
+    *(f"{k}_total" for k in COUNTER_KEYS if not k.endswith(("_sum", "_count"))
+      and not k.startswith("lmcache:")),
+    *(k for k in COUNTER_KEYS if k.endswith(("_sum", "_count"))),
+    *(f"{name}_total" for name, _ in LEGACY), *GAUGE_KEYS, *(f"{n}_total" for n in BY_SOURCE),
+    *(f"{family}{suffix}" for family in RESIDENCY for suffix in ("_bucket", "_sum", "_count")),
+    *LMCACHE_SAMPLES,
+}))
+"""The sample names of the tier/residency feed (``?name[]=`` on a vLLM server's /metrics/)."""
+
+
 def wanted(base_name: str) -> bool:
     """True for a sample/family name (``_total`` already stripped) this module reads."""
     if base_name.startswith("lmcache:"):

@@ -40,6 +40,7 @@ def format_text(obj: dict[str, Any]) -> str:
 
 def cmd_whatif(args: argparse.Namespace) -> int:
     """``kvscope whatif SESSION --blocks N [N ...] [--json]``."""
+    from profiler.analysis.summarized import whatif
     from profiler.analysis.whatif import analyse, predictions
     from profiler.session.reader import open_session
 
@@ -49,7 +50,8 @@ def cmd_whatif(args: argparse.Namespace) -> int:
         raise UserError("--blocks: cache sizes must be positive block counts")
     session = open_session(args.session)
     try:
-        w = analyse(session, args.engine)
+        # the busiest engine's curve is stored with a large session's summaries
+        w = whatif(session) if args.engine is None else analyse(session, args.engine)
     except ValueError as exc:
         raise UserError(f"{args.session}: {exc}") from exc
     obj = predictions(w, list(args.blocks or []))

@@ -23,19 +23,15 @@ import contextlib
 import functools
 import importlib
 import itertools
-import os
 import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from profiler.recorder import context
+from profiler.recorder import context, kv_groups
 from profiler.session.kv_hash import fold_hash
 from profiler.session.rows import KvEventRow, KvOccupancyRow, PreemptionRow
-
-ENV_ENGINE_ID = "KVSCOPE_ENGINE_ID"
-"""Session engine id of data-parallel rank 0, set by the frontend before it starts the engine core."""
 
 REASONS = {"schedule": "kv_cache_full", "reset_prefix_cache": "prefix_cache_reset"}
 """Scheduler method that called ``_preempt_request`` -> the reason kvscope records."""
@@ -52,7 +48,7 @@ def install(patch: Patch) -> None:
     if sched is not None and hasattr(sched, "Scheduler"):
         patch(sched.Scheduler, "__init__", _wrap_scheduler_init)
         patch(sched.Scheduler, "_preempt_request", _wrap_preempt)
-        patch(sched.Scheduler, "make_stats", _wrap_make_stats)
+        # make_stats is wrapped by the plugin together with kv_groups' wrapper (wrap_make_stats)
     manager = _module("vllm.v1.core.kv_cache_manager")
     if manager is not None and hasattr(manager, "KVCacheManager"):
         # 0.3x counts a lookup at admission (record_prefix_cache_stats); 0.2x inside
@@ -76,20 +72,22 @@ def _module(name: str) -> Any:
 
 # --- which engine ---------------------------------------------------------------------------
 
-_engine_id_cache: list[int | None] = []
+_engine_id_cache: list[int] = []
 
 
 def _engine_id(scheduler: Any | None = None) -> int | None:
-    """This engine core's session engine id (data-parallel rank 0 only; others are unknown)."""
+    """This engine core's session engine id: data-parallel rank 0 has the frontend's pending
+    engine (``KVSCOPE_ENGINE_ID``), another rank the frontend's engine row of its index (looked up
+    until the frontend has written it). None while unknown."""
     if _engine_id_cache:
         return _engine_id_cache[0]
-    if scheduler is None:
-        return None
-    rank = getattr(getattr(getattr(scheduler, "vllm_config", None), "parallel_config", None),
-                   "data_parallel_rank", 0)
-    raw = os.environ.get(ENV_ENGINE_ID)
-    eid = int(raw) if raw and raw.isdigit() and not rank else None
-    _engine_id_cache.append(eid)
+    rank = context.dp_rank()
+    if rank is None and scheduler is not None:
+        rank = getattr(getattr(getattr(scheduler, "vllm_config", None), "parallel_config", None),
+                       "data_parallel_rank", 0)
+    eid = kv_groups.engine_id() if not rank else context.engine_id_of_this_process()
+    if eid is not None:
+        _engine_id_cache.append(eid)
     return eid
 
 
@@ -229,7 +227,9 @@ def occupancy(scheduler: Any) -> tuple[int, int] | None:
     return used, max(used * bs - slack, 0)
 
 
-def _wrap_make_stats(method: Callable[..., Any]) -> Callable[..., Any]:
+def wrap_make_stats(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Scheduler ``make_stats`` wrapper: one ``kv_occupancy`` row per step that made stats."""
+
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
         out = method(self, *args, **kwargs)

@@ -115,6 +115,17 @@ def _patch_frontend() -> None:
     output_processor = sys.modules.get("vllm.v1.engine.output_processor")
     if output_processor is not None:
         _patch(output_processor.OutputProcessor, "add_request", _wrap_add_request)
+        # AsyncLLM's output handler hands every error after start-up (EngineDeadError when an
+        # engine core dies) to propagate_error before the requests fail with it
+        _patch(output_processor.OutputProcessor, "propagate_error", _wrap_propagate_error)
+    if llm_engine is not None:
+        _patch(llm_engine.LLMEngine, "step", lambda f: observe_failures(f, "frontend: step"))
+    core_client = sys.modules.get("vllm.v1.engine.core_client")
+    if core_client is not None:
+        for name in ("DPAsyncMPClient", "DPLBAsyncMPClient"):
+            cls = getattr(core_client, name, None)
+            if cls is not None and "get_core_engine_for_request" in vars(cls):
+                _patch(cls, "get_core_engine_for_request", _wrap_engine_choice)
 
 
 def _wrap_engine_init(init: Callable[..., Any]) -> Callable[..., Any]:
@@ -144,11 +155,7 @@ def _wrap_engine_init(init: Callable[..., Any]) -> Callable[..., Any]:
             from profiler.recorder.stat_logger import insert_pending_engine
 
             options.apply(vllm_config)
-            engine_id = insert_pending_engine(w, vllm_config)
-            if engine_id is not None:  # the engine core's own rows (preemptions, KV events) use it
-                from profiler.recorder.engine_core import ENV_ENGINE_ID
-
-                os.environ[ENV_ENGINE_ID] = str(engine_id)
+            insert_pending_engine(w, vllm_config)
         # The user turned stats off: keep vLLM's own periodic log lines off too.
         _suppress_default_loggers.on = not user_log_stats
         try:
@@ -227,6 +234,37 @@ def _wrap_add_request(method: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _wrap_propagate_error(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Record the error the output handler is about to hand to every request (once)."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, exc: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(exc, BaseException):
+            try:
+                record_failure(exc, "frontend: output handler")
+            except Exception:
+                pass
+        return method(self, exc, *args, **kwargs)
+
+    return wrapper
+
+
+def _wrap_engine_choice(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Data parallel: hash each request's prompt blocks for the engine the balancer chose."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        engine = method(self, request, *args, **kwargs)
+        try:
+            if prompt_blocks.many_engines() and isinstance(engine, bytes | bytearray):
+                prompt_blocks.record_prompt_blocks(request, int.from_bytes(engine, "little"))
+        except Exception:
+            pass
+        return engine
+
+    return wrapper
+
+
 # --- engine core ----------------------------------------------------------------------------
 
 
@@ -235,19 +273,42 @@ def _patch_engine_core() -> None:
     if core is None:
         return
     _patch(core.EngineCore, "_initialize_kv_caches", _wrap_initialize_kv_caches)
-    _patch(core.EngineCore, "reset_prefix_cache", _wrap_reset_prefix_cache)
-    proc = getattr(core, "EngineCoreProc", None)
-    if proc is not None:
-        _patch(proc, "run_busy_loop", lambda f: observe_failures(f, "engine core: busy loop"))
     from profiler.recorder import engine_core
 
+    with contextlib.suppress(ImportError):
+        from vllm.v1.core.sched import scheduler
+
+        from profiler.recorder import kv_groups
+
+        # one wrapper for both: per-group blocks (hybrid models) and token occupancy
+        _patch(scheduler.Scheduler, "make_stats",
+               lambda f: engine_core.wrap_make_stats(kv_groups.wrap_make_stats(f)))
     engine_core.install(_patch)
+    _patch(core.EngineCore, "reset_prefix_cache", _wrap_reset_prefix_cache)
+    proc = getattr(core, "EngineCoreProc", None)
+    if proc is None:
+        return
+    # every busy loop: EngineCoreProc's and the data-parallel ones that override it
+    # (DPEngineCoreProc, ...), each wrapped where it is defined; an override names its class
+    for cls in [proc, *_subclasses(proc)]:
+        if "run_busy_loop" in vars(cls):
+            where = "engine core: busy loop" + ("" if cls is proc else f" ({cls.__name__})")
+            _patch(cls, "run_busy_loop", lambda f, where=where: observe_failures(f, where))
+
+
+def _subclasses(cls: type) -> list[type]:
+    out = []
+    for sub in cls.__subclasses__():
+        out += [sub, *_subclasses(sub)]
+    return out
 
 
 def _wrap_initialize_kv_caches(method: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        context.register_process("engine_core")
+        dp_rank = _dp_rank(self)
+        context.set_dp_rank(dp_rank)
+        context.register_process("engine_core", rank=dp_rank)
         try:
             config = method(self, *args, **kwargs)
         except BaseException as exc:
@@ -260,6 +321,24 @@ def _wrap_initialize_kv_caches(method: Callable[..., Any]) -> Callable[..., Any]
     return wrapper
 
 
+def _dp_rank(obj: Any) -> int:
+    """The data-parallel rank of the engine core or worker ``obj`` (0 without data parallelism):
+    vLLM's engine index of that engine in the frontend.
+
+    An engine core knows its ``engine_index``; a worker reads its config's
+    ``data_parallel_index`` (vLLM 0.32 resets ``data_parallel_rank`` to 0 in each rank of a
+    dense model's DP, whose ranks run as independent engines), else ``data_parallel_rank``."""
+    index = getattr(obj, "engine_index", None)
+    if isinstance(index, int) and index >= 0:
+        return index
+    par = getattr(getattr(obj, "vllm_config", None), "parallel_config", None)
+    for name in ("data_parallel_index", "data_parallel_rank"):
+        rank = getattr(par, name, None)
+        if isinstance(rank, int) and rank >= 0:
+            return rank
+    return 0
+
+
 def _record_kv_cache_config(config: Any) -> None:
     """Store the KV cache the engine core allocated: blocks and bytes per block (per worker)."""
     w = context.writer()
@@ -267,6 +346,12 @@ def _record_kv_cache_config(config: Any) -> None:
     tensors = getattr(config, "kv_cache_tensors", None)
     if w is None or not isinstance(blocks, int) or tensors is None:
         return
+    from profiler.recorder import kv_groups
+
+    try:
+        kv_groups.record_groups(config)
+    except Exception as exc:
+        w.event("error", f"kvscope could not read the KV-cache groups: {exc!r}")
     try:
         total_bytes = sum(int(t.size) for t in tensors)
     except Exception:
@@ -321,9 +406,13 @@ def _patch_worker_resolution() -> None:
 
 def patch_worker_class(cls: type) -> None:
     """Wrap a worker class: role + allocator sampler at init_device, start-up memory, failures."""
-    from profiler.recorder import startup_memory
+    from profiler.recorder import spec_decode, startup_memory
 
     for name, where in _WORKER_METHODS.items():
+        if name == "load_model":  # also measures the drafter once the weights are in
+            _patch(cls, name, lambda f, where=where: spec_decode.wrap_load_model(
+                observe_failures(f, where)))
+            continue
         _patch(cls, name, lambda f, where=where: observe_failures(f, where))
     _patch(cls, "init_device", _wrap_init_device)
     _patch(cls, "determine_available_memory", startup_memory.wrap_determine_available_memory)
@@ -340,6 +429,7 @@ def _wrap_init_device(method: Callable[..., Any]) -> Callable[..., Any]:
             raise
         w = context.writer()
         if w is not None:
+            context.set_dp_rank(_dp_rank(self))
             context.register_process("worker", rank=getattr(self, "rank", None))
             from profiler.recorder.allocator import start_allocator_sampler
 

@@ -14,10 +14,8 @@ from typing import Any
 
 from vllm.v1.metrics.loggers import StatLoggerBase
 
-from profiler.recorder import context, prompt_blocks, tiers
+from profiler.recorder import context, kv_groups, prompt_blocks, spec_decode, tiers
 from profiler.session.rows import KvEvictionRow, RequestRow, StepRow
-
-"""Engine id of the most recently created engine in this process (for prompt-block rows)."""
 
 
 def _get(obj: Any, *names: str) -> Any:
@@ -85,6 +83,9 @@ def insert_pending_engine(writer: Any, vllm_config: Any) -> int | None:
     """Describe the engine before it starts, so a start-up failure still has its config; its id."""
     global _pending_engine_id
     _pending_engine_id = insert_engine(writer, engine_row(vllm_config, 0))
+    # the engine core (a child process, or this one) tags its own rows with it (KV-cache groups,
+    # preemptions, occupancy, KV events)
+    os.environ[kv_groups.ENV_ENGINE_ID] = str(_pending_engine_id)
     return _pending_engine_id
 
 
@@ -123,9 +124,11 @@ class KvscopeStatLogger(StatLoggerBase):
                 f"UPDATE engines SET {sets} WHERE engine_id = ?", (*row.values(), self.engine_id)
             )
         prompt_blocks.set_target(
-            self.engine_id, row["block_size"] if row["enable_prefix_caching"] else None)
+            self.engine_id, row["block_size"] if row["enable_prefix_caching"] else None,
+            engine_index)
         self.writer.set_meta_default(vllm_version=row["vllm_version"], model=row["model"])
         context.register_process("frontend", engine_id=self.engine_id)
+        spec_decode.record_config(self.writer, vllm_config, self.engine_id)
         obs = _get(vllm_config, "observability_config")
         if getattr(obs, "kv_cache_metrics", False):
             sample = getattr(obs, "kv_cache_metrics_sample", None)
@@ -155,6 +158,9 @@ class KvscopeStatLogger(StatLoggerBase):
             return
         t = time.time()
         running = waiting = kv = pq = ph = ppq = pph = None
+        spec = spec_decode.step_row(self.engine_id, t, getattr(s, "spec_decoding_stats", None))
+        if spec is not None:
+            w.append("spec_decode_steps", spec)
         if s is not None:
             running = getattr(s, "num_running_reqs", None)
             waiting = getattr(s, "num_waiting_reqs", None)

@@ -26,37 +26,13 @@ import numpy as np
 import pandas as pd
 
 from profiler.errors import SessionFormatError
+from profiler.session import summaries
 from profiler.session.schema import OPTIONAL_TABLES, TABLES, UNIX_S_MAX, check_version, column_rule
+from profiler.session.validity import view_column as _view_column
 from profiler.units import first_line
 
 _META_TIMES = ("started_unix_s", "ended_unix_s")
 _META_TEXT = ("host", "kvscope_version", "vllm_version", "model", "incomplete_reason")
-
-
-def _valid_sql(table: str, col: str) -> str | None:
-    """SQL condition true for a valid value of ``col`` (None: every value is valid)."""
-    kind, lo, hi = column_rule(table, col)
-    c = f'"{col}"'
-    if kind == "any":
-        return None
-    if kind == "text":
-        return f"typeof({c}) IN ('text', 'integer', 'real')"
-    if kind == "blob":
-        return f"typeof({c}) = 'blob' AND length({c}) % 8 = 0"
-    if kind == "hash":
-        return f"typeof({c}) = 'integer'"
-    # SQLite orders every number before any text or blob, and +Inf after every finite bound, so
-    # one range test rejects text, blobs, ±Inf and out-of-range numbers alike.
-    return f"{c} BETWEEN {lo!r} AND {hi!r}"
-
-
-def _view_column(table: str, col: str) -> str:
-    cond = _valid_sql(table, col)
-    c = f'"{col}"'
-    if cond is None:
-        return c
-    value = f"CAST({c} AS TEXT)" if column_rule(table, col)[0] == "text" else c
-    return f"CASE WHEN {cond} THEN {value} END AS {c}"
 
 
 def _decode(raw: bytes) -> str:
@@ -74,6 +50,9 @@ class Session:
     """Opened ``immutable=1`` (a WAL session whose ``-shm`` could not be created)."""
     _notes: list[str] | None = field(default=None, repr=False)
     _raw: sqlite3.Connection | None = field(default=None, repr=False)
+    window: tuple[float, float] | None = None
+    """The time window (unix seconds) this session reads, from ``open_session(window=...)``."""
+    _bounds: tuple[float | None, float | None] | None = field(default=None, repr=False)
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -125,24 +104,25 @@ class Session:
 
     def _scan_notes(self) -> list[str]:
         notes = [f"meta.{key}: ignored (not a valid value)" for key in self._meta()[1]]
-        for table, cols in TABLES.items():
-            checks = [(c, cond) for c in cols if (cond := _valid_sql(table, c)) is not None]
-            if not checks or table not in self._raw_tables():
+        stored = summaries.has_summaries(self.db)
+        for table in TABLES:
+            if table == "meta" or table not in self._raw_tables():
                 continue
-            bad = [f'("{c}" IS NOT NULL AND NOT ({cond}))' for c, cond in checks]
-            # one cheap pass finds the (usual) clean table; only a damaged one is counted
-            if not self.scalar(f"SELECT EXISTS (SELECT 1 FROM main.{table} WHERE "
-                               f"{' OR '.join(bad)})"):
-                continue
-            counts = self.rows(f"SELECT {', '.join(f'SUM({b})' for b in bad)} FROM main.{table}")[0]
-            for (c, cond), n in zip(checks, counts, strict=True):
-                if not n:
+            # rows the writer already checked (summaries.py) are not read again
+            done = (summaries.stored_bad(self.db, table)
+                    if stored and table not in summaries.RESCANNED else None)
+            lo, found = done if done is not None else (0, {})
+            try:
+                found = summaries.merge_bad(found, summaries.scan_bad(
+                    self.db, table, lo, summaries.max_rowid(self.db, table)))
+            except sqlite3.DatabaseError as exc:
+                raise SessionFormatError(f"{self.path}: damaged session file ({first_line(exc)})") from exc
+            for c in TABLES[table]:
+                if c not in found:
                     continue
-                rowids = [r[0] for r in self.rows(
-                    f'SELECT rowid FROM main.{table} WHERE "{c}" IS NOT NULL AND NOT ({cond}) '
-                    "ORDER BY rowid LIMIT 3")]
-                kind, lo, hi = column_rule(table, c)
-                what = (f"not a number in {_num(lo)}..{_num(hi)}" if kind == "number" else
+                n, rowids = found[c]
+                kind, lo_v, hi_v = column_rule(table, c)
+                what = (f"not a number in {_num(lo_v)}..{_num(hi_v)}" if kind == "number" else
                         "not whole int64 hashes" if kind == "blob" else
                         "not an integer" if kind == "hash" else "not text")
                 shown = ", ".join(str(r) for r in rowids) + (", ..." if n > len(rowids) else "")
@@ -158,15 +138,30 @@ class Session:
         return name in self._raw_tables()
 
     def bounds(self) -> tuple[float | None, float | None]:
-        """(start, last sample) in unix seconds over every timed table."""
+        """(start, last sample) in unix seconds over every timed table.
+
+        A windowed session (a snapshot of its window) computes them once; a whole session reads
+        them anew each time, as the file may be growing."""
+        if self.window is not None:
+            if self._bounds is None:
+                self._bounds = self._read_bounds()
+            return self._bounds
+        return self._read_bounds()
+
+    def _read_bounds(self) -> tuple[float | None, float | None]:
         meta = self.meta()
         starts, ends = [], []
+        rolled = self.window is None and summaries.up_to_date(self.db)  # rollups span the whole file
         for table, col in (
             ("steps", "t_unix_s"), ("events", "t_unix_s"), ("gpu_samples", "t_unix_s"),
             ("allocator_samples", "t_unix_s"), ("requests", "t_finished_unix_s"),
             ("startup_memory", "t_unix_s"),
         ):
-            row = self.rows(f"SELECT MIN({col}), MAX({col}) FROM {table}")[0]
+            if table == "steps" and rolled:  # the rollups hold the steps' first and last time
+                row = self.rows(f"SELECT MIN(t_lo), MAX(t_hi) FROM {summaries.ROLLUP} "
+                                f"WHERE level = {summaries.LEVELS_S[-1]!r}")[0]
+            else:
+                row = self.rows(f"SELECT MIN({col}), MAX({col}) FROM {table}")[0]
             if row[0] is not None:
                 starts.append(row[0])
                 ends.append(row[1])
@@ -260,8 +255,39 @@ def _connect(p: Path, immutable: bool) -> sqlite3.Connection:
     return conn
 
 
-def _install_views(p: Path, conn: sqlite3.Connection) -> None:
-    """Check every table and column; shadow each table by a TEMP view of its valid values."""
+WINDOW_TIMES: dict[str, tuple[str, str]] = {
+    "steps": ("t_unix_s", "t_unix_s"), "requests": ("t_finished_unix_s", "t_finished_unix_s"),
+    "prompt_blocks": ("t_unix_s", "t_unix_s"), "gpu_samples": ("t_unix_s", "t_unix_s"),
+    "gpu_process_samples": ("t_unix_s", "t_unix_s"),
+    "allocator_samples": ("t_unix_s", "t_unix_s"), "events": ("t_unix_s", "t_unix_s"),
+    "kv_events": ("t_unix_s", "t_unix_s"), "gaps": ("t_start_unix_s", "t_end_unix_s"),
+    "latency_buckets": ("t_unix_s", "t_unix_s"),
+    **{t: ("t_unix_s", "t_unix_s") for t in ("preemptions", "kv_occupancy", "prompt_chunks",
+                                             "kv_evictions", "kv_residency_hist", "tier_samples")},
+}
+"""Tables a time window restricts: (column that must be ≤ the window's end, column that must be ≥
+its start). The others (meta, engines, processes, gpus, startup_memory) describe the whole run."""
+STATE_EVENTS = ("engine_start", "kv_cache_config", "nvml_off", "allocator_off", "attach_start",
+                "kv_connector", "kv_cache_metrics")
+"""Event kinds that describe the run's set-up: a window keeps them when they happened before its end."""
+
+
+def _window_sql(table: str, window: tuple[float, float] | None) -> str:
+    if window is None or table not in WINDOW_TIMES:
+        return ""
+    lo, hi = float(window[0]), float(window[1])
+    end_col, start_col = WINDOW_TIMES[table]
+    cond = f'"{end_col}" <= {hi!r} AND "{start_col}" >= {lo!r}'
+    if table == "events":
+        kinds = ", ".join(f"'{k}'" for k in STATE_EVENTS)
+        cond = f'({cond}) OR (kind IN ({kinds}) AND "t_unix_s" <= {hi!r})'
+    return f" WHERE {cond}"
+
+
+def _install_views(p: Path, conn: sqlite3.Connection,
+                   window: tuple[float, float] | None = None) -> None:
+    """Check every table and column; shadow each table by a TEMP view of its valid values (of
+    the rows inside ``window``, unix seconds, for the timed tables)."""
     names = {r[0] for r in conn.execute("SELECT name FROM main.sqlite_master WHERE type='table'")}
     for table, cols in TABLES.items():
         if table not in names:
@@ -276,12 +302,18 @@ def _install_views(p: Path, conn: sqlite3.Connection) -> None:
             raise SessionFormatError(f"{p}: damaged session file (table {table} has no column "
                                      f"{', '.join(missing)})")
         body = ", ".join(_view_column(table, c) for c in cols)
-        conn.execute(f"CREATE TEMP VIEW {table} AS SELECT rowid AS rowid, {body} FROM main.{table}")
+        conn.execute(f"CREATE TEMP VIEW {table} AS SELECT rowid AS rowid, {body} FROM main.{table}"
+                     + _window_sql(table, window))
     conn.execute("PRAGMA query_only = 1")
 
 
-def open_session(path: str | Path) -> Session:
-    """Open a session for reading; raises SessionFormatError with a one-line, user-facing reason."""
+def open_session(path: str | Path, window: tuple[float, float] | None = None) -> Session:
+    """Open a session for reading; raises SessionFormatError with a one-line, user-facing reason.
+
+    ``window`` (start, end) in unix seconds: every timed table reads only the rows of that window
+    (``WINDOW_TIMES``; set-up events before its end stay), so the report and the diagnosis of the
+    opened session are those of the window.
+    """
     p = Path(path)
     try:
         st = p.stat()
@@ -322,10 +354,10 @@ def open_session(path: str | Path) -> Session:
             except sqlite3.DatabaseError:
                 raise first from None
         try:
-            _install_views(p, conn)
+            _install_views(p, conn, window)
         except BaseException:
             conn.close()
             raise
     except sqlite3.DatabaseError as exc:
         raise SessionFormatError(f"{p}: damaged session file ({first_line(exc)})") from exc
-    return Session(p, conn, immutable)
+    return Session(p, conn, immutable, window=window)

@@ -184,6 +184,54 @@ class GapRow(NamedTuple):
     reason: str | None
 
 
+class SpecDecodeStepRow(NamedTuple):
+    """One ``spec_decode_steps`` row (units: SCHEMA.md)."""
+
+    engine_id: int | None
+    t_unix_s: float | None
+    drafts: int | None
+    draft_tokens: int | None
+    accepted_tokens: int | None
+    accepted_per_pos: str | None
+    """JSON list: accepted draft tokens at position 1..k, summed over this step's drafts."""
+
+
+class KvCacheGroupRow(NamedTuple):
+    """One ``kv_cache_groups`` row (units: SCHEMA.md)."""
+
+    engine_id: int | None
+    t_unix_s: float | None
+    group_index: int | None
+    kind: str | None
+    layers: int | None
+    layer_names: str | None
+    """JSON list of the group's layer names."""
+    block_size: int | None
+    sliding_window_tokens: int | None
+    page_size_bytes: int | None
+    num_blocks: int | None
+    is_draft: int | None
+
+
+class KvGroupUsageRow(NamedTuple):
+    """One ``kv_group_usage`` row (units: SCHEMA.md)."""
+
+    engine_id: int | None
+    t_unix_s: float | None
+    group_index: int | None
+    blocks_used: int | None
+    kv_usage_frac: float | None
+class LatencyBucketRow(NamedTuple):
+    """One ``latency_buckets`` row (units: SCHEMA.md)."""
+
+    engine_id: int | None
+    t_unix_s: float | None
+    metric: str | None
+    lo_s: float | None
+    hi_s: float | None
+    observations: int | None
+
+
 class PreemptionRow(NamedTuple):
     """One ``preemptions`` row (units: SCHEMA.md): a preemption, or a preempted request's resume."""
 
@@ -275,6 +323,10 @@ ROW_TYPES: dict[str, type[Any]] = {
     "events": EventRow,
     "kv_events": KvEventRow,
     "gaps": GapRow,
+    "spec_decode_steps": SpecDecodeStepRow,
+    "kv_cache_groups": KvCacheGroupRow,
+    "kv_group_usage": KvGroupUsageRow,
+    "latency_buckets": LatencyBucketRow,
     "preemptions": PreemptionRow,
     "kv_occupancy": KvOccupancyRow,
     "prompt_chunks": PromptChunksRow,

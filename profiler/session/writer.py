@@ -24,6 +24,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from profiler.session import summaries
 from profiler.session.schema import TABLES, check_version, create_or_check
 
 FLUSH_INTERVAL_S = 0.25
@@ -53,6 +54,10 @@ def connect(path: str | Path) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
     create_or_check(conn)
+    try:
+        summaries.ensure(conn)
+    except sqlite3.OperationalError:
+        pass  # locked right now: the next writer (or the first reader) creates them
     return conn
 
 
@@ -66,6 +71,7 @@ class SessionWriter:
         self._conn = connect(self.path)
         self._closed = False
         self._reported_error = False
+        self._reported_summary = False
         self._problems: set[tuple[str, str, str]] = set()
         """(table, column, problem) already recorded as an ``error`` event."""
         self._wake = threading.Event()
@@ -150,7 +156,26 @@ class SessionWriter:
         self._conn.execute("BEGIN IMMEDIATE")
         for table, batch in by_table.items():
             self._conn.executemany(_INSERT[table], batch)
+        self._maintain(set(by_table))
         self._conn.execute("COMMIT")
+
+    def _maintain(self, tables: set[str]) -> None:
+        """Fold the batch into the session's summaries (``summaries.py``), in its transaction.
+
+        A failure here costs the summaries only (a savepoint undoes them; the reader catches up
+        later), never the rows: a locked file is retried with the batch as usual."""
+        self._conn.execute("SAVEPOINT kvscope_summaries")
+        try:
+            summaries.maintain(self._conn, tables)
+        except _RETRIABLE:
+            raise
+        except Exception as exc:  # a summary bug must not lose data
+            self._conn.execute("ROLLBACK TO kvscope_summaries")
+            if not self._reported_summary:
+                self._reported_summary = True
+                print(f"kvscope: {self.path}: summaries not updated ({type(exc).__name__}: {exc}); "
+                      "they are rebuilt when the session is opened", file=sys.stderr)
+        self._conn.execute("RELEASE kvscope_summaries")
 
     def _commit_row_by_row(self, rows: list[tuple[str, tuple[Any, ...]]]) -> None:
         """One transaction, one statement per row; a refused row is dropped and noted once."""
@@ -167,6 +192,7 @@ class SessionWriter:
                                f"row dropped: {type(exc).__name__}: {exc}", row, notes)
             for table, row in notes:
                 self._conn.execute(_INSERT[table], row)
+            self._maintain({t for t, _ in rows} | {t for t, _ in notes})
             self._conn.execute("COMMIT")
         except Exception as exc:  # the file itself failed: keep the rows for the next flush
             self._rollback_quietly()

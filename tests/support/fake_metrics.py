@@ -112,6 +112,11 @@ class FakeVllm:
     closing: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
     url: str = ""
+    gauges: dict[str, float] = field(
+        default_factory=lambda: {"running": 3.0, "waiting": 1.0, "usage": 0.25})
+    """What the gauges read while the behaviour leaves them alone (a fleet's servers differ)."""
+    advance: dict[str, float] = field(default_factory=lambda: dict(STEP))
+    """How much each counter advances per scrape (empty: an idle server)."""
 
     def set(self, behaviour: str, after: int = 0, lasting: int | None = None) -> None:
         """Misbehave as ``behaviour`` from the ``after``-th next scrape on, for ``lasting`` scrapes
@@ -136,10 +141,10 @@ class FakeVllm:
                 self.counters = {k: float(v) for k, v in STEP.items()}
                 self.behaviour = "ok"
             else:
-                for k, v in STEP.items():
+                for k, v in self.advance.items():
                     self.counters[k] += v
             counters = dict(self.counters)
-            gauges = {"running": 3.0, "waiting": 1.0, "usage": 0.25}
+            gauges = dict(self.gauges)
             if b == "nan_gauge":
                 gauges["usage"] = float("nan")
             elif b == "inf_gauge":

@@ -31,9 +31,9 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update", "--disable-sync"]
 IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
 CHART = "[data-testid='stVegaLiteChart']"
-PAGES = ("", "timeline", "memory", "kv_cache", "requests", "replay", "compare", "live",
-         "kv_events", "whatif", "preemptions", "tiers")
-"""URL paths of the pages ("" is the Overview)."""
+PAGES = ("", "overview", "timeline", "memory", "kv_cache", "requests", "replay", "compare", "live",
+         "kv_events", "whatif", "simulate", "preemptions", "tiers")
+"""URL paths of the pages ("" is the Sessions page, the one the dashboard opens on)."""
 BARE = re.compile(r"(?<![\w.])(None|NaN|nan)(?![\w.])")
 
 
@@ -74,9 +74,14 @@ def shoot(browser: Any, url: str, path: Path) -> dict[str, Any]:
     try:
         page.goto(url)
         page.wait_for_selector(IDLE, timeout=120_000)
+        # the app is "notRunning" before its first run too: wait for the page's title, and for no
+        # element still drawn as a placeholder (a loaded machine delivers them late)
+        page.wait_for_selector("[data-testid='stMain'] :is(h1, h2)", timeout=120_000)
+        page.wait_for_function("!document.querySelector(\"[data-testid='stSkeleton']\")", timeout=120_000)
+        page.wait_for_selector(IDLE, timeout=120_000)
         # charts paint after the script is idle: wait until their count is stable
         last, stable_since = -1, time.monotonic()
-        while time.monotonic() - stable_since < 1.0:
+        while time.monotonic() - stable_since < 2.0:
             n = page.locator(f"{CHART} svg.marks, {CHART} canvas").count()
             if n != last:
                 last, stable_since = n, time.monotonic()
@@ -98,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sessions", nargs="*", default=None)
     ap.add_argument("--pages", nargs="*", default=list(PAGES))
     a = ap.parse_args(argv)
+    from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
 
     sessions = a.sessions or sorted(p.stem for p in (ROOT / "sessions").glob("*.kvscope"))
@@ -108,10 +114,13 @@ def main(argv: list[str] | None = None) -> int:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         for session in sessions:
             for page in a.pages:
-                shot = out / f"{session}-{page or 'overview'}.png"
-                seen = shoot(browser, f"{url}/{page}?session={session}", shot)
+                shot = out / f"{session}-{page or 'sessions'}.png"
+                try:
+                    seen = shoot(browser, f"{url}/{page}?session={session}", shot)
+                except PlaywrightError as exc:  # one page that never settles does not stop the rest
+                    seen = {"charts": -1, "errors": 0, "exceptions": 1, "bare": [str(exc).splitlines()[0]]}
                 bad += bool(seen["exceptions"] or seen["bare"])
-                print(f"{session:28} {page or 'overview':10} charts {seen['charts']:2}  errors "
+                print(f"{session:28} {page or 'sessions':10} charts {seen['charts']:2}  errors "
                       f"{seen['errors']}  exceptions {seen['exceptions']}  bare {seen['bare'] or '-'}",
                       flush=True)
         browser.close()

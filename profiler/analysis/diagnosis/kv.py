@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,8 +22,13 @@ from profiler.analysis.diagnosis.findings import (
     span,
     startup_row,
 )
+from profiler.analysis.diagnosis.kv_groups import GroupDemand, engine_groups, group_demands
+from profiler.errors import NotAnalysable
 from profiler.session.reader import Session
 from profiler.units import fmt_bytes
+
+_REQUEST_SUFFIX = re.compile(r"-[0-9a-f]{8}$")
+"""vLLM appends ``-<8 hex>`` to the user's request id internally (prompt-block rows carry it)."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,9 @@ class Demand:
     """Blocks a request holds counting its prefix (p90 over requests)."""
     shared_blocks: int
     """Distinct prompt blocks that several requests share (held once)."""
+    groups: tuple[GroupDemand, ...] = field(default=())
+    """Each KV-cache group's share, for an engine with more than one group (the fields above are
+    then their sums: the groups share one pool)."""
 
     @property
     def blocks(self) -> int:
@@ -82,18 +91,36 @@ def demand(view: EngineView, session: Session) -> Demand | None:
     max_seqs = view.get("max_num_seqs")
     seqs = min(int(max_seqs), peak) if max_seqs else peak
     total_per_seq = int(np.ceil(np.percentile(total, 90)))
+    groups = engine_groups(session, view.engine_id)
+    if len(groups) > 1:
+        per_group = group_demands(groups, r, max(seqs, 1), shared)
+        return Demand(max(seqs, 1), sum(g.blocks_per_seq for g in per_group),
+                      sum(g.total_blocks_per_seq for g in per_group),
+                      sum(g.shared_blocks for g in per_group), tuple(per_group))
     return Demand(max(seqs, 1), max(per_seq, 1), max(total_per_seq, 1), shared)
 
 
 def _capacity_recommendation(view: EngineView, session: Session, d: Demand) -> tuple[str, dict[str, Any]]:
     bs, have = view.block_size, view.num_blocks or 0
     advice, settings = size_advice(view, session, d.needed_blocks)
-    fit = d.seqs_that_fit(have)
+    # One recommendation: the cache size. Shrinking max_num_seqs to what the cache holds
+    # (d.seqs_that_fit) trades the whole batch for memory; the Simulate page shows its cost.
     text = (f"peak demand {d.seqs} sequences × {d.blocks_per_seq} blocks + {d.shared_blocks} shared "
             f"prefix blocks = {d.blocks} blocks ({d.blocks * (bs or 0):,} tokens) needs ≥ "
             f"{d.needed_blocks} blocks of {bs} at {th.KV_TARGET_FRAC:.0%} use (have {have}): "
-            f"{advice}; or --max-num-seqs {fit} to fit the current cache")
+            f"{advice}")
+    if d.groups:
+        text += (f" (the {len(d.groups)} KV-cache groups share the pool: "
+                 + "; ".join(g.describe() for g in d.groups) + ")")
     return text, settings
+
+
+def _group_metrics(d: Demand | None) -> list[dict[str, Any]]:
+    """Per-group demand for a finding's metrics ([] for a one-group cache)."""
+    if d is None:
+        return []
+    return [{"group_index": g.index, "kind": g.kind, "blocks_per_seq": g.blocks_per_seq,
+             "shared_blocks": g.shared_blocks, "demand_blocks": g.blocks} for g in d.groups]
 
 
 def _range(values: pd.Series) -> str:
@@ -122,7 +149,9 @@ def kv_saturation(view: EngineView, session: Session) -> list[Finding]:
                     {"busy_frac": sp.busy_frac, "steps": sp.steps, "duration_s": sp.duration_s,
                      "max_waiting": int(hit["waiting"].max()),
                      "demand_blocks": d.blocks if d else None,
-                     "needed_blocks": d.needed_blocks if d else None}, settings)]
+                     "needed_blocks": d.needed_blocks if d else None,
+                     "seqs_that_fit": d.seqs_that_fit(view.num_blocks or 0) if d else None,
+                     "groups": _group_metrics(d)}, settings)]
 
 
 def preemption_storm(view: EngineView, session: Session) -> list[Finding]:
@@ -171,7 +200,8 @@ def preemption_storm(view: EngineView, session: Session) -> list[Finding]:
     return [Finding("PREEMPTION_STORM", severity, t0, t1, msg, rec, view.engine_id,
                     {"preemptions": total, "preemptions_per_s": rate,
                      "preempted_requests": preempted_reqs, "max_preemptions_per_request": worst,
-                     "recomputed_tokens": recomputed, "recomputed_frac": recompute_frac}, settings)]
+                     "recomputed_tokens": recomputed, "recomputed_frac": recompute_frac,
+                     "groups": _group_metrics(d)}, settings)]
 
 
 @dataclass(frozen=True)
@@ -227,10 +257,9 @@ def prefix_thrash(view: EngineView, session: Session) -> list[Finding]:
         return []
     have = view.num_blocks or 0
     evicted = c.evicted_requests(have)
-    times = np.array([r.t_unix_s for r in w.trace.requests])[evicted] - view.t0_unix_s
-    t0 = float(times.min()) if times.size else None
-    t1 = float(times.max()) if times.size else None
-    need = c.blocks_for(th.THRASH_TARGET_OF_MAX)
+    t0, t1 = _recompute_range(view, [r for r, e in zip(w.trace.requests, evicted, strict=True) if e])
+    need = _with_concurrency(session, view, c.blocks_for(th.THRASH_TARGET_OF_MAX),
+                             th.THRASH_TARGET_OF_MAX * best)
     tiered = (f" (GPU {gpu_rate:.1%} + {tier_hits:,} tokens from the tiers behind it)"
               if tier_hits else "")
     msg = (f"prompt prefixes recur but are evicted before reuse: prefix hit rate {measured:.1%}"
@@ -255,6 +284,43 @@ def prefix_thrash(view: EngineView, session: Session) -> list[Finding]:
                      "needed_blocks": need, "evicted_requests": int(evicted.sum()),
                      "lost_tokens": int(lost * c.query_tokens),
                      "restored_blocks": restores.restored_blocks if restores else None}, settings)]
+
+
+def _with_concurrency(session: Session, view: EngineView, need: int | None, target: float) -> int | None:
+    """The what-if curve's size, raised to what the scheduler model needs when the running
+    requests' own blocks push the prefixes out at the curve's size (prefix_thrash: the curve's 133
+    blocks measured 43.6 % in a real re-run, as the model predicted; its 137 measured 87.1 %).
+    Sessions with more than ``th.SIMULATE_MAX_REQUESTS`` requests keep the curve's size."""
+    if need is None or len(view.requests) > th.SIMULATE_MAX_REQUESTS:
+        return need
+    from profiler.analysis import simulate
+
+    try:
+        m = simulate.model(session, view.engine_id)
+    except (NotAnalysable, ValueError):
+        return need
+    found = simulate.blocks_for_hit_rate(m, target, lo=need, hi=2 * need)
+    return found if found is not None else need
+
+
+def _recompute_range(view: EngineView, requests: list[whatif.RequestAccess]) -> tuple[float | None, float | None]:
+    """When ``requests`` recomputed their evicted prefixes: from the first one's prefill start to the
+    last one's prefill end (arrival + queued, + prefill, as vLLM reports them), seconds from session
+    start. Without per-request timings: from the first addition to the last finish."""
+    if not requests:
+        return None, None
+    ids = {r.request_id for r in requests} | {_REQUEST_SUFFIX.sub("", r.request_id) for r in requests}
+    added = min(r.t_unix_s for r in requests) - view.t0_unix_s
+    r = view.requests
+    mine = r[r["request_id"].astype(str).isin(ids)] if not r.empty else r
+    if mine.empty:
+        return added, max(x.t_unix_s for x in requests) - view.t0_unix_s
+    arrival = mine["t_finished_unix_s"] - mine["e2e_s"]
+    start = arrival + mine["queued_s"]
+    end = start + mine["prefill_s"]
+    if start.notna().any() and end.notna().any():
+        return float(start.min() - view.t0_unix_s), float(end.max() - view.t0_unix_s)
+    return added, float(mine["t_finished_unix_s"].max() - view.t0_unix_s)
 
 
 def _thrash_from_events(view: EngineView, session: Session, restores: Restores | None,
@@ -385,16 +451,17 @@ def kv_overprovisioned(view: EngineView, session: Session) -> list[Finding]:
     mem = startup_row(session)
     util = view.get("gpu_memory_utilization")
     per_block = kv_bytes_per_block(session, view)
-    if (per_seq and per_block and mem and mem.get("device") == "cuda" and mem.get("total_bytes")
-            and util):
+    if (not parts and per_seq and per_block and mem and mem.get("device") == "cuda"
+            and mem.get("total_bytes") and util):  # one recommendation: the batch first
         keep = math.ceil(batch * per_seq / th.KV_TARGET_FRAC) + 1
         if keep < n:
             freed = (n - keep) * per_block
             new_util = math.ceil((float(util) - freed / mem["total_bytes"]) * 100) / 100
             parts.append(f"a batch of {batch} needs ~{keep} blocks: gpu_memory_utilization "
                          f"{float(util):.2f} → {new_util:.2f} frees {fmt_bytes(freed)} for other work")
+            settings["gpu_memory_utilization"] = new_util
     return [Finding("KV_OVERPROVISIONED", INFO, loaded.t_start_s, loaded.t_end_s, msg,
-                    "; or ".join(parts) or None, view.engine_id,
+                    parts[0] if parts else None, view.engine_id,
                     {"peak_kv_usage_frac": peak, "peak_blocks": peak_blocks, "loaded_busy_frac":
                      loaded.busy_frac, "seqs_that_fit": fit, "max_in_system": in_system}, settings)]
 

@@ -205,7 +205,10 @@ def _kv_too_small(session: Session, ev: OomEvent, m: re.Match[str], t0: float) -
            f"blocks of {bs} (with vLLM's null block) but the cache has {have_blocks}, room for "
            f"{fits_len:,} tokens{bytes_text}")
     rel = ev.t_unix_s - t0
-    return Finding("OOM_STARTUP", CRITICAL, rel, rel, msg, "; or ".join(options) or None,
+    # One recommendation (the first option: what fits without new hardware); the others stay in
+    # the metrics for the Simulate page and scripts.
+    metrics["other_options"] = options[1:]
+    return Finding("OOM_STARTUP", CRITICAL, rel, rel, msg, options[0] if options else None,
                    ev.engine_id, metrics, settings)
 
 
@@ -248,7 +251,8 @@ def _no_kv_memory(session: Session, ev: OomEvent, t0: float) -> Finding:
         recs.append("--enforce-eager or fewer CUDA-graph capture sizes")
     if biggest == "weights_bytes" and floor_util >= th.MAX_GPU_MEMORY_UTILIZATION:
         recs.append("--tensor-parallel-size 2 or a quantized model (the weights alone do not fit)")
-    return Finding("OOM_STARTUP", CRITICAL, rel, rel, msg, "; or ".join(recs) or None, ev.engine_id,
+    metrics["other_options"] = recs[1:]
+    return Finding("OOM_STARTUP", CRITICAL, rel, rel, msg, recs[0] if recs else None, ev.engine_id,
                    metrics, settings)
 
 
@@ -285,7 +289,7 @@ def _startup_device_oom(session: Session, ev: OomEvent, t0: float) -> Finding:
     if foreign:
         held = sum(b for _, b in foreign)
         rec = (f"other processes hold {fmt_bytes(held)} of this GPU "
-               f"({', '.join(f'pid {p}' for p, _ in foreign)}): free it first; or {rec}")
+               f"({', '.join(f'pid {p}' for p, _ in foreign)}): free it before starting the engine")
         metrics["foreign_processes"] = [{"pid": p, "used_bytes": b} for p, b in foreign]
     msg = f"engine ran out of device memory while {part}{state}{_oom_text_details(session, ev.message)}"
     rel = ev.t_unix_s - t0
@@ -329,8 +333,8 @@ def oom_runtime(session: Session) -> list[Finding]:
                  if settings else "lower gpu_memory_utilization")
         if top == "other processes":
             who = ", ".join(f"pid {p} ({fmt_bytes(b)})" for p, b in foreign) or "another process"
-            rec = (f"{who} took {fmt_bytes(amount)} of this GPU after the engine sized its memory: move it "
-                   f"to another GPU, or {lower} to leave it room")
+            rec = (f"{who} took {fmt_bytes(amount)} of this GPU after the engine sized its memory: "
+                   f"{lower} to leave it room (or run it on another GPU)")
         elif top == "non-torch":
             rec = (f"memory outside PyTorch (CUDA context, NCCL, kernels) grew by {fmt_bytes(amount)}: {lower}")
         elif top == "allocator reserved":

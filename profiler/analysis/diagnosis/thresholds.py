@@ -45,6 +45,9 @@ THRASH_MIN_LOST_FRAC = 0.10
 """... and at least this share of all prompt tokens (absolute) was recomputed for lack of space."""
 THRASH_TARGET_OF_MAX = 0.90
 """The recommended cache size keeps this share of the unbounded-cache hits (the curve's knee)."""
+SIMULATE_MAX_REQUESTS = 20_000
+"""PREFIX_THRASH checks the what-if size with the scheduler model (profiler.analysis.simulate) for
+sessions up to this many finished requests (about a second of simulation each run)."""
 RESTORE_THRASH_FRAC = 0.20
 """KV events: re-stores of evicted hashes at or above this share of all stores mean thrash."""
 
