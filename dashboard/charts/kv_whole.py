@@ -5,7 +5,7 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 
-from dashboard.charts.panels import COLORS, PANEL_HEIGHT, Panel, Source, _empty_panel, time_x
+from dashboard.charts.panels import COLORS, PANEL_HEIGHT, Panel, Source, empty_panel, time_x
 from dashboard.data.steps import View
 from profiler.analysis.tiers import TierSeries
 from profiler.analysis.whatif import BlockSizePoint
@@ -17,13 +17,13 @@ _MARK_COLUMNS = ["t_s", "request_id", "reason", "computed_tokens", "blocks_freed
 def preemption_marks_panel(table: pd.DataFrame, view: View, height: int = PANEL_HEIGHT) -> Panel:
     """One mark per preemption (the engine core's record): tokens it discarded, what it freed."""
     if table.empty:
-        return _empty_panel("preemptions not recorded one by one in this session", view, height)
+        return empty_panel("preemptions not recorded one by one in this session", view, height)
     df = table[(table["t_s"] >= view.t0_s) & (table["t_s"] <= view.t1_s)][_MARK_COLUMNS].copy()
     df["computed_tokens"] = pd.to_numeric(df["computed_tokens"], errors="coerce").fillna(0)
     df["request_id"] = df["request_id"].astype(str)
     df["reason"] = df["reason"].fillna("not recorded").astype(str)
     if df.empty:
-        return _empty_panel("no preemption in this range", view, height)
+        return empty_panel("no preemption in this range", view, height)
 
     def draw(d: dict[str, Source]) -> alt.Chart:
         return alt.Chart(d["marks"]).mark_point(filled=True, color=COLORS["preempt"], size=45,
