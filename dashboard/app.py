@@ -28,6 +28,8 @@ PAGES: list[tuple[str, str, str]] = [
     ("fleet.py", "Fleet", ":material/dns:"),
     ("live.py", "Live", ":material/sensors:"),
     ("kv_events.py", "KV events", ":material/grid_view:"),
+    ("preemptions.py", "Preemptions", ":material/swap_vert:"),
+    ("tiers.py", "Tiers", ":material/layers:"),
     ("whatif.py", "What if", ":material/science:"),
     ("simulate.py", "Simulate a fix", ":material/tune:"),
 ]

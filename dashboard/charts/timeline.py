@@ -10,11 +10,13 @@ from typing import Any
 
 import pandas as pd
 
+from dashboard.charts import kv_whole
 from dashboard.charts import marks as chart_marks
 from dashboard.charts import memory as chart_memory
 from dashboard.charts import panels as charts
 from dashboard.data import marks as mk
 from dashboard.data.attribution import device_attribution, shown_devices
+from dashboard.data.kv_whole import forensics_memo
 from dashboard.data.session import SessionData
 from dashboard.data.steps import View
 
@@ -27,7 +29,8 @@ DEFAULT_ROLLING_S = 1.0
 FOCUS_PANEL: dict[str, str] = {
     "KV_SATURATION": "kv", "KV_OVERPROVISIONED": "kv", "PREEMPTION_STORM": "preempt",
     "PREFIX_THRASH": "hit", "QUEUEING": "queue", "OOM_RUNTIME": "gpu", "OOM_STARTUP": "gpu",
-    "GPU_MEMORY_PRESSURE": "gpu",
+    "GPU_MEMORY_PRESSURE": "gpu", "PREFIX_BELOW_BLOCK": "hit", "TIER_WRITE_ONLY": "hit",
+    "TIER_SLOW_LOAD": "hit", "TIER_TOO_SMALL": "hit",
 }
 """The panel that shows each finding (its key prefix); "Open in Timeline" puts it first. Pages that
 add finding codes add them here."""
@@ -99,6 +102,11 @@ def linked_chart(data: SessionData, view: View, buckets: pd.DataFrame, whole_buc
             ("kv", charts.kv_usage_panel(buckets, view, data.num_blocks())),
             ("queue", charts.queue_panel(buckets, view)),
             ("preempt", charts.preemption_panel(buckets, view, smooth_s=rolling_s)),
+        ]
+        forensics = forensics_memo(data.path)
+        if forensics.recorded:  # each preemption the engine core recorded, with what it cost
+            keyed.append(("preempt_each", kv_whole.preemption_marks_panel(forensics.table, view)))
+        keyed += [
             ("hit", charts.prefix_hit_panel(buckets, view, rolling_s)),
             ("tput", charts.throughput_panel(buckets, view, smooth_s=rolling_s)),
         ]
@@ -117,4 +125,5 @@ def ordered_keys(keys: list[str], code: str | None) -> list[str]:
 def panel_keys(data: SessionData, findings: list[dict[str, Any]]) -> list[str]:
     """Keys of the panels ``linked_chart`` draws for the session, in their usual order."""
     keys = [f"gpu:{d}" for d in shown_devices(data, findings)] if data.has_gpu_samples else []
-    return keys + (["kv", "queue", "preempt", "hit", "tput"] if data.steps.total_steps else [])
+    each = ["preempt_each"] if forensics_memo(data.path).recorded else []
+    return keys + (["kv", "queue", "preempt", *each, "hit", "tput"] if data.steps.total_steps else [])

@@ -7,19 +7,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from profiler.analysis import serving
+from profiler.analysis import preemption, serving
 from profiler.analysis.devices import device_reasons
 from profiler.analysis.fixes import flag_changes, flags_line, same_fix_as
 from profiler.analysis.headline import headline, parallelism_text
 from profiler.analysis.kv_groups import kv_groups
 from profiler.analysis.kv_size import kv_cache_size
 from profiler.analysis.latency import fill_report_latency, format_latency
+from profiler.analysis.occupancy import engine_occupancy
 from profiler.analysis.spec_decode import by_prompt_length as spec_by_prompt_length
 from profiler.analysis.spec_decode import (
     drafter_weights_bytes,
     mean_accepted_length,
     spec_decode_report,
 )
+from profiler.analysis.tiers import kv_tiers
 from profiler.session import summaries
 from profiler.session.reader import Session
 from profiler.units import finite_or_none, fmt, fmt_bytes, fmt_gib, json_safe, printable
@@ -53,6 +55,9 @@ def build_report(session: Session, findings: list[dict[str, Any]] | None = None)
     steps_n, pre, pq, ph, ppq, pph, kv_peak, kv_mean, finished = (
         summaries.step_totals(session.db) if session.window is None and summaries.up_to_date(session.db)
         else session.rows(_STEP_TOTALS)[0])
+    occ = engine_occupancy(session)
+    pre_summary = preemption.summarize(session, pre)
+    notes.extend(pre_summary.notes)
     startup = session.table("startup_memory")
     mem = startup.iloc[0] if not startup.empty else None
     engine = {
@@ -94,8 +99,13 @@ def build_report(session: Session, findings: list[dict[str, Any]] | None = None)
             "preempted_hits_tokens": pph,
         },
         "kv_cache": {"peak_usage_frac": kv_peak, "mean_usage_frac": kv_mean,
+                     "token_occupancy_mean_frac": occ.mean_frac if occ else None,
+                     "token_occupancy_peak_frac": occ.peak_frac if occ else None,
                      "bytes_per_block": size.bytes_per_block, "size_bytes": size.size_bytes,
                      "groups": [g.as_dict() for g in kv_groups(session)]},
+        "kv_tiers": kv_tiers(session, {"queries_tokens": pq, "hits_tokens": ph,
+                                       "peak_usage_frac": kv_peak}),
+        "preemption": pre_summary.as_json(),
         "memory": {
             **{k: (finite_or_none(mem[k]) if mem is not None else None)
                for k in ("weights_bytes", "kv_cache_bytes", "activation_peak_bytes",
@@ -147,6 +157,18 @@ def _gpus(session: Session, notes: list[str], findings: list[dict[str, Any]]) ->
 def _event_counts(session: Session) -> dict[str, int]:
     rows = session.rows("SELECT kind, COUNT(*) FROM events WHERE kind IS NOT NULL GROUP BY kind")
     return {k: int(n) for k, n in rows}
+
+
+def _preemption_text(p: dict[str, Any]) -> str:
+    if not p.get("count"):
+        return ""
+    worst = p.get("worst_request") or {}
+    text = (f" ({fmt(p.get('requests'), '{:,}')} requests; {fmt(p.get('recomputed_tokens'), '{:,}')} "
+            f"tokens prefilled again ≈ {fmt(p.get('recompute_s_est'), '{:.2f} s')} of prefill")
+    if worst:
+        text += (f"; worst request {worst.get('request_id')}: {worst.get('preemptions')}×, "
+                 f"{fmt(worst.get('recomputed_tokens'), '{:,}')} tokens again")
+    return text + ")"
 
 
 def _p(d: dict[str, Any] | None, name: str) -> str:
@@ -257,12 +279,23 @@ def format_text(report: dict[str, Any]) -> str:
         f"duration  {fmt(s['duration_s'], '{:.1f} s')}   steps {report['steps']:,}   "
         f"requests finished {report['requests_finished']:,}",
         f"KV cache  {_kv_line(report)}",
-        "preempt   " + (f"{int(report['preemptions']):,}" if report["preemptions"] is not None
-                        else "n/a (no engine steps)"),
+        "preempt   " + (f"{int(report['preemptions']):,}"
+                        + _preemption_text(report.get("preemption") or {})
+                        if report["preemptions"] is not None else "n/a (no engine steps)"),
         "prefix    " + (f"hit rate {fmt(pc['hit_rate'], '{:.1%}')} ({pc['hits_tokens']:,} of "
                         f"{pc['queries_tokens']:,} tokens)" if pc["queries_tokens"] is not None
                         and pc["hits_tokens"] is not None else "n/a (no prefix-cache queries recorded)"),
     ]
+    kv = report["kv_cache"]
+    if kv.get("token_occupancy_mean_frac") is not None:
+        lines.append(f"tokens    KV slots holding tokens: mean "
+                     f"{fmt(kv['token_occupancy_mean_frac'], '{:.0%}')}  peak "
+                     f"{fmt(kv['token_occupancy_peak_frac'], '{:.0%}')} (block usage above)")
+    for t in report.get("kv_tiers", [])[1:]:
+        lines.append(f"tier {t['medium']:<5}hit rate {fmt(t['hit_rate'], '{:.1%}')} "
+                     f"({fmt(t['hits_tokens'], '{:,}')} of {fmt(t['queries_tokens'], '{:,}')} "
+                     f"tokens)  stored {fmt_gib(t['stored_bytes'])}  loaded "
+                     f"{fmt_gib(t['loaded_bytes'])}  peak usage {fmt(t['peak_usage_frac'], '{:.0%}')}")
     startup = _startup_line(report)
     if startup:
         lines.append(f"start-up  {startup}")

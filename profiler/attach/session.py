@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from profiler.attach import tier_metrics
 from profiler.attach.feeds import COARSE_PERIOD_S, Feed, FeedSchedule, core_samples
 from profiler.attach.fetch import FILTERED_PATH, fetch_async, filtered_url
 from profiler.attach.fleet import Fleet
@@ -146,6 +147,10 @@ cumulative, so asked for every ``COARSE_PERIOD_S``; a scrape without them leaves
 tracker's last values, and the next one that has them covers the interval."""
 LATENCY_SAMPLES = tuple(sorted(n for n in WANTED_NAMES if n.endswith(("_bucket", "_count", "_sum"))))
 """Name of the attach's own feed (gauges and counters into ``steps`` rows, every tick)."""
+TIERS_FEED = "kv_tiers"
+"""KV tiers and block residency (``tier_samples`` / ``kv_residency_hist`` rows, made in ``record``
+from the parsed scrape): cumulative, so asked for every ``COARSE_PERIOD_S`` like the latency
+histograms; the rows of a scrape without them are made from the next one that has them."""
 
 
 class ServerAttachment:
@@ -163,6 +168,7 @@ class ServerAttachment:
         self.engine_ids: dict[str, int] = {}
         self.trackers: dict[str, CounterTracker] = {}
         self.hist_trackers: dict[str, HistogramTracker] = {}
+        self.tier_trackers: dict[str, tier_metrics.TierTracker] = {}
         self.intervals = 0
         self.gaps = 0
         self.lost_reason: str | None = None
@@ -187,6 +193,8 @@ class ServerAttachment:
         """Ask for only the due feeds' samples (``?name[]=``); off once the server refuses it."""
         self.schedule = FeedSchedule([Feed(CORE_FEED, core_samples(), self._no_op),
                                       Feed(LATENCY_FEED, LATENCY_SAMPLES, self._no_op, COARSE_PERIOD_S),
+                                      Feed(TIERS_FEED, tier_metrics.SAMPLES, self._no_op,
+                                           COARSE_PERIOD_S),
                                       *feeds])
 
     def engine_id(self, label: str, eng: EngineScrape | None = None) -> int:
@@ -264,6 +272,14 @@ class ServerAttachment:
                 self.writer.append("latency_buckets", row)
             if deltas is not None:
                 self.intervals += 1
+        for label, values in tier_metrics.tier_values(scrape.extra).items():
+            tier_rows, hist_rows = self.tier_trackers.setdefault(
+                label, tier_metrics.TierTracker()).rows(values, self.engine_id(label),
+                                                        scrape.t_unix_s, restarted)
+            for row in tier_rows:
+                self.writer.append("tier_samples", row)
+            for hrow in hist_rows:
+                self.writer.append("kv_residency_hist", hrow)
         self._prev_t_unix_s = scrape.t_unix_s
 
     @staticmethod

@@ -151,8 +151,10 @@ def _wrap_engine_init(init: Callable[..., Any]) -> Callable[..., Any]:
         vllm_config = bound.arguments.get("vllm_config")
         w = context.writer()
         if vllm_config is not None and w is not None:
+            from profiler.recorder import options
             from profiler.recorder.stat_logger import insert_pending_engine
 
+            options.apply(vllm_config)
             insert_pending_engine(w, vllm_config)
         # The user turned stats off: keep vLLM's own periodic log lines off too.
         _suppress_default_loggers.on = not user_log_stats
@@ -271,12 +273,17 @@ def _patch_engine_core() -> None:
     if core is None:
         return
     _patch(core.EngineCore, "_initialize_kv_caches", _wrap_initialize_kv_caches)
+    from profiler.recorder import engine_core
+
     with contextlib.suppress(ImportError):
         from vllm.v1.core.sched import scheduler
 
         from profiler.recorder import kv_groups
 
-        _patch(scheduler.Scheduler, "make_stats", kv_groups.wrap_make_stats)
+        # one wrapper for both: per-group blocks (hybrid models) and token occupancy
+        _patch(scheduler.Scheduler, "make_stats",
+               lambda f: engine_core.wrap_make_stats(kv_groups.wrap_make_stats(f)))
+    engine_core.install(_patch)
     _patch(core.EngineCore, "reset_prefix_cache", _wrap_reset_prefix_cache)
     proc = getattr(core, "EngineCoreProc", None)
     if proc is None:

@@ -262,10 +262,13 @@ WINDOW_TIMES: dict[str, tuple[str, str]] = {
     "allocator_samples": ("t_unix_s", "t_unix_s"), "events": ("t_unix_s", "t_unix_s"),
     "kv_events": ("t_unix_s", "t_unix_s"), "gaps": ("t_start_unix_s", "t_end_unix_s"),
     "latency_buckets": ("t_unix_s", "t_unix_s"),
+    **{t: ("t_unix_s", "t_unix_s") for t in ("preemptions", "kv_occupancy", "prompt_chunks",
+                                             "kv_evictions", "kv_residency_hist", "tier_samples")},
 }
 """Tables a time window restricts: (column that must be ≤ the window's end, column that must be ≥
 its start). The others (meta, engines, processes, gpus, startup_memory) describe the whole run."""
-STATE_EVENTS = ("engine_start", "kv_cache_config", "nvml_off", "allocator_off", "attach_start")
+STATE_EVENTS = ("engine_start", "kv_cache_config", "nvml_off", "allocator_off", "attach_start",
+                "kv_connector", "kv_cache_metrics")
 """Event kinds that describe the run's set-up: a window keeps them when they happened before its end."""
 
 

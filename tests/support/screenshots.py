@@ -32,7 +32,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
 CHART = "[data-testid='stVegaLiteChart']"
 PAGES = ("", "overview", "timeline", "memory", "kv_cache", "requests", "replay", "compare", "live",
-         "kv_events", "whatif", "simulate")
+         "kv_events", "whatif", "simulate", "preemptions", "tiers")
 """URL paths of the pages ("" is the Sessions page, the one the dashboard opens on)."""
 BARE = re.compile(r"(?<![\w.])(None|NaN|nan)(?![\w.])")
 

@@ -67,7 +67,10 @@ def counter_class() -> tuple[type, dict[str, Any]]:
                               "finished": 0, "generation_tokens": 0, "prompt_tokens": 0,
                               "spec_steps": 0, "spec_drafts": 0, "spec_draft_tokens": 0,
                               "spec_accepted_tokens": 0, "spec_accepted_per_pos": [],
-                              "kv_usage": [], "finished_requests": []}
+                              "kv_usage": [], "finished_requests": [], "preempted_queries": 0,
+                              "preempted_hits": 0, "connector_queries": 0, "connector_hits": 0,
+                              "eviction_events": 0, "eviction_lifetime_sum_s": 0.0,
+                              "request_preemptions": {}}
 
     class Counter(StatLoggerBase):
         def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
@@ -79,6 +82,16 @@ def counter_class() -> tuple[type, dict[str, Any]]:
                 counts["prefix_queries"] += scheduler_stats.prefix_cache_stats.queries
                 counts["prefix_hits"] += scheduler_stats.prefix_cache_stats.hits
                 counts["kv_usage"].append(scheduler_stats.kv_cache_usage)
+                pcs = scheduler_stats.prefix_cache_stats
+                counts["preempted_queries"] += getattr(pcs, "preempted_queries", 0)
+                counts["preempted_hits"] += getattr(pcs, "preempted_hits", 0)
+                cps = getattr(scheduler_stats, "connector_prefix_cache_stats", None)
+                if cps is not None:
+                    counts["connector_queries"] += cps.queries
+                    counts["connector_hits"] += cps.hits
+                for ev in getattr(scheduler_stats, "kv_cache_eviction_events", None) or ():
+                    counts["eviction_events"] += 1
+                    counts["eviction_lifetime_sum_s"] += ev.lifetime_seconds
                 spec = scheduler_stats.spec_decoding_stats
                 if spec is not None:
                     counts["spec_steps"] += 1
@@ -94,6 +107,7 @@ def counter_class() -> tuple[type, dict[str, Any]]:
                 counts["preemptions"] += iteration_stats.num_preempted_reqs
                 counts["finished"] += len(iteration_stats.finished_requests)
                 for f in iteration_stats.finished_requests:
+                    counts["request_preemptions"][str(f.request_id)] = f.num_preemptions
                     counts["finished_requests"].append({
                         "prefill_s": f.prefill_time, "decode_s": f.decode_time,
                         "prompt_tokens": f.num_prompt_tokens,
@@ -137,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="llmengine: once the first requests finish, the same number again with "
                          "prefixes of this length (a second phase, e.g. long prompts after short)")
     ap.add_argument("--enforce-eager", action="store_true")
+    ap.add_argument("--engine-args", default=None,
+                    help="JSON object of more EngineArgs (e.g. block_size, kv_transfer_config)")
     ap.add_argument("--counts", default=None)
     ap.add_argument("--api-session", default=None, help="record with profiler.record(PATH)")
     a = ap.parse_args(argv)
@@ -161,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         kwargs["speculative_config"] = json.loads(a.speculative_config)
     if a.enforce_eager:
         kwargs["enforce_eager"] = True
+    if a.engine_args:
+        kwargs.update(json.loads(a.engine_args))
     params = SamplingParams(max_tokens=a.max_tokens, ignore_eos=True, temperature=0.0,
                             prompt_logprobs=a.prompt_logprobs)
     texts = prompts(a.requests, a.prefixes, a.prefix_len)
