@@ -107,7 +107,7 @@ def counter_class() -> tuple[type, dict[str, Any]]:
                 counts["preemptions"] += iteration_stats.num_preempted_reqs
                 counts["finished"] += len(iteration_stats.finished_requests)
                 for f in iteration_stats.finished_requests:
-                    counts["request_preemptions"][str(f.request_id)] = f.num_preemptions
+                    counts["request_preemptions"][str(f.request_id)] = getattr(f, "num_preemptions", None)
                     counts["finished_requests"].append({
                         "prefill_s": f.prefill_time, "decode_s": f.decode_time,
                         "prompt_tokens": f.num_prompt_tokens,
