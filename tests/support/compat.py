@@ -94,12 +94,14 @@ def _diff(what: str, got: Any, want: Any) -> str | None:
     return None if got == want else f"{what} {got} ≠ {want}"
 
 
-def check_record(python: str, model: str, work: Path, version: str) -> dict[str, str]:
-    """record, report and diagnosis cells from one recorded pressure run."""
+def check_record(python: str, model: str, work: Path, version: str,
+                 pressure: tuple[str, ...] | list[str] = PRESSURE) -> dict[str, str]:
+    """record, report and diagnosis cells from one recorded pressure run (``pressure``: the
+    workload's arguments; the GPU matrix scales them to 16-token blocks)."""
     session, counts_path = work / f"record-{version}.kvscope", work / f"counts-{version}.json"
     with engine_lock():
         rec = _kvscope(python, "record", "--session", str(session), "--", python, str(WORKLOAD),
-                       model, "--engine", "llmengine", "--counts", str(counts_path), *PRESSURE)
+                       model, "--engine", "llmengine", "--counts", str(counts_path), *pressure)
     if rec.returncode != 0:
         last = (rec.stderr.strip().splitlines() or ["no output"])[-1]
         return dict.fromkeys(("record", "report", "diagnosis"), f"run failed: {last[:120]}")
@@ -127,8 +129,10 @@ def check_record(python: str, model: str, work: Path, version: str) -> dict[str,
     return {"record": "; ".join(problems) or OK, "report": report_cell, "diagnosis": diag}
 
 
-def check_attach(python: str, model: str, work: Path, version: str) -> dict[str, str]:
-    """attach and KV-events cells from one attach to that version's server under load.
+def check_attach(python: str, model: str, work: Path, version: str, server_blocks: int = 24,
+                 server_extra: tuple[str, ...] = ()) -> dict[str, str]:
+    """attach and KV-events cells from one attach to that version's server under load
+    (``server_blocks``/``server_extra``: the server's KV blocks and more arguments, for the GPU).
 
     ``--kv-events auto`` asks the server's ``/kv_event_sources``; a version without it is attached
     with the endpoint the server was started with, and the cell says so.
@@ -136,7 +140,8 @@ def check_attach(python: str, model: str, work: Path, version: str) -> dict[str,
     kv_port, replay_port = srv.free_port(), srv.free_port()
     cfg = srv.kv_events_config(f"tcp://*:{kv_port}", f"tcp://*:{replay_port}")
     explicit = f"tcp://127.0.0.1:{kv_port},tcp://127.0.0.1:{replay_port}"
-    with engine_lock(), srv.running_server(python, model, work, extra=("--kv-events-config", cfg)) as s:
+    with engine_lock(), srv.running_server(python, model, work, blocks=server_blocks,
+                                           extra=("--kv-events-config", cfg, *server_extra)) as s:
         session = work / f"attach-{version}.kvscope"
         proc, err = _start_attach(python, s.url, session, "auto")
         how = ""

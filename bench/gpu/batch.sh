@@ -1,0 +1,83 @@
+#!/bin/bash
+# On the lent GPU machine, from the repository root there (see bench/gpu/README.md):
+#   bash .gpu/run/wt/bench/gpu/batch.sh TASK [TASK ...]
+# TASK: compat:VERSION  the compatibility checks (record/report/diagnosis/attach/KV events) on that vLLM
+#       offload          vLLM 0.26.0, KV offloading to CPU: recorded engine run + attached server
+#       spec             vLLM 0.26.0, EAGLE speculative decoding and the same work without it
+#       probe:VERSION    import that vLLM and print the GPU (no engine)
+# Each task's files go to $OUT/TASK/ and are packed into $OUT/TASK.tgz (the device returns at most
+# 8 files). TASK_TIMEOUT_S bounds each task (default 280 s).
+set -u
+OUT=${OUT:-/tmp/out}
+here=$(cd "$(dirname "$0")" && pwd)
+code=$(cd "$here/../.." && pwd)
+model=/tmp/llama8b
+eagle=/tmp/eagle-llama3-8b
+root=$PWD
+S() { pushd "$root" > /dev/null; source .gpu/run/on_device.sh "$1" > /dev/null; popd > /dev/null; }
+cd "$code"  # `python -m` puts the working directory first on sys.path: kvscope's code, not the tree's
+
+setup() {
+  [ -f $model/config.json ] || python3 "$code/bench/gpu_model.py" $model "$root/.gpu/run/tokenizer"
+  [ -f $eagle/config.json ] || python3 "$code/bench/gpu/eagle_config.py" $eagle
+  if [ ! -f /tmp/kvscope-installed ]; then
+    python3 -m pip install -q --no-deps --no-build-isolation -e "$code" > /tmp/pip-e.log 2>&1 \
+      && touch /tmp/kvscope-installed || { echo "pip -e failed"; tail -5 /tmp/pip-e.log; }
+  fi
+}
+
+finalize() {  # fold WAL into the file so it opens read-only, and make it small
+  python3 -c "import sqlite3,sys
+for p in sys.argv[1:]:
+    c=sqlite3.connect(p); c.execute('PRAGMA wal_checkpoint(TRUNCATE)'); c.execute('PRAGMA journal_mode=DELETE'); c.execute('VACUUM'); c.close()" "$@"
+}
+
+rec() {  # rec NAME DIR -- COMMAND...: kvscope record, then report --json
+  local name=$1 dir=$2; shift 3
+  timeout ${RUN_TIMEOUT_S:-240} python3 -m profiler.cli record --session $dir/$name.kvscope -- "$@" > $dir/$name.log 2>&1
+  echo "$name: exit $?"; grep -E "ENGINE_RUN_DONE|KV_CONNECTOR_TOTALS|Error|error" $dir/$name.log | tail -4 | cut -c1-1500
+  finalize $dir/$name.kvscope
+  python3 -m profiler.cli report --json $dir/$name.kvscope > $dir/$name.report.json 2> $dir/$name.report.err
+  echo "$name report: exit $? $(head -c 300 $dir/$name.report.err)"
+}
+
+task() {
+  local t=$1 dir=$OUT/${1//:/-}
+  mkdir -p $dir
+  case $t in
+    probe:*)
+      S ${t#probe:}
+      python3 -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__, torch.cuda.get_device_name(0))" ;;
+    compat:*)
+      S ${t#compat:}; setup
+      timeout ${COMPAT_TIMEOUT_S:-400} python3 "$code/bench/gpu/compat_gpu.py" $model $dir/work --json $dir/compat.json ;;
+    offload)
+      S 0.26.0; setup
+      rec gpu_h200_offload $dir -- python3 "$code/bench/gpu/engine_run.py" $model --workload tiers \
+        --engine-args '{"num_gpu_blocks_override": 700, "kv_offloading_size": 8, "kv_offloading_backend": "native", "kv_cache_metrics": true}' \
+        --counts $dir/offload_counts.json --raw $dir/scheduler_stats_offload_vllm026.json
+      timeout ${RUN_TIMEOUT_S:-240} python3 "$code/bench/gpu/offload_server.py" $model $dir \
+        --metrics-name metrics_offload_vllm026.txt > $dir/offload_server.log 2>&1
+      echo "offload server: exit $?"; grep -E "OFFLOAD_SERVER|ATTACH_FAILED|Error" $dir/offload_server.log | tail -3 | cut -c1-2500
+      finalize $dir/gpu_h200_offload_attach.kvscope 2>/dev/null ;;
+    spec)
+      S 0.26.0; setup
+      rec gpu_h200_spec_eagle $dir -- python3 "$code/bench/gpu/engine_run.py" $model --workload spec \
+        --engine-args "{\"speculative_config\": {\"method\": \"eagle\", \"model\": \"$eagle\", \"num_speculative_tokens\": 3}}" \
+        --counts $dir/spec_eagle_counts.json --raw $dir/spec_eagle_raw.json --max-tokens 64 --prefix-len 3000
+      rec gpu_h200_spec_off $dir -- python3 "$code/bench/gpu/engine_run.py" $model --workload spec \
+        --counts $dir/spec_off_counts.json --max-tokens 64 --prefix-len 3000 ;;
+    *) echo "unknown task $t" ;;
+  esac
+  rm -rf $dir/work/model 2>/dev/null
+  (cd $OUT && tar czf ${t//:/-}.tgz ${t//:/-} && rm -rf ${t//:/-})
+}
+
+nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
+for t in "$@"; do
+  echo "=== $t $(date -u +%H:%M:%S)"
+  TASK_START=$SECONDS
+  task "$t"
+  echo "=== $t took $((SECONDS - TASK_START)) s"
+done
+ls -la $OUT
