@@ -5,8 +5,11 @@
 #       offload          vLLM 0.26.0, KV offloading to CPU: recorded engine run + attached server
 #       spec             vLLM 0.26.0, EAGLE speculative decoding and the same work without it
 #       probe:VERSION    import that vLLM and print the GPU (no engine)
-# Each task's files go to $OUT/TASK/ and are packed into $OUT/TASK.tgz (the device returns at most
-# 8 files). TASK_TIMEOUT_S bounds each task (default 280 s).
+#       configs:A,B      the configs branch's bench/gpu_configs.py scenarios A and B (vLLM 0.26.0)
+#       oomforecast      the live branch's bench/gpu_oom_forecast.py (torch only)
+# offload uses the kv branch's bench/gpu_offload.py when the tree has it.
+# Each task's files go to $OUT/TASK/ and are packed into $OUT/TASK.tgz (':' and ',' read '-'; the
+# device returns at most 8 files). *_TIMEOUT_S variables bound each part.
 set -u
 OUT=${OUT:-/tmp/out}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -36,13 +39,22 @@ rec() {  # rec NAME DIR -- COMMAND...: kvscope record, then report --json
   local name=$1 dir=$2; shift 3
   timeout ${RUN_TIMEOUT_S:-240} python3 -m profiler.cli record --session $dir/$name.kvscope -- "$@" > $dir/$name.log 2>&1
   echo "$name: exit $?"; grep -E "ENGINE_RUN_DONE|KV_CONNECTOR_TOTALS|Error|error" $dir/$name.log | tail -4 | cut -c1-1500
+  gpu_clean
   finalize $dir/$name.kvscope
   python3 -m profiler.cli report --json $dir/$name.kvscope > $dir/$name.report.json 2> $dir/$name.report.err
   echo "$name report: exit $? $(head -c 300 $dir/$name.report.err)"
 }
 
+gpu_clean() {  # an engine killed by a timeout can leave its workers holding the GPU: end them by pid
+  for pid in $(nvidia-smi --query-compute-apps=pid --format=csv,noheader 2>/dev/null); do
+    echo "ending leftover GPU process $pid"; kill -9 "$pid" 2>/dev/null
+  done
+}
+
 task() {
-  local t=$1 dir=$OUT/${1//:/-}
+  local t=$1 n
+  n=$(echo "$t" | tr ':,' '--')
+  local dir=$OUT/$n
   mkdir -p $dir
   case $t in
     probe:*)
@@ -50,16 +62,32 @@ task() {
       python3 -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__, torch.cuda.get_device_name(0))" ;;
     compat:*)
       S ${t#compat:}; setup
-      timeout ${COMPAT_TIMEOUT_S:-400} python3 "$code/bench/gpu/compat_gpu.py" $model $dir/work --json $dir/compat.json ;;
+      timeout ${COMPAT_TIMEOUT_S:-300} python3 "$code/bench/gpu/compat_gpu.py" $model $dir/work --json $dir/compat.json ;;
     offload)
       S 0.26.0; setup
+      if [ -f "$code/bench/gpu_offload.py" ]; then  # the recorder's own GPU scenario (branch kv)
+        timeout ${OFFLOAD_TIMEOUT_S:-400} python3 "$code/bench/gpu_offload.py" $model $dir ${OFFLOAD_ARGS:-} > $dir/gpu_offload.log 2>&1
+        echo "gpu_offload.py: exit $?"; grep -E "DONE|recorded|Traceback|Error" $dir/gpu_offload.log | tail -6 | cut -c1-2500
+        gpu_clean; finalize $dir/*.kvscope
+      else
       rec gpu_h200_offload $dir -- python3 "$code/bench/gpu/engine_run.py" $model --workload tiers \
         --engine-args '{"num_gpu_blocks_override": 700, "kv_offloading_size": 8, "kv_offloading_backend": "native", "kv_cache_metrics": true}' \
         --counts $dir/offload_counts.json --raw $dir/scheduler_stats_offload_vllm026.json
-      timeout ${RUN_TIMEOUT_S:-240} python3 "$code/bench/gpu/offload_server.py" $model $dir \
+      timeout ${SERVER_TIMEOUT_S:-180} python3 "$code/bench/gpu/offload_server.py" $model $dir \
         --metrics-name metrics_offload_vllm026.txt > $dir/offload_server.log 2>&1
       echo "offload server: exit $?"; grep -E "OFFLOAD_SERVER|ATTACH_FAILED|Error" $dir/offload_server.log | tail -3 | cut -c1-2500
-      finalize $dir/gpu_h200_offload_attach.kvscope 2>/dev/null ;;
+      finalize $dir/gpu_h200_offload_attach.kvscope 2>/dev/null
+      fi ;;
+    configs:*)  # the configs branch's GPU scenarios: configs:spec_base,spec_eagle
+      S 0.26.0; setup
+      timeout ${CONFIGS_TIMEOUT_S:-400} python3 "$code/bench/gpu_configs.py" --out $dir --timeout-s ${CONFIGS_RUN_TIMEOUT_S:-200} \
+        --only $(echo ${t#configs:} | tr ',' ' ') > $dir/gpu_configs.log 2>&1
+      echo "gpu_configs.py: exit $?"; grep -vE "^\(|INFO|WARNING|^$" $dir/gpu_configs.log | tail -12 | cut -c1-1500 ;;
+    oomforecast)  # the live branch's OOM forecast check (torch only, no vLLM)
+      S 0.26.0; setup
+      timeout ${OOM_TIMEOUT_S:-150} python3 "$code/bench/gpu_oom_forecast.py" $dir/gpu_h200_oom_forecast.kvscope > $dir/oom_forecast.log 2>&1
+      echo "gpu_oom_forecast.py: exit $?"; tail -3 $dir/oom_forecast.log | cut -c1-1500
+      gpu_clean; finalize $dir/gpu_h200_oom_forecast.kvscope ;;
     spec)
       S 0.26.0; setup
       rec gpu_h200_spec_eagle $dir -- python3 "$code/bench/gpu/engine_run.py" $model --workload spec \
@@ -69,8 +97,9 @@ task() {
         --counts $dir/spec_off_counts.json --max-tokens 64 --prefix-len 3000 ;;
     *) echo "unknown task $t" ;;
   esac
+  gpu_clean
   rm -rf $dir/work/model 2>/dev/null
-  (cd $OUT && tar czf ${t//:/-}.tgz ${t//:/-} && rm -rf ${t//:/-})
+  (cd $OUT && tar czf $n.tgz $n && rm -rf $n)
 }
 
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader

@@ -11,7 +11,7 @@
 # front-end binary, no FlashMLA, cp312 builds only, and the GPU code of every architecture but
 # sm_9x blanked inside the fatbins by bench/gpu/slim_fatbin.py) and the wheels that differ. Each
 # layer is one tar.xz; the layers are concatenated (base first, releases in the order given) and
-# split into pieces. DEST/manifest says where each layer lies in that stream, so on the machine
+# split into pieces (named by their offset). DEST/manifest says where each layer lies in that stream, so on the machine
 # (bench/gpu/on_device.sh) a layer is unpacked as soon as the pieces holding it have arrived.
 # Requirements per release: bench/gpu/requirements-VERSION.txt (made by resolve_requirements.py
 # when missing).
@@ -93,7 +93,10 @@ for l in "${layers[@]}"; do
   echo "$name $offset $size" >> "$dest/manifest"
   offset=$((offset + size))
 done
-for l in "${layers[@]}"; do cat "${l#*:}"; done | split -b "${piece}M" -d -a 2 - "$dest/part_"
+for l in "${layers[@]}"; do cat "${l#*:}"; done > "$cache/stream"
+# pieces are named by their byte offset in the stream: the rest can be split again at another size
+# between calls (PIECE_MIB=40 bench/gpu/split_stream.py ... FROM_OFFSET) without breaking the order
+python3 "$here/split_stream.py" "$cache/stream" "$dest" "$piece"
 mkdir -p "$dest/run"
 cp "$here/on_device.sh" "$dest/run/"
 cp "$dest/manifest" "$dest/run/"

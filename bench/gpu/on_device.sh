@@ -6,19 +6,15 @@
 # /tmp/kvscope-gpu/vllm-VERSION + /tmp/kvscope-gpu/base.
 G=/tmp/kvscope-gpu
 mkdir -p $G/layers
-for p in .gpu/part_*; do
-  [ -f "$p" ] || continue
-  n=$(basename "$p")
-  [ -f "$G/got_$n" ] && continue
-  # pieces arrive in order; a piece out of order waits beside the stream until its turn
-  cp "$p" "$G/$n"
-  touch "$G/got_$n"
+mkdir -p $G/pieces
+for p in .gpu/part_*; do  # pieces are named by their offset in the stream
+  [ -f "$p" ] && [ ! -f "$G/got_$(basename $p)" ] && cp "$p" $G/pieces/ && touch "$G/got_$(basename $p)"
 done
-for n in $(ls $G | grep '^part_' | sort); do
-  want=$(printf 'part_%02d' "$(cat $G/next 2>/dev/null || echo 0)")
-  [ "$n" = "$want" ] || continue
-  cat "$G/$n" >> $G/stream && rm "$G/$n"
-  echo $(( 10#${n#part_} + 1 )) > $G/next
+while :; do
+  have=$(stat -c %s $G/stream 2>/dev/null || echo 0)
+  next=$G/pieces/$(printf 'part_%010d' "$have")
+  [ -f "$next" ] || break
+  cat "$next" >> $G/stream && rm "$next"
 done
 have=$(stat -c %s $G/stream 2>/dev/null || echo 0)
 while read -r layer off len; do
