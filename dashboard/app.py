@@ -26,6 +26,8 @@ PAGES: list[tuple[str, str, str]] = [
     ("compare.py", "Compare", ":material/compare_arrows:"),
     ("live.py", "Live", ":material/sensors:"),
     ("kv_events.py", "KV events", ":material/grid_view:"),
+    ("preemptions.py", "Preemptions", ":material/swap_vert:"),
+    ("tiers.py", "Tiers", ":material/layers:"),
     ("whatif.py", "What if", ":material/science:"),
 ]
 

@@ -9,6 +9,7 @@ file is checkpointed out of WAL mode and vacuumed so it opens from a read-only f
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sqlite3
 import subprocess
@@ -30,7 +31,32 @@ SCENARIOS: dict[str, list[str]] = {
     # evicted before they recur, so the hit rate collapses.
     "prefix_thrash": ["--blocks", "40", "--requests", "160", "--prefixes", "16", "--prefix-len", "1024",
                       "--max-tokens", "16", "--max-num-seqs", "8", "--arrivals-per-step", "1"],
+    # issue 13, recorded with in-process KV events and residency sampling: every preemption with
+    # what it discarded, token occupancy, evictions (KV events page and Tiers' residency check).
+    "kv_forensics": ["--blocks", "24", "--requests", "48", "--prefixes", "2", "--prefix-len", "600",
+                     "--max-tokens", "48"],
+    # two 100-token shared prefixes in 128-token blocks: queried, never hit (PREFIX_BELOW_BLOCK).
+    "prefix_below_block": ["--blocks", "16", "--requests", "32", "--prefixes", "2", "--prefix-len",
+                           "100", "--max-tokens", "16", "--max-model-len", "512",
+                           "--arrivals-per-step", "1"],
+    # a real tier behind the GPU cache on the CPU engine: vLLM's ExampleConnector (KV files on
+    # disk) under ten prefixes cycling through 24 blocks (the Tiers page).
+    "disk_tier": ["--blocks", "24", "--requests", "60", "--prefixes", "10", "--prefix-len", "520",
+                  "--max-tokens", "32", "--max-model-len", "1024", "--max-num-seqs", "2",
+                  "--arrivals-per-step", "1"],
 }
+RECORD_ARGS: dict[str, list[str]] = {"kv_forensics": ["--kv-events", "--kv-cache-metrics"]}
+"""``kvscope record`` options per scenario (default none)."""
+
+
+def engine_args(name: str, work_dir: Path) -> list[str]:
+    """``--engine-args`` of a scenario that needs a path of this run (the disk tier's store)."""
+    if name != "disk_tier":
+        return []
+    cfg = {"kv_transfer_config": {"kv_connector": "ExampleConnector", "kv_role": "kv_both",
+                                  "kv_connector_extra_config": {
+                                      "shared_storage_path": str(work_dir / "disk-tier-store")}}}
+    return ["--engine-args", json.dumps(cfg)]
 
 
 def finalize(path: Path) -> None:
@@ -48,8 +74,11 @@ def record(name: str, model_dir: Path, out_dir: Path) -> Path:
     for suffix in ("", "-wal", "-shm"):
         Path(f"{out}{suffix}").unlink(missing_ok=True)
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1")
-    cmd = [sys.executable, "-m", "profiler.cli", "record", "--session", str(out), "--",
-           sys.executable, str(ROOT / "tests" / "support" / "workload.py"), str(model_dir), *SCENARIOS[name]]
+    work = Path(tempfile.mkdtemp(prefix=f"kvscope-{name}-"))
+    cmd = [sys.executable, "-m", "profiler.cli", "record", "--session", str(out),
+           *RECORD_ARGS.get(name, []), "--", sys.executable,
+           str(ROOT / "tests" / "support" / "workload.py"), str(model_dir), *SCENARIOS[name],
+           *engine_args(name, work)]
     subprocess.run(cmd, check=True, env=env, cwd=ROOT)
     finalize(out)
     return out

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import pandas as pd
 
+from dashboard.charts import kv_whole
 from dashboard.charts import panels as charts
 from dashboard.data.downsample import minmax_frame
+from dashboard.data.kv_whole import forensics_memo
 from dashboard.data.session import SessionData
 from dashboard.data.steps import View
 
@@ -51,10 +53,12 @@ def linked_chart(data: SessionData, view: View, buckets: pd.DataFrame, whole_buc
             panels.append(charts.gpu_memory_panel(
                 s, startup, g["total_bytes"], view, f"GPU {dev} memory ({g['name']}): NVML used, split by "
                 "the start-up profile"))
+    forensics = forensics_memo(data.path)
     panels += [
         charts.kv_usage_panel(buckets, view, data.num_blocks()),
         charts.queue_panel(buckets, view),
         charts.preemption_panel(buckets, view, smooth_s=rolling_s),
+        *([kv_whole.preemption_marks_panel(forensics.table, view)] if forensics.recorded else []),
         charts.prefix_hit_panel(buckets, view, rolling_s),
         charts.throughput_panel(buckets, view, smooth_s=rolling_s),
     ]

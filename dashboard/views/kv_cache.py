@@ -6,11 +6,31 @@ import streamlit as st
 
 from dashboard import state
 from dashboard.charts import kv_cache as charts_kv
+from dashboard.charts import kv_whole as charts_whole
 from dashboard.data import derive
+from dashboard.data.kv_whole import occupancy_memo, tiers_memo
+from dashboard.data.session import SessionData
 from dashboard.data.steps import View
 from profiler.units import escape_markdown
 
 BUCKETS = 600
+
+
+def kv_tier_section(data: SessionData, t0: float, t1: float) -> None:
+    """Token occupancy beside block usage, and the split of prefix lookups over the tiers."""
+    occ = occupancy_memo(data.path)
+    st.subheader("Tokens, not only blocks")
+    if occ.empty:
+        st.caption("Token occupancy: n/a (recorded by kvscope's engine-core hook; this session "
+                   "predates it or was attached).")
+    else:
+        state.show(charts_whole.occupancy_chart(occ, t0, t1), key="kv-occupancy")
+        st.caption("Blocks in use (vLLM's KV usage) against the token slots that actually hold "
+                   "tokens: the gap is the unfilled tail block of every running sequence.")
+    v = tiers_memo(data.path)
+    if len(v.kv_tiers) > 1:
+        st.subheader("Tier split")
+        state.show(charts_whole.tier_split_chart(v.kv_tiers), key="kv-tier-split")
 
 data = state.current_session()
 if data is not None:
@@ -49,6 +69,8 @@ if data is not None:
                    "(less its prefix-cache hits, which share blocks) from arrival and grows by its "
                    "generated tokens until it finishes. Above the capacity line the scheduler must queue "
                    "or preempt.")
+
+        kv_tier_section(data, t0, t1)
 
         st.subheader("Preemption episodes")
         if episodes.empty:

@@ -2,12 +2,53 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
 from dashboard import state
 from dashboard.charts import requests as cr
 from dashboard.data import derive
+from dashboard.data.kv_whole import forensics_memo, request_preemptions
+from dashboard.data.session import SessionData
 from profiler.units import escape_markdown
+
+PREEMPTION_COLUMNS = {
+    "t_s": st.column_config.NumberColumn("time (s)", format="%.3f"),
+    "nth": st.column_config.NumberColumn("#", format="%d"),
+    "reason": st.column_config.TextColumn("reason"),
+    "computed_tokens": st.column_config.NumberColumn("computed tokens discarded", format="%d"),
+    "blocks_freed": st.column_config.NumberColumn("blocks freed", format="%d"),
+    "kv_usage_before_frac": st.column_config.NumberColumn("KV usage before", format="percent"),
+    "kv_usage_after_frac": st.column_config.NumberColumn("KV usage after", format="percent"),
+    "resumed_s": st.column_config.NumberColumn("resumed (s)", format="%.3f"),
+    "recomputed_tokens": st.column_config.NumberColumn("tokens prefilled again", format="%d"),
+    "recompute_s_est": st.column_config.NumberColumn("recompute (s, est.)", format="%.4f"),
+}
+
+def request_preemptions_section(data: SessionData, reqs: pd.DataFrame) -> None:
+    """Each preempted request's preemptions (the engine core's record), one request at a time."""
+    forensics = forensics_memo(data.path)
+    preempted = reqs[reqs["preemptions"].fillna(0) > 0].sort_values("preemptions", ascending=False)
+    st.subheader("Preemptions of a request")
+    if preempted.empty and not forensics.recorded:
+        st.caption("No request of this session was preempted.")
+        return
+    if not forensics.recorded:
+        st.caption("Each preemption was not recorded in this session (vLLM's counts only, "
+                   "in the table above).")
+        return
+    ids = [str(r) for r in forensics.table["request_key"].drop_duplicates()]
+    if not ids:
+        st.caption("No request of this session was preempted.")
+        return
+    counts = forensics.table["request_key"].astype(str).value_counts()
+    ids.sort(key=lambda r: -int(counts.get(r, 0)))
+    rid = st.selectbox(f"{len(ids):,} requests were preempted (most first)", ids,
+                       format_func=lambda r: f"{r} ({int(counts.get(r, 0))}×)", key="preempted-req")
+    rows = request_preemptions(forensics, rid)
+    st.dataframe(rows[[c for c in PREEMPTION_COLUMNS if c in rows]], hide_index=True,
+                 width="stretch", column_config=PREEMPTION_COLUMNS)
+
 
 data = state.current_session()
 if data is not None:
@@ -56,3 +97,4 @@ if data is not None:
         table = table[[c for c in front if c in table] + [c for c in table if c not in front]]
         st.dataframe(table, hide_index=True, width="stretch", height=420)
         state.csv_download(table, f"{data.name}-requests", "Requests CSV")
+        request_preemptions_section(data, reqs)

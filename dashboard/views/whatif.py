@@ -6,7 +6,9 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import state
+from dashboard.charts.kv_whole import block_size_chart
 from dashboard.charts.whatif import whatif_chart
+from dashboard.data.kv_whole import block_sizes_memo
 from dashboard.data.session import SessionData
 from profiler.analysis.whatif import predictions
 from profiler.units import escape_markdown
@@ -15,6 +17,17 @@ from profiler.units import escape_markdown
 def _default_sizes(actual: int | None) -> list[int]:
     n = actual or 16
     return sorted({max(n // 2, 1), n, n * 2, n * 4})
+
+
+def block_size_section(data: SessionData, block_size: int | None) -> None:
+    """The same session at other block sizes (same KV memory), beside the cache-size curve."""
+    points = block_sizes_memo(data.path)
+    if isinstance(points, str):
+        st.info(f"No block-size what-if: {escape_markdown(points)}", icon=":material/info:")
+        return
+    st.altair_chart(block_size_chart(points, block_size), width="stretch")
+    st.caption("Each block size replayed from the prompts' 16-token chunk hashes with the "
+               "session's KV memory: smaller blocks catch shorter shared prefixes.")
 
 
 def render(data: SessionData) -> None:
@@ -34,7 +47,10 @@ def render(data: SessionData) -> None:
     cols[3].metric("unbounded cache", f"{c.max_hit_rate:.1%}" if c.max_hit_rate is not None else "n/a")
     default_top = max(int(max(c.blocks_for(1.0) or 2, a.num_blocks or 2) * 1.5), 8)
     top = st.slider("largest cache size shown (blocks)", 4, max(default_top * 4, 64), default_top)
-    st.altair_chart(whatif_chart(w, top), width="stretch")
+    left, right = st.columns([3, 2])
+    left.altair_chart(whatif_chart(w, top), width="stretch")
+    with right:
+        block_size_section(data, c.block_size)
     if w.trace is not None:
         how = ("One LRU stack-distance pass over the session's prompt-block hashes "
                f"({len(w.trace.requests)} requests, {w.trace.accesses} block accesses).")

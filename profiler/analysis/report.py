@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from profiler.analysis import preemption
+from profiler.analysis.occupancy import engine_occupancy
+from profiler.analysis.tiers import kv_tiers
 from profiler.session.reader import Session
 from profiler.units import finite_or_none, fmt, fmt_gib, json_safe, percentile, printable
 
@@ -37,6 +40,9 @@ def build_report(session: Session, findings: list[dict[str, Any]] | None = None)
     start, end = session.bounds()
     eng = engines.iloc[0] if not engines.empty else None
     steps_n, pre, pq, ph, ppq, pph, kv_peak, kv_mean, finished = session.rows(_STEP_TOTALS)[0]
+    occ = engine_occupancy(session)
+    pre_summary = preemption.summarize(session, pre)
+    notes.extend(pre_summary.notes)
     startup = session.table("startup_memory")
     mem = startup.iloc[0] if not startup.empty else None
     engine = {
@@ -72,7 +78,12 @@ def build_report(session: Session, findings: list[dict[str, Any]] | None = None)
             "preempted_queries_tokens": ppq,
             "preempted_hits_tokens": pph,
         },
-        "kv_cache": {"peak_usage_frac": kv_peak, "mean_usage_frac": kv_mean},
+        "kv_cache": {"peak_usage_frac": kv_peak, "mean_usage_frac": kv_mean,
+                     "token_occupancy_mean_frac": occ.mean_frac if occ else None,
+                     "token_occupancy_peak_frac": occ.peak_frac if occ else None},
+        "kv_tiers": kv_tiers(session, {"queries_tokens": pq, "hits_tokens": ph,
+                                       "peak_usage_frac": kv_peak}),
+        "preemption": pre_summary.as_json(),
         "memory": {
             k: (finite_or_none(mem[k]) if mem is not None else None)
             for k in ("weights_bytes", "kv_cache_bytes", "activation_peak_bytes",
@@ -117,6 +128,15 @@ def _event_counts(session: Session) -> dict[str, int]:
     return {k: int(n) for k, n in rows}
 
 
+def _preemption_text(p: dict[str, Any]) -> str:
+    if not p.get("count"):
+        return ""
+    worst = p.get("worst_request") or {}
+    return (f" ({p.get('requests')} requests; recomputed {p.get('recomputed_tokens')} tokens ≈ "
+            f"{fmt(p.get('recompute_s_est'), '{:.2f} s')}; worst {worst.get('request_id')} "
+            f"×{worst.get('preemptions')})")
+
+
 def format_text(report: dict[str, Any]) -> str:
     """Human summary of a report dict."""
     s, e, pc, kv = report["session"], report["engine"], report["prefix_cache"], report["kv_cache"]
@@ -127,10 +147,18 @@ def format_text(report: dict[str, Any]) -> str:
         f"requests finished {report['requests_finished']}",
         f"KV cache  {e['num_gpu_blocks']} blocks x {e['block_size']} tokens   "
         f"peak {fmt(kv['peak_usage_frac'], '{:.0%}')}  mean {fmt(kv['mean_usage_frac'], '{:.0%}')}",
-        f"preempt   {report['preemptions']}",
+        f"preempt   {report['preemptions']}" + _preemption_text(report.get("preemption") or {}),
         f"prefix    hit rate {fmt(pc['hit_rate'], '{:.1%}')} "
         f"({pc['hits_tokens']} of {pc['queries_tokens']} tokens)",
     ]
+    if kv.get("token_occupancy_mean_frac") is not None:
+        lines.append(f"tokens    KV slots holding tokens: mean {fmt(kv['token_occupancy_mean_frac'], '{:.0%}')}  "
+                     f"peak {fmt(kv['token_occupancy_peak_frac'], '{:.0%}')} (block usage above)")
+    for t in report.get("kv_tiers", [])[1:]:
+        lines.append(f"tier {t['medium']:<5}hit rate {fmt(t['hit_rate'], '{:.1%}')} "
+                     f"({t['hits_tokens']} of {t['queries_tokens']} tokens)  stored "
+                     f"{fmt_gib(t['stored_bytes'])}  loaded {fmt_gib(t['loaded_bytes'])}  "
+                     f"peak usage {fmt(t['peak_usage_frac'], '{:.0%}')}")
     m = report["memory"]
     if any(v is not None for v in m.values()):
         lines.append(

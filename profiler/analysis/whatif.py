@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from profiler.errors import NotAnalysable
 from profiler.session.reader import Session
@@ -41,7 +42,8 @@ MAX_ACCESSES = 200_000_000
 
 _NO_ACCESS_DATA = "session has no prompt-block hashes and no KV events: what-if needs one of them"
 
-_REQUEST_SUFFIX = re.compile(r"-[0-9a-f]{8}$")
+REQUEST_SUFFIX = re.compile(r"-[0-9a-f]{8}$")
+_REQUEST_SUFFIX = REQUEST_SUFFIX
 """vLLM (0.2x+) appends ``-<8 hex>`` to the user's request id internally."""
 
 
@@ -219,13 +221,21 @@ def load_trace(session: Session, engine_id: int | None = None) -> AccessTrace:
     if row.empty or row.iloc[0]["block_size"] is None or np.isnan(row.iloc[0]["block_size"]):
         raise NotAnalysable(f"engine {engine_id}: block size unknown")
     bs = int(row.iloc[0]["block_size"])
+    hashes = [np.frombuffer(raw or b"", dtype="<i8") for raw in blocks["block_hashes"]]
+    return _trace(session, engine_id, bs, blocks, hashes)
+
+
+def _trace(session: Session, engine_id: int, bs: int, blocks: pd.DataFrame,
+           hashes: list[np.ndarray]) -> AccessTrace:
+    """The access trace of ``blocks`` rows (one per request) whose block hashes are ``hashes``."""
     reqs = session.table("requests", "WHERE engine_id = ?", (engine_id,))
     reqs = reqs.drop_duplicates("request_id")
     reqs.index = reqs["request_id"].astype(str)
-    blocks = blocks.reset_index().sort_values(["t_unix_s", "index"], kind="stable")
+    blocks = blocks.assign(_hashes=hashes).reset_index().sort_values(["t_unix_s", "index"],
+                                                                     kind="stable")
     rid = blocks["request_id"].astype(str)
     base_id = rid.str.replace(_REQUEST_SUFFIX, "", regex=True)
-    n_full = blocks["block_hashes"].map(lambda b: len(b or b"") // 8).to_numpy()
+    n_full = blocks["_hashes"].map(len).to_numpy()
 
     def per_request(col: str) -> np.ndarray:
         known = reqs[col]
@@ -238,12 +248,83 @@ def load_trace(session: Session, engine_id: int | None = None) -> AccessTrace:
     prompt = np.where(unknown, n_full * bs + 1, prompt).astype(np.int64)
     gen = np.where(np.isnan(gen) | unknown, 0, gen).astype(np.int64)
     tail = np.maximum(np.maximum(prompt + gen - 1, 0) // bs - n_full, 0)  # last token never stored
-    out = [RequestAccess(float(t), np.frombuffer(raw or b"", dtype="<i8"), int(p), int(k))
-           for t, raw, p, k in zip(blocks["t_unix_s"], blocks["block_hashes"], prompt, tail,
-                                   strict=True)]
+    out = [RequestAccess(float(t), h, int(p), int(k))
+           for t, h, p, k in zip(blocks["t_unix_s"], blocks["_hashes"], prompt, tail, strict=True)]
     running = session.scalar("SELECT AVG(running) FROM steps WHERE engine_id = ? AND running > 0",
                              (engine_id,))
     return AccessTrace(engine_id, bs, out, int(round(running)) if running else 0)
+
+
+def chunk_trace(session: Session, block_size: int, engine_id: int | None = None) -> AccessTrace:
+    """The access sequence at another block size, from the ``prompt_chunks`` hashes.
+
+    ``block_size`` must be a multiple of the recorded chunk size: block ``j`` is named by chunk
+    ``(j + 1) k - 1`` (a chained hash names the whole prefix up to its end).
+    """
+    chunks = session.table("prompt_chunks")
+    if chunks.empty:
+        raise NotAnalysable("session has no prompt-chunk hashes (recorded before kvscope stored "
+                            "them, or by attach): the block-size what-if needs them")
+    if engine_id is None:
+        engine_id = int(chunks["engine_id"].value_counts().idxmax())
+    chunks = chunks[chunks["engine_id"] == engine_id].dropna(subset=["chunk_tokens"])
+    sizes = chunks["chunk_tokens"].astype(int).unique()
+    if chunks.empty or len(sizes) != 1:
+        raise NotAnalysable(f"engine {engine_id}: no prompt chunks of one size")
+    chunk = int(sizes[0])
+    if block_size <= 0 or block_size % chunk:
+        raise NotAnalysable(f"block size {block_size} is not a multiple of the recorded "
+                            f"{chunk}-token chunks")
+    k = block_size // chunk
+    hashes = [np.frombuffer(raw or b"", dtype="<i8")[k - 1::k] for raw in chunks["chunk_hashes"]]
+    return _trace(session, engine_id, block_size, chunks, hashes)
+
+
+BLOCK_SIZES = (16, 32, 64, 128, 256)
+"""Block sizes the block-size what-if tries by default (and the engine's own)."""
+
+
+@dataclass(frozen=True)
+class BlockSizePoint:
+    """The prefix cache at another block size, with the same KV memory (token slots)."""
+
+    block_size: int
+    num_blocks: int
+    """Blocks of that size in the session's KV memory (``num_gpu_blocks`` at that size)."""
+    hit_rate: float | None
+    """Predicted hit rate at that size and memory."""
+    max_hit_rate: float | None
+    """With an unbounded cache of that block size."""
+    measured_hit_rate: float | None
+    """The session's measured hit rate (its own block size only)."""
+
+
+def block_size_curve(session: Session, sizes: tuple[int, ...] | list[int] = BLOCK_SIZES,
+                     engine_id: int | None = None) -> list[BlockSizePoint]:
+    """Predicted prefix hit rate at each block size, at the session's KV memory (one replay each)."""
+    chunks_engine = engine_id
+    if chunks_engine is None:
+        chunks_engine = session.scalar("SELECT engine_id FROM prompt_chunks GROUP BY engine_id "
+                                       "ORDER BY COUNT(*) DESC LIMIT 1")
+    if chunks_engine is None:
+        raise NotAnalysable("session has no prompt-chunk hashes (recorded before kvscope stored "
+                            "them, or by attach): the block-size what-if needs them")
+    point = session_point(session, int(chunks_engine))
+    bs = session.scalar("SELECT block_size FROM engines WHERE engine_id = ?", (int(chunks_engine),))
+    if not bs or not point.num_blocks:
+        raise NotAnalysable(f"engine {chunks_engine}: block size or cache size unknown")
+    slots = (point.num_blocks - NULL_BLOCKS) * int(bs)
+    out = []
+    for size in sorted({*sizes, int(bs)}):
+        try:
+            trace = chunk_trace(session, int(size), int(chunks_engine))
+        except NotAnalysable:
+            continue
+        curve = miss_ratio_curve(trace)
+        n = slots // int(size) + NULL_BLOCKS
+        out.append(BlockSizePoint(int(size), int(n), curve.hit_rate(n), curve.max_hit_rate,
+                                  point.hit_rate if int(size) == int(bs) else None))
+    return out
 
 
 def event_curve(session: Session, engine_id: int | None = None) -> tuple[int, MissRatioCurve]:

@@ -16,9 +16,8 @@ from typing import Any
 
 import msgspec
 
+from profiler.session.kv_hash import fold_hash as _fold
 from profiler.units import first_line
-
-_MASK64 = (1 << 64) - 1
 
 END_SEQ = -1
 """Sequence number of the replay endpoint's end-of-replay marker."""
@@ -102,13 +101,11 @@ _batch_decoder = msgspec.msgpack.Decoder(_Batch)
 
 
 def fold_hash(value: int | bytes) -> int:
-    """A block hash as a signed 64-bit int (bytes hashes keep their low 64 bits, as vLLM does)."""
-    if isinstance(value, bytes):
-        if not value:
-            raise KvDecodeError("empty block hash")
-        value = int.from_bytes(value, "big")
-    value &= _MASK64
-    return value - (1 << 64) if value >= 1 << 63 else value
+    """A block hash as a signed 64-bit int (the session's rule, ``session.kv_hash``)."""
+    try:
+        return _fold(value)
+    except ValueError as exc:
+        raise KvDecodeError(str(exc)) from None
 
 
 def decode_seq(raw: bytes) -> int:

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from profiler.attach import tier_metrics
 from profiler.units import first_line
 
 GAUGES: dict[str, tuple[str, ...]] = {
@@ -87,6 +88,8 @@ class Scrape:
     """``process_start_time_seconds`` when exposed: it changes when the server restarts."""
     problems: dict[tuple[str, str], str] = field(default_factory=dict)
     """(column, why) -> one-line description of each impossible value left out of this scrape."""
+    extra: list[tuple[str, dict[str, str], float]] = field(default_factory=list)
+    """Samples of the KV tier and residency families (``tier_metrics``), as parsed."""
 
 
 def fetch_text(url: str, timeout_s: float, max_bytes: int = MAX_BODY_BYTES) -> str:
@@ -262,7 +265,9 @@ def parse_metrics(text: str, t_unix_s: float, url: str = "") -> Scrape:
         engine(labels).cache_info = dict(labels)
     start = families.get("process_start_time_seconds")
     start_s = start[0][2] if start and math.isfinite(start[0][2]) else None
-    return Scrape(t_unix_s, engines, start_s, problems)
+    extra = [sample for base, samples in families.items() if tier_metrics.wanted(base)
+             for sample in samples]
+    return Scrape(t_unix_s, engines, start_s, problems, extra)
 
 
 def _wanted_lines(text: str, where: str) -> tuple[str, bool]:
@@ -278,7 +283,7 @@ def _wanted_lines(text: str, where: str) -> tuple[str, bool]:
             continue
         if line.startswith("#"):
             words = line.split(None, 3)
-            if len(words) >= 3 and words[1] in ("TYPE", "HELP") and _base_name(words[2]) in _WANTED:
+            if len(words) >= 3 and words[1] in ("TYPE", "HELP") and _wanted(_base_name(words[2])):
                 kept.append(line)
             continue
         m = _NAME.match(line)
@@ -289,9 +294,13 @@ def _wanted_lines(text: str, where: str) -> tuple[str, bool]:
             )
         name = m.group()
         has_vllm = has_vllm or name.startswith("vllm:")
-        if _base_name(name) in _WANTED:
+        if _wanted(_base_name(name)):
             kept.append(line)
     return "\n".join(kept) + "\n", has_vllm
+
+
+def _wanted(base_name: str) -> bool:
+    return base_name in _WANTED or tier_metrics.wanted(base_name)
 
 
 def _bad_gauge(column: str, value: float) -> str | None:

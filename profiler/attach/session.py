@@ -18,6 +18,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from profiler.attach import tier_metrics
 from profiler.attach.kv_events import (
     KvEventsConfigError,
     KvEventSubscriber,
@@ -143,6 +144,7 @@ class ServerAttachment:
         self.pid = pid
         self.engine_ids: dict[str, int] = {}
         self.trackers: dict[str, CounterTracker] = {}
+        self.tier_trackers: dict[str, tier_metrics.TierTracker] = {}
         self.intervals = 0
         self.gaps = 0
         self.lost_reason: str | None = None
@@ -232,6 +234,14 @@ class ServerAttachment:
             ))
             if deltas is not None:
                 self.intervals += 1
+        for label, values in tier_metrics.tier_values(scrape.extra).items():
+            tier_rows, hist_rows = self.tier_trackers.setdefault(
+                label, tier_metrics.TierTracker()).rows(values, self.engine_id(label),
+                                                        scrape.t_unix_s, restarted)
+            for row in tier_rows:
+                self.writer.append("tier_samples", row)
+            for hrow in hist_rows:
+                self.writer.append("kv_residency_hist", hrow)
         self._prev_t_unix_s = scrape.t_unix_s
 
     def block_size(self, label: str) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from profiler.errors import UserError
-from profiler.recorder import context
+from profiler.recorder import context, options
 
 
 def add_parser(sub: Any) -> None:
@@ -18,6 +18,12 @@ def add_parser(sub: Any) -> None:
     r = sub.add_parser("record", help="run a vLLM program and record every engine it creates")
     r.add_argument("--session", required=True, help="session file to write (SQLite)")
     r.add_argument("--nvml-interval-ms", type=int, default=None, help="GPU sampling period (default 100)")
+    r.add_argument("--kv-events", action="store_true",
+                   help="store the engine's KV-cache events in the session (no socket: vLLM's null "
+                        "publisher when the program configured none)")
+    r.add_argument("--kv-cache-metrics", nargs="?", type=float, const=1.0, default=None,
+                   metavar="SAMPLE", help="turn on vLLM's block residency sampling for this fraction "
+                                          "of blocks (default 1.0) and store every sampled eviction")
     r.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
     r.set_defaults(func=cmd_record)
 
@@ -29,10 +35,17 @@ def cmd_record(args: argparse.Namespace) -> int:
         command = command[1:]
     if not command:
         raise UserError("nothing to run: kvscope record --session PATH -- COMMAND [ARGS...]")
+    sample = args.kv_cache_metrics
+    if sample is not None and not 0 < sample <= 1:
+        raise UserError(f"--kv-cache-metrics {sample:g}: the sampled fraction must be in (0, 1]")
     path = Path(args.session).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     os.environ[context.ENV_SESSION] = str(path)
     os.environ.pop(context.ENV_OWNER_PID, None)
+    if args.kv_events:
+        os.environ[options.ENV_KV_EVENTS] = "1"
+    if sample is not None:
+        os.environ[options.ENV_KV_CACHE_METRICS] = repr(sample)
     if args.nvml_interval_ms is not None:
         os.environ[context.ENV_NVML_INTERVAL_MS] = str(args.nvml_interval_ms)
     w = context.writer()

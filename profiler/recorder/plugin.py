@@ -140,9 +140,15 @@ def _wrap_engine_init(init: Callable[..., Any]) -> Callable[..., Any]:
         vllm_config = bound.arguments.get("vllm_config")
         w = context.writer()
         if vllm_config is not None and w is not None:
+            from profiler.recorder import options
             from profiler.recorder.stat_logger import insert_pending_engine
 
-            insert_pending_engine(w, vllm_config)
+            options.apply(vllm_config)
+            engine_id = insert_pending_engine(w, vllm_config)
+            if engine_id is not None:  # the engine core's own rows (preemptions, KV events) use it
+                from profiler.recorder.engine_core import ENV_ENGINE_ID
+
+                os.environ[ENV_ENGINE_ID] = str(engine_id)
         # The user turned stats off: keep vLLM's own periodic log lines off too.
         _suppress_default_loggers.on = not user_log_stats
         try:
@@ -233,6 +239,9 @@ def _patch_engine_core() -> None:
     proc = getattr(core, "EngineCoreProc", None)
     if proc is not None:
         _patch(proc, "run_busy_loop", lambda f: observe_failures(f, "engine core: busy loop"))
+    from profiler.recorder import engine_core
+
+    engine_core.install(_patch)
 
 
 def _wrap_initialize_kv_caches(method: Callable[..., Any]) -> Callable[..., Any]:

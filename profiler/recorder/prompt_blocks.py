@@ -1,5 +1,8 @@
 """Prompt-block hashes for what-if: the chained content hash of each new request's full prompt
-blocks, stored against the engine the frontend's stat logger created last."""
+blocks, stored against the engine the frontend's stat logger created last; and the same chain at
+``CHUNK_TOKENS`` granularity (``prompt_chunks``), from which any block size that is a multiple of
+it can be replayed (block ``j`` of size ``k × CHUNK_TOKENS`` is chunk ``(j + 1) k - 1``: a chained
+hash names the whole prefix up to its end)."""
 
 from __future__ import annotations
 
@@ -9,7 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from profiler.recorder import context
-from profiler.session.rows import PromptBlocksRow
+from profiler.session.rows import PromptBlocksRow, PromptChunksRow
+
+CHUNK_TOKENS = 16
+"""Granularity of ``prompt_chunks``: the smallest block size the block-size what-if replays."""
 
 
 @dataclass
@@ -46,8 +52,18 @@ def record_prompt_blocks(request: Any) -> None:
     w = context.writer()
     if not ids or w is None:
         return
-    hashes = prompt_block_hashes(list(ids), _target.block_size)
+    ids = list(ids)
+    t = time.time()
+    rid = getattr(request, "request_id", None)
+    chunks = prompt_block_hashes(ids, CHUNK_TOKENS)
+    bs = _target.block_size
+    # a chained hash names its whole prefix: block j of k chunks is chunk (j + 1) k - 1
+    hashes = chunks[bs // CHUNK_TOKENS - 1::bs // CHUNK_TOKENS] if bs % CHUNK_TOKENS == 0 \
+        else prompt_block_hashes(ids, bs)
     w.append("prompt_blocks", PromptBlocksRow(
-        engine_id=_target.engine_id, t_unix_s=time.time(),
-        request_id=getattr(request, "request_id", None), block_hashes=hashes.tobytes(),
+        engine_id=_target.engine_id, t_unix_s=t, request_id=rid, block_hashes=hashes.tobytes(),
+    ))
+    w.append("prompt_chunks", PromptChunksRow(
+        engine_id=_target.engine_id, t_unix_s=t, request_id=rid, chunk_tokens=CHUNK_TOKENS,
+        chunk_hashes=chunks.tobytes(),
     ))

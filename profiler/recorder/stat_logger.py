@@ -7,14 +7,15 @@ goes through getattr with a None default: a field a vLLM version lacks is stored
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any
 
 from vllm.v1.metrics.loggers import StatLoggerBase
 
-from profiler.recorder import context, prompt_blocks
-from profiler.session.rows import RequestRow, StepRow
+from profiler.recorder import context, prompt_blocks, tiers
+from profiler.session.rows import KvEvictionRow, RequestRow, StepRow
 
 """Engine id of the most recently created engine in this process (for prompt-block rows)."""
 
@@ -80,10 +81,11 @@ def insert_engine(writer: Any, row: dict[str, Any]) -> int | None:
     )
 
 
-def insert_pending_engine(writer: Any, vllm_config: Any) -> None:
-    """Describe the engine before it starts, so a start-up failure still has its config."""
+def insert_pending_engine(writer: Any, vllm_config: Any) -> int | None:
+    """Describe the engine before it starts, so a start-up failure still has its config; its id."""
     global _pending_engine_id
     _pending_engine_id = insert_engine(writer, engine_row(vllm_config, 0))
+    return _pending_engine_id
 
 
 def adopt_pending_engine(engine_index: int) -> int | None:
@@ -108,6 +110,7 @@ class KvscopeStatLogger(StatLoggerBase):
         self.vllm_config = vllm_config
         self.writer = context.writer()
         self.engine_id: int | None = None
+        self.tier_medium = tiers.connector_medium(vllm_config)
         if self.writer is None:
             return
         row = engine_row(vllm_config, engine_index)
@@ -123,6 +126,18 @@ class KvscopeStatLogger(StatLoggerBase):
             self.engine_id, row["block_size"] if row["enable_prefix_caching"] else None)
         self.writer.set_meta_default(vllm_version=row["vllm_version"], model=row["model"])
         context.register_process("frontend", engine_id=self.engine_id)
+        obs = _get(vllm_config, "observability_config")
+        if getattr(obs, "kv_cache_metrics", False):
+            sample = getattr(obs, "kv_cache_metrics_sample", None)
+            self.writer.event("kv_cache_metrics", f"vLLM block residency sampling at {sample}",
+                              self.engine_id, sample=sample)
+        if self.tier_medium is not None:
+            ktc = _get(vllm_config, "kv_transfer_config")
+            self.writer.event(
+                "kv_connector", f"KV connector {_get(ktc, 'kv_connector')}: tier {self.tier_medium}",
+                self.engine_id, connector=str(_get(ktc, "kv_connector")), medium=self.tier_medium,
+                capacity_bytes=tiers.connector_capacity_bytes(vllm_config),
+                role=str(_get(ktc, "kv_role")))
 
     def record(self, scheduler_stats: Any, iteration_stats: Any, *args: Any, **kwargs: Any) -> None:
         """Append this step's row; never raises into the engine."""
@@ -152,6 +167,14 @@ class KvscopeStatLogger(StatLoggerBase):
                 pph = getattr(pcs, "preempted_hits", None)
                 if getattr(pcs, "reset", False):
                     w.event("prefix_cache_reset", "prefix cache was reset", self.engine_id)
+            for ev in getattr(s, "kv_cache_eviction_events", None) or ():
+                gaps = getattr(ev, "reuse_gaps_seconds", None)
+                w.append("kv_evictions", KvEvictionRow(
+                    self.engine_id, t, getattr(ev, "lifetime_seconds", None),
+                    getattr(ev, "idle_seconds", None),
+                    json.dumps([float(g) for g in gaps]) if gaps is not None else None))
+            for row in tiers.tier_rows(s, self.engine_id, t, self.tier_medium):
+                w.append("tier_samples", row)
         pre = prompt = gen = fin = None
         if it is not None:
             pre = getattr(it, "num_preempted_reqs", None)

@@ -184,6 +184,83 @@ class GapRow(NamedTuple):
     reason: str | None
 
 
+class PreemptionRow(NamedTuple):
+    """One ``preemptions`` row (units: SCHEMA.md): a preemption, or a preempted request's resume."""
+
+    engine_id: int | None
+    t_unix_s: float | None
+    request_id: str | None
+    event: str | None
+    reason: str | None
+    computed_tokens: int | None
+    prompt_tokens: int | None
+    output_tokens: int | None
+    blocks_freed: int | None
+    kv_usage_before_frac: float | None
+    kv_usage_after_frac: float | None
+    queries_tokens: int | None
+    hits_tokens: int | None
+
+
+class KvOccupancyRow(NamedTuple):
+    """One ``kv_occupancy`` row (units: SCHEMA.md)."""
+
+    engine_id: int | None
+    t_unix_s: float | None
+    used_blocks: int | None
+    held_tokens: int | None
+
+
+class PromptChunksRow(NamedTuple):
+    """One ``prompt_chunks`` row (units: SCHEMA.md)."""
+
+    engine_id: int | None
+    t_unix_s: float | None
+    request_id: str | None
+    chunk_tokens: int | None
+    chunk_hashes: bytes
+
+
+class KvEvictionRow(NamedTuple):
+    """One ``kv_evictions`` row (units: SCHEMA.md)."""
+
+    engine_id: int | None
+    t_unix_s: float | None
+    lifetime_s: float | None
+    idle_s: float | None
+    reuse_gaps_json: str | None
+
+
+class KvResidencyHistRow(NamedTuple):
+    """One ``kv_residency_hist`` row (units: SCHEMA.md)."""
+
+    engine_id: int | None
+    t_unix_s: float | None
+    metric: str | None
+    le: str | None
+    cum_value: float | None
+
+
+class TierSampleRow(NamedTuple):
+    """One ``tier_samples`` row (units: SCHEMA.md)."""
+
+    engine_id: int | None
+    t_unix_s: float | None
+    medium: str | None
+    queries_tokens: int | None
+    hits_tokens: int | None
+    stored_bytes: int | None
+    store_s: float | None
+    loaded_bytes: int | None
+    load_s: float | None
+    usage_frac: float | None
+    lookup_s: float | None
+    lookups: int | None
+    allocation_failures: int | None
+    scraped: int | None
+    details_json: str | None
+
+
 ROW_TYPES: dict[str, type[Any]] = {
     "processes": ProcessRow,
     "engines": EngineRow,
@@ -198,5 +275,11 @@ ROW_TYPES: dict[str, type[Any]] = {
     "events": EventRow,
     "kv_events": KvEventRow,
     "gaps": GapRow,
+    "preemptions": PreemptionRow,
+    "kv_occupancy": KvOccupancyRow,
+    "prompt_chunks": PromptChunksRow,
+    "kv_evictions": KvEvictionRow,
+    "kv_residency_hist": KvResidencyHistRow,
+    "tier_samples": TierSampleRow,
 }
 """The record type of every table but ``meta`` (a key/value store)."""

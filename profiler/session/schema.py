@@ -50,6 +50,20 @@ TABLES: dict[str, tuple[str, ...]] = {
         "engine_id", "t_unix_s", "seq", "kind", "block_hash", "parent_block_hash", "medium", "source",
     ),
     "gaps": ("engine_id", "t_start_unix_s", "t_end_unix_s", "source", "reason"),
+    "preemptions": (
+        "engine_id", "t_unix_s", "request_id", "event", "reason", "computed_tokens",
+        "prompt_tokens", "output_tokens", "blocks_freed", "kv_usage_before_frac",
+        "kv_usage_after_frac", "queries_tokens", "hits_tokens",
+    ),
+    "kv_occupancy": ("engine_id", "t_unix_s", "used_blocks", "held_tokens"),
+    "prompt_chunks": ("engine_id", "t_unix_s", "request_id", "chunk_tokens", "chunk_hashes"),
+    "kv_evictions": ("engine_id", "t_unix_s", "lifetime_s", "idle_s", "reuse_gaps_json"),
+    "kv_residency_hist": ("engine_id", "t_unix_s", "metric", "le", "cum_value"),
+    "tier_samples": (
+        "engine_id", "t_unix_s", "medium", "queries_tokens", "hits_tokens", "stored_bytes",
+        "store_s", "loaded_bytes", "load_s", "usage_frac", "lookup_s", "lookups",
+        "allocation_failures", "scraped", "details_json",
+    ),
 }
 """Column order of every table; writers append tuples in exactly this order."""
 
@@ -59,10 +73,13 @@ _TYPES = {
     "device": "TEXT", "request_id": "TEXT", "finish_reason": "TEXT", "block_hashes": "BLOB",
     "name": "TEXT", "uuid": "TEXT", "kind": "TEXT", "message": "TEXT", "details_json": "TEXT",
     "engine_id": "INTEGER", "enable_prefix_caching": "INTEGER", "medium": "TEXT", "reason": "TEXT",
+    "event": "TEXT", "chunk_hashes": "BLOB", "reuse_gaps_json": "TEXT", "metric": "TEXT",
+    "le": "TEXT", "cum_value": "REAL",
 }
 
 
-OPTIONAL_TABLES = frozenset({"kv_events", "gaps"})
+OPTIONAL_TABLES = frozenset({"kv_events", "gaps", "preemptions", "kv_occupancy", "prompt_chunks",
+                             "kv_evictions", "kv_residency_hist", "tier_samples"})
 """Tables that sessions recorded before they existed lack (the bundled CPU sessions): a reader
 treats a missing one as empty. Every other table, and every column of every table, must exist."""
 
@@ -88,7 +105,7 @@ def column_rule(table: str, name: str) -> tuple[str, float | None, float | None]
     if table == "meta":
         return "any", None, None
     kind = _column_type(name)
-    if name == "block_hashes":
+    if name in ("block_hashes", "chunk_hashes"):
         return "blob", None, None
     if name in ("block_hash", "parent_block_hash"):
         return "hash", None, None

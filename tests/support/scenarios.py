@@ -105,12 +105,19 @@ def prompts(s: Scenario) -> list[str]:
             for i, p in enumerate(prefix_order(s))]
 
 
-def record(s: Scenario, session: Path, model_dir: Path, timeout_s: float = 900) -> subprocess.CompletedProcess[str]:
-    """Record ``s`` into ``session`` with ``kvscope record`` under the engine lock."""
+def counts_path(session: Path) -> Path:
+    """Where ``record`` leaves the independent stat logger's counts of a recorded scenario."""
+    return session.with_suffix(".counts.json")
+
+
+def record(s: Scenario, session: Path, model_dir: Path, timeout_s: float = 900,
+           record_args: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    """Record ``s`` into ``session`` with ``kvscope record [record_args]`` under the engine lock;
+    an independent StatLoggerBase in the same run writes ``counts_path(session)``."""
     session.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "profiler.cli", "record", "--session", str(session), "--",
-           sys.executable, str(Path(__file__).resolve()), str(model_dir),
-           json.dumps(dataclasses.asdict(s))]
+    cmd = [sys.executable, "-m", "profiler.cli", "record", "--session", str(session), *record_args,
+           "--", sys.executable, str(Path(__file__).resolve()), str(model_dir),
+           json.dumps(dataclasses.asdict(s)), str(counts_path(session))]
     with engine_lock():
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
                               env=engine_env(), cwd=ROOT)
@@ -130,31 +137,34 @@ ENV_SCENARIO_DIR = "KVSCOPE_SCENARIO_DIR"
 """Developers only: keep recorded scenarios in this folder across test runs (default: per run)."""
 
 
-def recorded(s: Scenario, model_dir: Path, base: Path) -> Recorded:
+def recorded(s: Scenario, model_dir: Path, base: Path, record_args: tuple[str, ...] = ()
+             ) -> Recorded:
     """``s`` recorded under ``base`` once per test run: later calls (any module) reuse the file."""
     base = Path(os.environ.get(ENV_SCENARIO_DIR) or base)
     base.mkdir(parents=True, exist_ok=True)
     path = base / f"{s.name}.kvscope"
     done = base / f"{s.name}.done.json"
     if not done.exists():
-        proc = record(s, path, model_dir)
+        proc = record(s, path, model_dir, record_args=record_args)
         done.write_text(json.dumps({"returncode": proc.returncode,
                                     "output_tail": (proc.stdout + proc.stderr)[-6000:]}))
     info = json.loads(done.read_text())
     return Recorded(s, path, info["returncode"], info["output_tail"])
 
 
-def run(model_dir: str, s: Scenario) -> None:
-    """Serve the scenario's workload on a real LLMEngine (this process is the recorded program)."""
+def run(model_dir: str, s: Scenario, counts_file: str | None = None) -> None:
+    """Serve the scenario's workload on a real LLMEngine (this process is the recorded program);
+    with ``counts_file``, an independent StatLoggerBase's counts of the run are written there."""
     from vllm import SamplingParams
     from vllm.engine.arg_utils import EngineArgs
     from vllm.v1.engine.llm_engine import LLMEngine
 
+    counter, counts = workload.counter_class()
     eng = LLMEngine.from_engine_args(EngineArgs(
         model=model_dir, num_gpu_blocks_override=s.blocks, max_model_len=s.max_model_len,
         enable_prefix_caching=True, max_num_seqs=s.max_num_seqs, disable_log_stats=False,
         **s.extra,
-    ))
+    ), stat_loggers=[counter])
     params = SamplingParams(max_tokens=s.max_tokens, ignore_eos=True, temperature=0.0)
     pending = list(enumerate(prompts(s)))
     pending.reverse()
@@ -169,10 +179,12 @@ def run(model_dir: str, s: Scenario) -> None:
             if out.finished:
                 in_flight -= 1
     eng.engine_core.shutdown()
+    if counts_file:
+        Path(counts_file).write_text(json.dumps(counts))
 
 
 if __name__ == "__main__":
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     scenario = Scenario(**json.loads(sys.argv[2]))
-    run(sys.argv[1], scenario)
+    run(sys.argv[1], scenario, sys.argv[3] if len(sys.argv) > 3 else None)
     print("SCENARIO_DONE", scenario.name, flush=True)

@@ -32,7 +32,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
 CHART = "[data-testid='stVegaLiteChart']"
 PAGES = ("", "timeline", "memory", "kv_cache", "requests", "replay", "compare", "live",
-         "kv_events", "whatif")
+         "kv_events", "whatif", "preemptions", "tiers")
 """URL paths of the pages ("" is the Overview)."""
 BARE = re.compile(r"(?<![\w.])(None|NaN|nan)(?![\w.])")
 

@@ -64,7 +64,10 @@ def counter_class() -> tuple[type, dict[str, Any]]:
     from vllm.v1.metrics.loggers import StatLoggerBase
 
     counts: dict[str, Any] = {"steps": 0, "preemptions": 0, "prefix_queries": 0, "prefix_hits": 0,
-                              "finished": 0, "generation_tokens": 0}
+                              "finished": 0, "generation_tokens": 0, "preempted_queries": 0,
+                              "preempted_hits": 0, "connector_queries": 0, "connector_hits": 0,
+                              "eviction_events": 0, "eviction_lifetime_sum_s": 0.0,
+                              "kv_usage": [], "request_preemptions": {}, "request_tokens": {}}
 
     class Counter(StatLoggerBase):
         def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
@@ -73,12 +76,27 @@ def counter_class() -> tuple[type, dict[str, Any]]:
         def record(self, scheduler_stats: Any, iteration_stats: Any, *a: Any, **k: Any) -> None:
             if scheduler_stats is not None:
                 counts["steps"] += 1
-                counts["prefix_queries"] += scheduler_stats.prefix_cache_stats.queries
-                counts["prefix_hits"] += scheduler_stats.prefix_cache_stats.hits
+                pcs = scheduler_stats.prefix_cache_stats
+                counts["prefix_queries"] += pcs.queries
+                counts["prefix_hits"] += pcs.hits
+                counts["preempted_queries"] += getattr(pcs, "preempted_queries", 0)
+                counts["preempted_hits"] += getattr(pcs, "preempted_hits", 0)
+                counts["kv_usage"].append(scheduler_stats.kv_cache_usage)
+                cps = getattr(scheduler_stats, "connector_prefix_cache_stats", None)
+                if cps is not None:
+                    counts["connector_queries"] += cps.queries
+                    counts["connector_hits"] += cps.hits
+                for ev in getattr(scheduler_stats, "kv_cache_eviction_events", None) or ():
+                    counts["eviction_events"] += 1
+                    counts["eviction_lifetime_sum_s"] += ev.lifetime_seconds
             if iteration_stats is not None:
                 counts["preemptions"] += iteration_stats.num_preempted_reqs
                 counts["finished"] += len(iteration_stats.finished_requests)
                 counts["generation_tokens"] += iteration_stats.num_generation_tokens
+                for f in iteration_stats.finished_requests:
+                    counts["request_preemptions"][str(f.request_id)] = f.num_preemptions
+                    counts["request_tokens"][str(f.request_id)] = [f.num_prompt_tokens,
+                                                                   f.num_generation_tokens]
 
         def log_engine_initialized(self) -> None:
             counts["num_gpu_blocks"] = self.cfg.cache_config.num_gpu_blocks
@@ -109,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arrivals-per-step", type=int, default=0,
                     help="llmengine: add this many requests per step instead of all at once")
     ap.add_argument("--log-stats", action="store_true", help="llm: turn vLLM's own stats on")
+    ap.add_argument("--engine-args", default=None,
+                    help="JSON object of more EngineArgs (e.g. block_size, kv_transfer_config)")
     ap.add_argument("--counts", default=None)
     ap.add_argument("--api-session", default=None, help="record with profiler.record(PATH)")
     a = ap.parse_args(argv)
@@ -122,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if a.load_format:
         kwargs["load_format"] = a.load_format
+    if a.engine_args:
+        kwargs.update(json.loads(a.engine_args))
     if a.max_num_batched_tokens is not None:
         kwargs["max_num_batched_tokens"] = a.max_num_batched_tokens
     if a.gpu_memory_utilization is not None:

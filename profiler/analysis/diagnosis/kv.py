@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from profiler.analysis import whatif
+from profiler.analysis import tiers, whatif
 from profiler.analysis.diagnosis import thresholds as th
 from profiler.analysis.diagnosis.findings import (
     INFO,
@@ -216,7 +216,11 @@ def prefix_thrash(view: EngineView, session: Session) -> list[Finding]:
         w = None
     if w is None or w.trace is None or w.actual.hit_rate is None or w.curve.max_hit_rate is None:
         return _thrash_from_events(view, session, restores, w.curve if w else None)
-    c, measured, best = w.curve, w.actual.hit_rate, w.curve.max_hit_rate
+    c, gpu_rate, best = w.curve, w.actual.hit_rate, w.curve.max_hit_rate
+    # hits a tier behind the GPU (CPU offload, LMCache, ...) supplied were not lost: count them
+    tier_hits = tiers.tier_hit_tokens(session, view.engine_id)
+    queries = float(view.steps["prefix_queries_tokens"].fillna(0).sum())
+    measured = min(gpu_rate + tier_hits / queries, 1.0) if tier_hits and queries else gpu_rate
     lost = best - measured
     if (best < th.THRASH_MIN_REUSE_FRAC or measured > th.THRASH_MAX_KEPT_FRAC * best
             or lost < th.THRASH_MIN_LOST_FRAC):
@@ -227,8 +231,10 @@ def prefix_thrash(view: EngineView, session: Session) -> list[Finding]:
     t0 = float(times.min()) if times.size else None
     t1 = float(times.max()) if times.size else None
     need = c.blocks_for(th.THRASH_TARGET_OF_MAX)
-    msg = (f"prompt prefixes recur but are evicted before reuse: prefix hit rate {measured:.1%} "
-           f"measured vs {best:.1%} with a cache that kept every prefix; {int(evicted.sum())} of "
+    tiered = (f" (GPU {gpu_rate:.1%} + {tier_hits:,} tokens from the tiers behind it)"
+              if tier_hits else "")
+    msg = (f"prompt prefixes recur but are evicted before reuse: prefix hit rate {measured:.1%}"
+           f"{tiered} measured vs {best:.1%} with a cache that kept every prefix; {int(evicted.sum())} of "
            f"{len(w.trace.requests)} requests recomputed evicted prefix blocks "
            f"(≈{lost * c.query_tokens:,.0f} tokens)")
     if restores is not None:
@@ -243,7 +249,8 @@ def prefix_thrash(view: EngineView, session: Session) -> list[Finding]:
         rec = (f"the LRU model keeps the prefixes at {have} blocks (predicted {c.hit_rate(have):.1%}): "
                "the loss comes from blocks held by running requests; lower --max-num-seqs or add KV")
     return [Finding("PREFIX_THRASH", WARNING, t0, t1, msg, rec, view.engine_id,
-                    {"measured_hit_rate": measured, "max_hit_rate": best,
+                    {"measured_hit_rate": measured, "gpu_hit_rate": gpu_rate,
+                     "tier_hits_tokens": tier_hits, "max_hit_rate": best,
                      "predicted_hit_rate": c.hit_rate(have) if have else None,
                      "needed_blocks": need, "evicted_requests": int(evicted.sum()),
                      "lost_tokens": int(lost * c.query_tokens),
@@ -254,6 +261,11 @@ def _thrash_from_events(view: EngineView, session: Session, restores: Restores |
                         curve: whatif.MissRatioCurve | None) -> list[Finding]:
     if restores is None:
         return []
+    served = tiers.tier_hit_tokens(session, view.engine_id) // (view.block_size or 1)
+    if served:  # a block a tier reloaded is a GPU re-store too, but its prefill was not lost
+        restores = Restores(max(restores.restored_blocks - served, 0), restores.stored_blocks,
+                            restores.t_start_unix_s, restores.t_end_unix_s,
+                            restores.median_evicted_s)
     frac = restores.restored_blocks / restores.stored_blocks
     if frac < th.RESTORE_THRASH_FRAC:
         return []

@@ -72,3 +72,19 @@ OOM_LOOKBACK_S = 30.0
 # --- what the fixes assume -----------------------------------------------------------------
 MAX_GPU_MEMORY_UTILIZATION = 0.95
 """Highest gpu_memory_utilization a recommendation proposes; beyond it, fp8 KV or more GPUs."""
+
+# --- tokens and tiers (diagnosis/tokens.py, diagnosis/tiers.py) ----------------------------
+BELOW_BLOCK_MIN_QUERY_TOKENS = 1000
+"""PREFIX_BELOW_BLOCK needs at least this many queried prompt tokens (a real workload, not one
+request) before 0 hits means anything."""
+BELOW_BLOCK_MIN_HIT_FRAC = 0.05
+"""...and a smaller block size whose predicted hit rate (same KV memory) reaches this."""
+TIER_MIN_STORED_BYTES = 64 * 2**20
+"""A tier that stored less than this is too idle to judge (TIER_WRITE_ONLY)."""
+TIER_WRITE_ONLY_FRAC = 0.01
+"""Loads below this fraction of the bytes stored (and tier hits below this fraction of its
+queries): the tier is written but never read."""
+TIER_SLOW_LOAD_RATIO = 1.0
+"""TIER_SLOW_LOAD when loading a token from the tier is slower than this × prefilling it again."""
+TIER_MIN_LOAD_S = 0.01
+"""Measured load time needed before the tier's load bandwidth is trusted."""
