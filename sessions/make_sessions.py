@@ -1,6 +1,6 @@
 """Regenerate the bundled sample sessions from the real vLLM CPU engine.
 
-    python sessions/make_sessions.py [--only NAME]
+    python sessions/make_sessions.py [--only NAME ...]
 
 Each scenario runs ``tests/support/workload.py`` under ``kvscope record`` on the tiny test model, then the
 file is checkpointed out of WAL mode and vacuumed so it opens from a read-only folder.
@@ -44,6 +44,20 @@ SCENARIOS: dict[str, list[str]] = {
     "disk_tier": ["--blocks", "24", "--requests", "60", "--prefixes", "10", "--prefix-len", "520",
                   "--max-tokens", "32", "--max-model-len", "1024", "--max-num-seqs", "2",
                   "--arrivals-per-step", "1"],
+    # n-gram speculative decoding (3 tokens per draft): 48 short prompts (~100 tokens), drained,
+    # then 48 long ones (~1,500 tokens), so acceptance on short vs long prompts can be told apart.
+    "spec_ngram": ["--blocks", "96", "--requests", "48", "--prefixes", "4", "--prefix-len", "100",
+                   "--then-prefix-len", "1500", "--max-tokens", "64", "--max-num-seqs", "16",
+                   "--arrivals-per-step", "2", "--spec-ngram", "3"],
+    # the same work without speculation: Compare against spec_ngram shows what it changed.
+    "spec_ngram_off": ["--blocks", "96", "--requests", "48", "--prefixes", "4", "--prefix-len", "100",
+                       "--then-prefix-len", "1500", "--max-tokens", "64", "--max-num-seqs", "16",
+                       "--arrivals-per-step", "2"],
+    # a Gemma-2 with a sliding-window layer beside a full-attention layer: two KV-cache groups
+    # sharing 40 blocks, ~1,000-token prompts (the window is 256 tokens), preemptions.
+    "sliding_window": ["--blocks", "40", "--max-model-len", "2048", "--requests", "48",
+                       "--prefixes", "3", "--prefix-len", "1000", "--max-tokens", "48",
+                       "--max-num-seqs", "16", "--arrivals-per-step", "2"],
 }
 RECORD_ARGS: dict[str, list[str]] = {"kv_forensics": ["--kv-events", "--kv-cache-metrics"]}
 """``kvscope record`` options per scenario (default none)."""
@@ -58,6 +72,9 @@ def engine_args(name: str, work_dir: Path) -> list[str]:
                                       "shared_storage_path": str(work_dir / "disk-tier-store")}}}
     return ["--engine-args", json.dumps(cfg)]
 
+MODELS: dict[str, str] = {"sliding_window": "gemma2"}
+"""Scenarios on another tiny model than the Llama (``tests/support/tinymodel.py``)."""
+
 
 def finalize(path: Path) -> None:
     """Fold the WAL into the main file and drop WAL mode, so readers need no write access."""
@@ -66,6 +83,15 @@ def finalize(path: Path) -> None:
     conn.execute("PRAGMA journal_mode = DELETE")
     conn.execute("VACUUM")
     conn.close()
+
+
+def model_for(name: str, base: Path) -> Path:
+    """The tiny model a scenario runs on (built once under ``base``)."""
+    from tests.support.tinymodel import build_tiny_gemma2, build_tiny_llama
+
+    if MODELS.get(name) == "gemma2":
+        return build_tiny_gemma2(base / "kvscope-tiny-gemma2")
+    return build_tiny_llama(base / "kvscope-tiny-llama")
 
 
 def record(name: str, model_dir: Path, out_dir: Path) -> Path:
@@ -87,13 +113,12 @@ def record(name: str, model_dir: Path, out_dir: Path) -> Path:
 def main() -> int:
     """Record every scenario (or ``--only`` one) into sessions/."""
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", choices=sorted(SCENARIOS))
+    ap.add_argument("--only", nargs="+", choices=sorted(SCENARIOS),
+                    help="record these (the others' files are left as they are)")
     ap.add_argument("--out", default=str(HERE))
     a = ap.parse_args()
-    from tests.support.tinymodel import build_tiny_llama
-
-    model_dir = build_tiny_llama(Path(tempfile.gettempdir()) / "kvscope-tiny-llama")
-    for name in [a.only] if a.only else list(SCENARIOS):
+    for name in a.only or list(SCENARIOS):
+        model_dir = model_for(name, Path(tempfile.gettempdir()))
         print("recorded", record(name, model_dir, Path(a.out)))
     return 0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboard import state
+from dashboard import sections, state
 from dashboard.charts import panels as charts
 from dashboard.data import compare
 from dashboard.data.steps import View
@@ -52,6 +52,7 @@ if not diff.empty:
     st.markdown("**Engine settings that differ**")
     st.dataframe(diff, hide_index=True)
     state.csv_download(diff, f"compare-settings-{src_a.label}-vs-{src_b.label}", "Settings CSV")
+sections.compare_serving(rep_a, rep_b, src_a.label, src_b.label)
 
 rolling_s = 1.0
 series: dict[str, list[pd.DataFrame]] = {}

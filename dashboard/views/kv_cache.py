@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import state
+from dashboard import sections, state
 from dashboard.charts import kv_cache as charts_kv
 from dashboard.charts import kv_whole as charts_whole
 from dashboard.data import derive
@@ -61,6 +61,7 @@ if data is not None:
 
         b = state.buckets(data, view)
         state.show(charts_kv.kv_capacity_chart(b, view, blocks, block_size, unit, in_view), key="kv-cap")
+        sections.kv_groups(data, state.report(data)[0], view)
 
         reqs = state.requests(data)
         demand = derive.kv_demand(reqs, view)

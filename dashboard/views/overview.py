@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboard import state
+from dashboard import sections, state
 from dashboard.charts import panels as charts
 from dashboard.data.steps import View
 from profiler import units
@@ -54,6 +54,12 @@ if data is not None:
                 c[2].metric("Peak GPU memory", "—", help="not measured on this machine (no NVML)")
             c[3].metric("TTFT p95", units.fmt_s(lat["ttft_p95"]))
             c[4].metric("End-to-end p95", units.fmt_s(lat["e2e_p95"]))
+            c = st.columns(5)
+            c[0].metric("Prefill p95", units.fmt_s(lat["prefill_p95"]))
+            c[1].metric("Decode per token p95", units.fmt_s(lat["decode_per_token_p95"]))
+            c[2].metric("Output tokens / s", units.fmt(rep["throughput"]["output_tokens_per_s"], "{:,.0f}"))
+            sections.cost_metric(c[3], rep)
+        sections.spec_decode_summary(rep)
 
         st.subheader("Findings")
         if not findings:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboard import state
+from dashboard import sections, state
 from dashboard.charts import requests as cr
 from dashboard.data import derive
 from dashboard.data.kv_whole import forensics_memo, request_preemptions
@@ -65,6 +65,7 @@ if data is not None:
             c: st.column_config.NumberColumn(c.replace("_s", " (s)"), format="%.4f")
             for c in ("p50_s", "p95_s", "p99_s")})
         state.csv_download(pct, f"{data.name}-latency-percentiles", "Percentiles CSV")
+        sections.latency_splits(state.report(data)[0], data.name)
 
         cols = st.columns(3)
         for i, (col, name) in enumerate(derive.LATENCY_COLUMNS.items()):

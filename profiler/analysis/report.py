@@ -7,11 +7,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from profiler.analysis import preemption
+from profiler.analysis import preemption, serving
+from profiler.analysis.kv_groups import kv_groups
 from profiler.analysis.occupancy import engine_occupancy
+from profiler.analysis.spec_decode import by_prompt_length as spec_by_prompt_length
+from profiler.analysis.spec_decode import (
+    drafter_weights_bytes,
+    mean_accepted_length,
+    spec_decode_report,
+)
 from profiler.analysis.tiers import kv_tiers
 from profiler.session.reader import Session
-from profiler.units import finite_or_none, fmt, fmt_gib, json_safe, percentile, printable
+from profiler.units import finite_or_none, fmt, fmt_gib, json_safe, printable
 
 REPORT_VERSION = 1
 
@@ -48,7 +55,7 @@ def build_report(session: Session, findings: list[dict[str, Any]] | None = None)
     engine = {
         k: (finite_or_none(eng[k]) if eng is not None else None)
         for k in ("block_size", "num_gpu_blocks", "enable_prefix_caching", "max_num_seqs",
-                  "max_model_len", "gpu_memory_utilization")
+                  "max_model_len", "gpu_memory_utilization", "source")
     }
     if engine["enable_prefix_caching"] is not None:
         engine["enable_prefix_caching"] = bool(engine["enable_prefix_caching"])
@@ -80,25 +87,29 @@ def build_report(session: Session, findings: list[dict[str, Any]] | None = None)
         },
         "kv_cache": {"peak_usage_frac": kv_peak, "mean_usage_frac": kv_mean,
                      "token_occupancy_mean_frac": occ.mean_frac if occ else None,
-                     "token_occupancy_peak_frac": occ.peak_frac if occ else None},
+                     "token_occupancy_peak_frac": occ.peak_frac if occ else None,
+                     "groups": [g.as_dict() for g in kv_groups(session)]},
         "kv_tiers": kv_tiers(session, {"queries_tokens": pq, "hits_tokens": ph,
                                        "peak_usage_frac": kv_peak}),
         "preemption": pre_summary.as_json(),
         "memory": {
-            k: (finite_or_none(mem[k]) if mem is not None else None)
-            for k in ("weights_bytes", "kv_cache_bytes", "activation_peak_bytes",
-                      "non_torch_bytes", "cuda_graph_bytes")
+            **{k: (finite_or_none(mem[k]) if mem is not None else None)
+               for k in ("weights_bytes", "kv_cache_bytes", "activation_peak_bytes",
+                         "non_torch_bytes", "cuda_graph_bytes")},
+            "drafter_weights_bytes": drafter_weights_bytes(session),
         },
         "gpus": _gpus(session, notes),
-        "latency_s": {
-            f"{name}_p{int(q * 100)}": percentile(requests[col], q) if not requests.empty else None
-            for name, col in (("ttft", "ttft_s"), ("e2e", "e2e_s"))
-            for q in (0.5, 0.95, 0.99)
-        },
+        "latency_s": serving.latency(requests),
+        "throughput": serving.throughput(requests),
+        "cost": serving.cost(session, requests),
+        "spec_decode": spec_decode_report(session, notes),
         "events": _event_counts(session),
         "findings": findings or [],
         "notes": notes,
     }
+    split = (report["latency_s"].get("by_prompt_length") or {}).get("split_tokens")
+    report["spec_decode_by_prompt_length"] = (
+        spec_by_prompt_length(session, requests, split) if report["spec_decode"] else None)
     dropped: list[str] = []
     report = json_safe(report, replaced=dropped)
     if dropped:
@@ -135,6 +146,54 @@ def _preemption_text(p: dict[str, Any]) -> str:
     return (f" ({p.get('requests')} requests; recomputed {p.get('recomputed_tokens')} tokens ≈ "
             f"{fmt(p.get('recompute_s_est'), '{:.2f} s')}; worst {worst.get('request_id')} "
             f"×{worst.get('preemptions')})")
+
+
+def _p(d: dict[str, Any] | None, name: str) -> str:
+    d = d or {}
+    return "/".join(fmt(d.get(f"{name}_p{q}"), "{:.3f}") for q in (50, 95, 99))
+
+
+def _serving_lines(report: dict[str, Any]) -> list[str]:
+    """Latency splits, prompt-length buckets, throughput, cost, KV groups, speculative decoding."""
+    lat = report.get("latency_s") or {}
+    lines = [f"          prefill p50/p95/p99 {_p(lat, 'prefill')} s   decode per token "
+             f"p50/p95/p99 {_p(lat, 'decode_per_token')} s"]
+    split = lat.get("by_prompt_length")
+    if split:
+        for name in ("short", "long"):
+            b = split[name]
+            sign = "<" if name == "short" else ">="
+            lines.append(f"  {name:<5} prompts {sign} {split['split_tokens']} tokens "
+                         f"({b['requests']} requests): TTFT {_p(b, 'ttft')} s, decode/token "
+                         f"{_p(b, 'decode_per_token')} s")
+    tp = report.get("throughput") or {}
+    lines.append(f"throughput {fmt(tp.get('output_tokens_per_s'), '{:,.1f}')} output tokens/s, "
+                 f"{fmt(tp.get('requests_per_s'), '{:,.2f}')} requests/s")
+    c = report.get("cost") or {}
+    lines.append(f"cost      {fmt(c.get('gpu_seconds'), '{:,.1f}')} GPU-seconds, "
+                 f"{fmt(c.get('gpu_hours_per_million_tokens'), '{:,.3f}')} GPU-hours per million "
+                 f"tokens ({c.get('prompt_tokens')} prompt + {c.get('generation_tokens')} generated)"
+                 + (f"; {c['basis']}" if c.get("basis") and c.get("gpu_seconds") is None else ""))
+    for g in (report.get("kv_cache") or {}).get("groups") or []:
+        window = f", window {g['sliding_window_tokens']} tokens" if g.get("sliding_window_tokens") else ""
+        lines.append(f"KV group {g['index']} {g['kind']}{' (draft)' if g.get('is_draft') else ''}: "
+                     f"{g['layers']} layers, block {g['block_size']} tokens{window}; peak "
+                     f"{fmt(g.get('peak_blocks_used'), '{}')} of {g['num_blocks']} blocks "
+                     f"({fmt(g.get('peak_usage_frac'), '{:.0%}')})")
+    sd = report.get("spec_decode")
+    if sd:
+        lines.append(f"spec dec  {sd['method']}: acceptance {fmt(sd['acceptance_rate'], '{:.1%}')} "
+                     f"({sd['accepted_tokens']} of {sd['draft_tokens']} draft tokens, "
+                     f"{sd['drafts']} drafts), mean accepted length "
+                     f"{fmt(mean_accepted_length(sd), '{:.2f}')}, per position "
+                     f"{sd['accepted_per_position']}; drafter weights "
+                     f"{fmt_gib((report.get('memory') or {}).get('drafter_weights_bytes'))}")
+    by_len = report.get("spec_decode_by_prompt_length")
+    for name in ("short", "long") if by_len else ():
+        b = by_len[name]
+        lines.append(f"  {name:<5} prompts: acceptance {fmt(b['acceptance_rate'], '{:.1%}')}, mean "
+                     f"accepted length {fmt(b['mean_accepted_length'], '{:.2f}')} ({b['steps']} steps)")
+    return lines
 
 
 def format_text(report: dict[str, Any]) -> str:
@@ -174,6 +233,7 @@ def format_text(report: dict[str, Any]) -> str:
         f"{fmt(lat['ttft_p99'], '{:.3f}')} s   e2e p50/p95/p99 {fmt(lat['e2e_p50'], '{:.3f}')}/"
         f"{fmt(lat['e2e_p95'], '{:.3f}')}/{fmt(lat['e2e_p99'], '{:.3f}')} s"
     )
+    lines.extend(_serving_lines(report))
     if report["events"]:
         lines.append("events    " + ", ".join(f"{k} {n}" for k, n in sorted(report["events"].items())))
     for f in report["findings"]:

@@ -11,11 +11,11 @@ import sqlite3
 import sys
 from collections.abc import Sequence
 
-from profiler.cli import attach, record, report, ui, whatif
+from profiler.cli import attach, import_bench, record, report, ui, whatif
 from profiler.errors import KvscopeError
 from profiler.units import printable
 
-COMMANDS = (record, report, whatif, attach, ui)
+COMMANDS = (record, report, whatif, attach, import_bench, ui)
 """Subcommand modules, each with ``add_parser(subparsers)``; listed in ``kvscope --help`` order."""
 
 

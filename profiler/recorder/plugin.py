@@ -235,6 +235,12 @@ def _patch_engine_core() -> None:
     if core is None:
         return
     _patch(core.EngineCore, "_initialize_kv_caches", _wrap_initialize_kv_caches)
+    with contextlib.suppress(ImportError):
+        from vllm.v1.core.sched import scheduler
+
+        from profiler.recorder import kv_groups
+
+        _patch(scheduler.Scheduler, "make_stats", kv_groups.wrap_make_stats)
     _patch(core.EngineCore, "reset_prefix_cache", _wrap_reset_prefix_cache)
     proc = getattr(core, "EngineCoreProc", None)
     if proc is not None:
@@ -267,6 +273,12 @@ def _record_kv_cache_config(config: Any) -> None:
     tensors = getattr(config, "kv_cache_tensors", None)
     if w is None or not isinstance(blocks, int) or tensors is None:
         return
+    from profiler.recorder import kv_groups
+
+    try:
+        kv_groups.record_groups(config)
+    except Exception as exc:
+        w.event("error", f"kvscope could not read the KV-cache groups: {exc!r}")
     try:
         total_bytes = sum(int(t.size) for t in tensors)
     except Exception:
@@ -321,9 +333,13 @@ def _patch_worker_resolution() -> None:
 
 def patch_worker_class(cls: type) -> None:
     """Wrap a worker class: role + allocator sampler at init_device, start-up memory, failures."""
-    from profiler.recorder import startup_memory
+    from profiler.recorder import spec_decode, startup_memory
 
     for name, where in _WORKER_METHODS.items():
+        if name == "load_model":  # also measures the drafter once the weights are in
+            _patch(cls, name, lambda f, where=where: spec_decode.wrap_load_model(
+                observe_failures(f, where)))
+            continue
         _patch(cls, name, lambda f, where=where: observe_failures(f, where))
     _patch(cls, "init_device", _wrap_init_device)
     _patch(cls, "determine_available_memory", startup_memory.wrap_determine_available_memory)

@@ -14,7 +14,7 @@ from typing import Any
 
 from vllm.v1.metrics.loggers import StatLoggerBase
 
-from profiler.recorder import context, prompt_blocks, tiers
+from profiler.recorder import context, kv_groups, prompt_blocks, spec_decode, tiers
 from profiler.session.rows import KvEvictionRow, RequestRow, StepRow
 
 """Engine id of the most recently created engine in this process (for prompt-block rows)."""
@@ -85,6 +85,8 @@ def insert_pending_engine(writer: Any, vllm_config: Any) -> int | None:
     """Describe the engine before it starts, so a start-up failure still has its config; its id."""
     global _pending_engine_id
     _pending_engine_id = insert_engine(writer, engine_row(vllm_config, 0))
+    # the engine core (a child process, or this one) tags its KV-cache group rows with it
+    os.environ[kv_groups.ENV_ENGINE_ID] = str(_pending_engine_id)
     return _pending_engine_id
 
 
@@ -138,6 +140,7 @@ class KvscopeStatLogger(StatLoggerBase):
                 self.engine_id, connector=str(_get(ktc, "kv_connector")), medium=self.tier_medium,
                 capacity_bytes=tiers.connector_capacity_bytes(vllm_config),
                 role=str(_get(ktc, "kv_role")))
+        spec_decode.record_config(self.writer, vllm_config, self.engine_id)
 
     def record(self, scheduler_stats: Any, iteration_stats: Any, *args: Any, **kwargs: Any) -> None:
         """Append this step's row; never raises into the engine."""
@@ -155,6 +158,9 @@ class KvscopeStatLogger(StatLoggerBase):
             return
         t = time.time()
         running = waiting = kv = pq = ph = ppq = pph = None
+        spec = spec_decode.step_row(self.engine_id, t, getattr(s, "spec_decoding_stats", None))
+        if spec is not None:
+            w.append("spec_decode_steps", spec)
         if s is not None:
             running = getattr(s, "num_running_reqs", None)
             waiting = getattr(s, "num_waiting_reqs", None)

@@ -259,6 +259,43 @@ class TierSampleRow(NamedTuple):
     allocation_failures: int | None
     scraped: int | None
     details_json: str | None
+class SpecDecodeStepRow(NamedTuple):
+    """One ``spec_decode_steps`` row (units: SCHEMA.md)."""
+
+    engine_id: int | None
+    t_unix_s: float | None
+    drafts: int | None
+    draft_tokens: int | None
+    accepted_tokens: int | None
+    accepted_per_pos: str | None
+    """JSON list: accepted draft tokens at position 1..k, summed over this step's drafts."""
+
+
+class KvCacheGroupRow(NamedTuple):
+    """One ``kv_cache_groups`` row (units: SCHEMA.md)."""
+
+    engine_id: int | None
+    t_unix_s: float | None
+    group_index: int | None
+    kind: str | None
+    layers: int | None
+    layer_names: str | None
+    """JSON list of the group's layer names."""
+    block_size: int | None
+    sliding_window_tokens: int | None
+    page_size_bytes: int | None
+    num_blocks: int | None
+    is_draft: int | None
+
+
+class KvGroupUsageRow(NamedTuple):
+    """One ``kv_group_usage`` row (units: SCHEMA.md)."""
+
+    engine_id: int | None
+    t_unix_s: float | None
+    group_index: int | None
+    blocks_used: int | None
+    kv_usage_frac: float | None
 
 
 ROW_TYPES: dict[str, type[Any]] = {
@@ -281,5 +318,8 @@ ROW_TYPES: dict[str, type[Any]] = {
     "kv_evictions": KvEvictionRow,
     "kv_residency_hist": KvResidencyHistRow,
     "tier_samples": TierSampleRow,
+    "spec_decode_steps": SpecDecodeStepRow,
+    "kv_cache_groups": KvCacheGroupRow,
+    "kv_group_usage": KvGroupUsageRow,
 }
 """The record type of every table but ``meta`` (a key/value store)."""

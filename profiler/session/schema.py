@@ -64,6 +64,14 @@ TABLES: dict[str, tuple[str, ...]] = {
         "store_s", "loaded_bytes", "load_s", "usage_frac", "lookup_s", "lookups",
         "allocation_failures", "scraped", "details_json",
     ),
+    "spec_decode_steps": (
+        "engine_id", "t_unix_s", "drafts", "draft_tokens", "accepted_tokens", "accepted_per_pos",
+    ),
+    "kv_cache_groups": (
+        "engine_id", "t_unix_s", "group_index", "kind", "layers", "layer_names", "block_size",
+        "sliding_window_tokens", "page_size_bytes", "num_blocks", "is_draft",
+    ),
+    "kv_group_usage": ("engine_id", "t_unix_s", "group_index", "blocks_used", "kv_usage_frac"),
 }
 """Column order of every table; writers append tuples in exactly this order."""
 
@@ -74,13 +82,14 @@ _TYPES = {
     "name": "TEXT", "uuid": "TEXT", "kind": "TEXT", "message": "TEXT", "details_json": "TEXT",
     "engine_id": "INTEGER", "enable_prefix_caching": "INTEGER", "medium": "TEXT", "reason": "TEXT",
     "event": "TEXT", "chunk_hashes": "BLOB", "reuse_gaps_json": "TEXT", "metric": "TEXT",
-    "le": "TEXT", "cum_value": "REAL",
+    "le": "TEXT", "cum_value": "REAL", "accepted_per_pos": "TEXT", "layer_names": "TEXT",
 }
 
 
 OPTIONAL_TABLES = frozenset({"kv_events", "gaps", "preemptions", "kv_occupancy", "prompt_chunks",
-                             "kv_evictions", "kv_residency_hist", "tier_samples"})
-"""Tables that sessions recorded before they existed lack (the bundled CPU sessions): a reader
+                             "kv_evictions", "kv_residency_hist", "tier_samples",
+                             "spec_decode_steps", "kv_cache_groups", "kv_group_usage"})
+"""Tables that sessions recorded before they existed lack (the bundled sessions): a reader
 treats a missing one as empty. Every other table, and every column of every table, must exist."""
 
 UNIX_S_MAX = 1e10
@@ -117,7 +126,7 @@ def column_rule(table: str, name: str) -> tuple[str, float | None, float | None]
         return "number", 0.0, 1.0 + FRAC_TOLERANCE
     if name == "gpu_memory_utilization":
         return "number", 1e-6, 1.0 + FRAC_TOLERANCE
-    if name == "enable_prefix_caching":
+    if name in ("enable_prefix_caching", "is_draft"):
         return "number", 0, 1
     if name == "block_size":
         return "number", 1, 2**20

@@ -55,6 +55,37 @@ def build_tiny_llama(out_dir: str | Path, max_position_embeddings: int = 8192) -
     return out
 
 
+SLIDING_WINDOW_TOKENS = 256
+"""Window of the tiny Gemma-2's sliding-window layers: two 128-token CPU blocks (plus one)."""
+
+
+def build_tiny_gemma2(out_dir: str | Path, max_position_embeddings: int = 8192) -> Path:
+    """Write a 2-layer Gemma-2 (layer 0 sliding window of ``SLIDING_WINDOW_TOKENS``, layer 1 full
+    attention: two KV-cache groups in vLLM), random weights, with the tiny Llama's tokenizer."""
+    import shutil
+
+    import torch
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    out = Path(out_dir)
+    if (out / "config.json").exists() and (out / "tokenizer.json").exists():
+        return out
+    tokenizer = build_tiny_llama(out.parent / f"{out.name}-tokenizer", max_position_embeddings)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    config = Gemma2Config(
+        vocab_size=VOCAB_SIZE, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=64, query_pre_attn_scalar=64,
+        sliding_window=SLIDING_WINDOW_TOKENS, max_position_embeddings=max_position_embeddings,
+        bos_token_id=256, eos_token_id=257, pad_token_id=257, torch_dtype="float32",
+    )
+    Gemma2ForCausalLM(config).save_pretrained(out, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (tokenizer / name).exists():
+            shutil.copy(tokenizer / name, out / name)
+    return out
+
+
 def _byte_of(ch: str) -> int:
     """The byte that GPT-2's reversible ByteLevel table maps to ``ch``."""
     code = ord(ch)

@@ -67,7 +67,10 @@ def counter_class() -> tuple[type, dict[str, Any]]:
                               "finished": 0, "generation_tokens": 0, "preempted_queries": 0,
                               "preempted_hits": 0, "connector_queries": 0, "connector_hits": 0,
                               "eviction_events": 0, "eviction_lifetime_sum_s": 0.0,
-                              "kv_usage": [], "request_preemptions": {}, "request_tokens": {}}
+                              "request_preemptions": {}, "request_tokens": {}, "prompt_tokens": 0,
+                              "spec_steps": 0, "spec_drafts": 0, "spec_draft_tokens": 0,
+                              "spec_accepted_tokens": 0, "spec_accepted_per_pos": [],
+                              "kv_usage": [], "finished_requests": []}
 
     class Counter(StatLoggerBase):
         def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
@@ -89,14 +92,31 @@ def counter_class() -> tuple[type, dict[str, Any]]:
                 for ev in getattr(scheduler_stats, "kv_cache_eviction_events", None) or ():
                     counts["eviction_events"] += 1
                     counts["eviction_lifetime_sum_s"] += ev.lifetime_seconds
+                spec = scheduler_stats.spec_decoding_stats
+                if spec is not None:
+                    counts["spec_steps"] += 1
+                    counts["spec_drafts"] += spec.num_drafts
+                    counts["spec_draft_tokens"] += spec.num_draft_tokens
+                    counts["spec_accepted_tokens"] += spec.num_accepted_tokens
+                    per_pos = counts["spec_accepted_per_pos"]
+                    for i, n in enumerate(spec.num_accepted_tokens_per_pos):
+                        if i == len(per_pos):
+                            per_pos.append(0)
+                        per_pos[i] += n
             if iteration_stats is not None:
                 counts["preemptions"] += iteration_stats.num_preempted_reqs
                 counts["finished"] += len(iteration_stats.finished_requests)
+                for f in iteration_stats.finished_requests:
+                    counts["finished_requests"].append({
+                        "prefill_s": f.prefill_time, "decode_s": f.decode_time,
+                        "prompt_tokens": f.num_prompt_tokens,
+                        "generation_tokens": f.num_generation_tokens})
                 counts["generation_tokens"] += iteration_stats.num_generation_tokens
                 for f in iteration_stats.finished_requests:
                     counts["request_preemptions"][str(f.request_id)] = f.num_preemptions
                     counts["request_tokens"][str(f.request_id)] = [f.num_prompt_tokens,
                                                                    f.num_generation_tokens]
+                counts["prompt_tokens"] += iteration_stats.num_prompt_tokens
 
         def log_engine_initialized(self) -> None:
             counts["num_gpu_blocks"] = self.cfg.cache_config.num_gpu_blocks
@@ -129,6 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log-stats", action="store_true", help="llm: turn vLLM's own stats on")
     ap.add_argument("--engine-args", default=None,
                     help="JSON object of more EngineArgs (e.g. block_size, kv_transfer_config)")
+    ap.add_argument("--spec-ngram", type=int, default=None, metavar="K",
+                    help="n-gram speculative decoding, K tokens per draft")
+    ap.add_argument("--speculative-config", default=None, help="JSON for EngineArgs speculative_config")
+    ap.add_argument("--then-prefix-len", type=int, default=None,
+                    help="llmengine: once the first requests finish, the same number again with "
+                         "prefixes of this length (a second phase, e.g. long prompts after short)")
+    ap.add_argument("--enforce-eager", action="store_true")
     ap.add_argument("--counts", default=None)
     ap.add_argument("--api-session", default=None, help="record with profiler.record(PATH)")
     a = ap.parse_args(argv)
@@ -148,6 +175,13 @@ def main(argv: list[str] | None = None) -> int:
         kwargs["max_num_batched_tokens"] = a.max_num_batched_tokens
     if a.gpu_memory_utilization is not None:
         kwargs["gpu_memory_utilization"] = a.gpu_memory_utilization
+    if a.spec_ngram:
+        kwargs["speculative_config"] = {"method": "ngram", "num_speculative_tokens": a.spec_ngram,
+                                        "prompt_lookup_max": 4, "prompt_lookup_min": 2}
+    if a.speculative_config:
+        kwargs["speculative_config"] = json.loads(a.speculative_config)
+    if a.enforce_eager:
+        kwargs["enforce_eager"] = True
     params = SamplingParams(max_tokens=a.max_tokens, ignore_eos=True, temperature=0.0,
                             prompt_logprobs=a.prompt_logprobs)
     texts = prompts(a.requests, a.prefixes, a.prefix_len)
@@ -175,13 +209,17 @@ def main(argv: list[str] | None = None) -> int:
             )
             maybe_hog(a.hog_leave_gib)
             t0 = time.perf_counter()
-            pending = list(enumerate(texts))
-            per_step = a.arrivals_per_step or len(pending)
-            while pending or eng.has_unfinished_requests():
-                for i, t in pending[:per_step]:
-                    eng.add_request(str(i), t, params)
-                del pending[:per_step]
-                eng.step()
+            phases = [list(enumerate(texts))]
+            if a.then_prefix_len:
+                second = prompts(a.requests, a.prefixes, a.then_prefix_len, seed_text=" then")
+                phases.append([(len(texts) + i, t) for i, t in enumerate(second)])
+            for pending in phases:
+                per_step = a.arrivals_per_step or len(pending)
+                while pending or eng.has_unfinished_requests():
+                    for i, t in pending[:per_step]:
+                        eng.add_request(str(i), t, params)
+                    del pending[:per_step]
+                    eng.step()
             counts["generate_s"] = time.perf_counter() - t0
             eng.engine_core.shutdown()
             return

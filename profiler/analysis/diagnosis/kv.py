@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,7 @@ from profiler.analysis.diagnosis.findings import (
     span,
     startup_row,
 )
+from profiler.analysis.diagnosis.kv_groups import GroupDemand, engine_groups, group_demands
 from profiler.session.reader import Session
 from profiler.units import fmt_bytes
 
@@ -37,6 +38,9 @@ class Demand:
     """Blocks a request holds counting its prefix (p90 over requests)."""
     shared_blocks: int
     """Distinct prompt blocks that several requests share (held once)."""
+    groups: tuple[GroupDemand, ...] = field(default=())
+    """Each KV-cache group's share, for an engine with more than one group (the fields above are
+    then their sums: the groups share one pool)."""
 
     @property
     def blocks(self) -> int:
@@ -82,6 +86,12 @@ def demand(view: EngineView, session: Session) -> Demand | None:
     max_seqs = view.get("max_num_seqs")
     seqs = min(int(max_seqs), peak) if max_seqs else peak
     total_per_seq = int(np.ceil(np.percentile(total, 90)))
+    groups = engine_groups(session, view.engine_id)
+    if len(groups) > 1:
+        per_group = group_demands(groups, r, max(seqs, 1), shared)
+        return Demand(max(seqs, 1), sum(g.blocks_per_seq for g in per_group),
+                      sum(g.total_blocks_per_seq for g in per_group),
+                      sum(g.shared_blocks for g in per_group), tuple(per_group))
     return Demand(max(seqs, 1), max(per_seq, 1), max(total_per_seq, 1), shared)
 
 
@@ -93,7 +103,18 @@ def _capacity_recommendation(view: EngineView, session: Session, d: Demand) -> t
             f"prefix blocks = {d.blocks} blocks ({d.blocks * (bs or 0):,} tokens) needs ≥ "
             f"{d.needed_blocks} blocks of {bs} at {th.KV_TARGET_FRAC:.0%} use (have {have}): "
             f"{advice}; or --max-num-seqs {fit} to fit the current cache")
+    if d.groups:
+        text += (f" (the {len(d.groups)} KV-cache groups share the pool: "
+                 + "; ".join(g.describe() for g in d.groups) + ")")
     return text, settings
+
+
+def _group_metrics(d: Demand | None) -> list[dict[str, Any]]:
+    """Per-group demand for a finding's metrics ([] for a one-group cache)."""
+    if d is None:
+        return []
+    return [{"group_index": g.index, "kind": g.kind, "blocks_per_seq": g.blocks_per_seq,
+             "shared_blocks": g.shared_blocks, "demand_blocks": g.blocks} for g in d.groups]
 
 
 def _range(values: pd.Series) -> str:
@@ -122,7 +143,8 @@ def kv_saturation(view: EngineView, session: Session) -> list[Finding]:
                     {"busy_frac": sp.busy_frac, "steps": sp.steps, "duration_s": sp.duration_s,
                      "max_waiting": int(hit["waiting"].max()),
                      "demand_blocks": d.blocks if d else None,
-                     "needed_blocks": d.needed_blocks if d else None}, settings)]
+                     "needed_blocks": d.needed_blocks if d else None,
+                     "groups": _group_metrics(d)}, settings)]
 
 
 def preemption_storm(view: EngineView, session: Session) -> list[Finding]:
@@ -171,7 +193,8 @@ def preemption_storm(view: EngineView, session: Session) -> list[Finding]:
     return [Finding("PREEMPTION_STORM", severity, t0, t1, msg, rec, view.engine_id,
                     {"preemptions": total, "preemptions_per_s": rate,
                      "preempted_requests": preempted_reqs, "max_preemptions_per_request": worst,
-                     "recomputed_tokens": recomputed, "recomputed_frac": recompute_frac}, settings)]
+                     "recomputed_tokens": recomputed, "recomputed_frac": recompute_frac,
+                     "groups": _group_metrics(d)}, settings)]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,149 @@
+"""Page sections for the configurations users run (issue 14): latency splits and cost, KV-cache
+groups, speculative decoding, and a client-side benchmark beside a vLLM session.
+
+Each function draws into the current Streamlit container from the session's report (the same
+numbers ``kvscope report --json`` prints); pages call them with one line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import state
+from dashboard.charts import configs as charts
+from dashboard.data import configs as tables
+from dashboard.data.session import SessionData, file_signature, load_session_memo
+from dashboard.data.steps import View
+from profiler.analysis.kv_groups import group_usage
+from profiler.analysis.spec_decode import mean_accepted_length, position_rates
+from profiler.units import NOT_MEASURED, escape_markdown, fmt, fmt_bytes, fmt_pct, fmt_s
+
+_SECONDS = {c: st.column_config.NumberColumn(c.replace("_s", " (s)"), format="%.4f")
+            for c in ("p50_s", "p95_s", "p99_s")}
+
+
+def _cell(v: Any) -> Any:
+    return NOT_MEASURED if v is None or (isinstance(v, float) and pd.isna(v)) else v
+
+
+def cost_metric(where: Any, rep: dict[str, Any]) -> None:
+    """One metric card: GPU-hours per million tokens (n/a with the reason when no GPU was held)."""
+    c = rep.get("cost") or {}
+    tokens = f"{c.get('prompt_tokens') or 0:,} prompt + {c.get('generation_tokens') or 0:,} generated tokens"
+    if c.get("gpu_seconds") is None:
+        where.metric("GPU-h / M tokens", NOT_MEASURED, help=f"{c.get('basis')}; {tokens}")
+        return
+    where.metric("GPU-h / M tokens", fmt(c.get("gpu_hours_per_million_tokens"), "{:,.4f}"),
+                 delta=f"{c['gpu_seconds']:,.0f} GPU-s", delta_color="off",
+                 help=f"{c.get('basis')}; {tokens}")
+
+
+def spec_decode_summary(rep: dict[str, Any]) -> None:
+    """Overview: method, acceptance rate, mean accepted length, drafter weights, per position."""
+    sd = rep.get("spec_decode")
+    if not sd:
+        return
+    st.subheader("Speculative decoding")
+    c = st.columns(5)
+    c[0].metric("Method", str(sd.get("method") or NOT_MEASURED))
+    c[1].metric("Acceptance rate", fmt_pct(sd.get("acceptance_rate")),
+                help=f"{sd.get('accepted_tokens')} of {sd.get('draft_tokens')} draft tokens accepted")
+    c[2].metric("Mean accepted length", fmt(mean_accepted_length(sd), "{:.2f}"),
+                help="1 + accepted tokens per draft: tokens each verification step yields")
+    c[3].metric("Drafts", f"{sd.get('drafts') or 0:,}")
+    c[4].metric("Drafter weights", fmt_bytes((rep.get("memory") or {}).get("drafter_weights_bytes")),
+                help="the drafter's own parameters (not shared with the target model); n-gram "
+                     "drafters have none")
+    rates = position_rates(sd)
+    if rates:
+        state.show(charts.acceptance_by_position_chart(rates), key="spec-positions")
+
+
+def latency_splits(rep: dict[str, Any], name: str) -> None:
+    """Requests page: p50/p95/p99 of TTFT, end-to-end, prefill and decode per token, and the same
+    for short and long prompts (split at the report's median prompt length)."""
+    lat = rep.get("latency_s") or {}
+    st.subheader("Prefill and decode")
+    st.caption("Prefill: scheduled → first token (vLLM's own per-request time, queueing excluded). "
+               "Decode per token: a request's decode time over its generated tokens after the first "
+               "(inter-token latency), percentiles over requests.")
+    t = tables.latency_table(lat)
+    st.dataframe(t.map(_cell), hide_index=True, column_config=_SECONDS)
+    by_len = tables.prompt_length_table(lat)
+    if by_len.empty:
+        st.caption("By prompt length: every prompt has the same length, nothing to split.")
+        return
+    split = lat["by_prompt_length"]["split_tokens"]
+    st.markdown(f"**By prompt length** (short: fewer than {split:,} prompt tokens, the median)")
+    st.dataframe(by_len.map(_cell), hide_index=True, column_config=_SECONDS)
+    state.csv_download(by_len, f"{name}-latency-by-prompt-length", "By prompt length CSV")
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _group_usage(path: str, size: int, mtime: float) -> pd.DataFrame:
+    data = load_session_memo(path)
+    with data.open() as session:
+        return group_usage(session, data.start_unix_s)
+
+
+def kv_groups(data: SessionData, rep: dict[str, Any], view: View) -> None:
+    """KV cache page: each KV-cache group (kind, layers, block size, window, peak blocks held) and,
+    for multi-group models, the blocks each held over time."""
+    groups = (rep.get("kv_cache") or {}).get("groups") or []
+    if not groups:
+        return
+    st.subheader(f"KV-cache groups ({len(groups)})")
+    if len(groups) == 1:
+        st.caption("One group: every layer shares the block size above; its usage is the engine's.")
+    df = pd.DataFrame([{
+        "group": g["index"], "kind": g["kind"] + (" (draft)" if g.get("is_draft") else ""),
+        "layers": g["layers"], "block size (tokens)": g["block_size"],
+        "sliding window (tokens)": g.get("sliding_window_tokens"),
+        "page (bytes per layer)": g.get("page_size_bytes"), "pool blocks": g["num_blocks"],
+        "peak blocks held": g.get("peak_blocks_used"), "peak share of pool": fmt_pct(g.get("peak_usage_frac")),
+        "mean blocks held": g.get("mean_blocks_used"),
+    } for g in groups])
+    st.dataframe(df.map(_cell), hide_index=True, width="stretch")
+    if len(groups) < 2:
+        return
+    usage = _group_usage(*file_signature(data.path))
+    if usage.empty:
+        st.info("Blocks per group: not sampled in this session.")
+        return
+    kinds = {g["index"]: f"{g['index']} {g['kind']}" for g in groups}
+    usage = usage.assign(group=usage["group_index"].map(lambda i: kinds.get(int(i), str(i))))
+    usage = usage[(usage["t_s"] >= view.t0_s) & (usage["t_s"] <= view.t1_s)]
+    if usage.empty:
+        st.info("Blocks per group: no sample in this range.")
+        return
+    state.show(charts.group_usage_chart(usage, view, groups[0].get("num_blocks")), key="kv-groups")
+    st.caption("Sampled by the engine core (at most every 250 ms). A sliding-window group frees the "
+               "blocks its window left; full attention keeps every block of a request.")
+
+
+def compare_serving(rep_a: dict[str, Any], rep_b: dict[str, Any], label_a: str, label_b: str) -> None:
+    """Compare page: latency tails, throughput and cost of both sessions (a client-side benchmark
+    import included), and what speculative decoding changed when one of them speculated."""
+    st.subheader("Serving: tail latency, throughput, cost")
+    for label, rep in ((label_a, rep_a), (label_b, rep_b)):
+        bench = (rep.get("engine") or {}).get("source") == "bench"  # kvscope import-bench
+        if bench:
+            st.caption(f"{escape_markdown(label)}: client-side benchmark import (prefill and cache "
+                       "not visible to a client)")
+    t = tables.serving_table(rep_a, rep_b)
+    st.dataframe(t.map(_cell), hide_index=True, width="stretch", column_config={
+        "A": st.column_config.Column(f"A: {label_a}"), "B": st.column_config.Column(f"B: {label_b}")})
+    swing = tables.spec_swing_table(rep_a, rep_b)
+    if swing is None:
+        return
+    rows, side = swing
+    st.markdown(f"**Speculative decoding: {side} speculated** (with − without)")
+    st.dataframe(rows.map(_cell), hide_index=True, width="stretch")
+    sd = (rep_a if side == "A" else rep_b)["spec_decode"]
+    st.caption(f"method {escape_markdown(sd.get('method'))}; acceptance "
+               f"{fmt_pct(sd.get('acceptance_rate'))}, mean accepted length "
+               f"{fmt(mean_accepted_length(sd), '{:.2f}')}, decode p50 "
+               f"{fmt_s((rep_a if side == 'A' else rep_b)['latency_s'].get('decode_per_token_p50'))} per token")
