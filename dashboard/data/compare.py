@@ -33,8 +33,15 @@ KEY_NUMBERS: tuple[tuple[str, Callable[[dict[str, Any]], Any], str], ...] = (
 """(label, getter on a build_report dict, which direction is better)."""
 
 
+LATENCY_KEYS = {"TTFT p50 (s)": "ttft_p50", "TTFT p95 (s)": "ttft_p95", "e2e p50 (s)": "e2e_p50",
+                "e2e p95 (s)": "e2e_p95"}
+"""Key numbers that are latency percentiles (``latency_s`` keys): from an attach session they are
+known only to their histogram bucket, which the table states."""
+
+
 def key_number_deltas(a: dict[str, Any], b: dict[str, Any]) -> pd.DataFrame:
-    """One row per key number: A, B, B − A, relative change, and whether B is better/worse."""
+    """One row per key number: A, B, B − A, relative change, whether B is better/worse, and for
+    latencies from server histograms the bucket each lies in (no verdict when both share it)."""
     rows = []
     for label, get, better in KEY_NUMBERS:
         va, vb = _safe(get, a), _safe(get, b)
@@ -43,10 +50,25 @@ def key_number_deltas(a: dict[str, Any], b: dict[str, Any]) -> pd.DataFrame:
         delta = vb - va if is_number(va) and is_number(vb) else None
         rel = (delta / va) if delta is not None and va not in (0, None) else None
         verdict = ""
-        if delta and better:
+        ba, bb = _bucket(a, label), _bucket(b, label)
+        if delta and better and not (ba is not None and ba == bb):
             verdict = "better" if (delta < 0) == (better == "lower") else "worse"
-        rows.append({"metric": label, "A": va, "B": vb, "B − A": delta, "change": rel, "B is": verdict})
+        resolution = " · ".join(f"{who}: bucket {_bucket_text(x)}" for who, x in (("A", ba), ("B", bb))
+                                if x is not None)
+        rows.append({"metric": label, "A": va, "B": vb, "B − A": delta, "change": rel, "B is": verdict,
+                     "resolution": resolution})
     return pd.DataFrame(rows)
+
+
+def _bucket(r: dict[str, Any], label: str) -> tuple[float, float | None] | None:
+    """The histogram bucket of a latency key number (None: measured per request, or not one)."""
+    key = LATENCY_KEYS.get(label)
+    res = _safe(lambda x: (x["latency_s"].get("resolution_s") or {}).get(key), r) if key else None
+    return (res[0], res[1]) if isinstance(res, list | tuple) and len(res) == 2 else None
+
+
+def _bucket_text(b: tuple[float, float | None]) -> str:
+    return f"≥ {b[0]:g} s" if b[1] is None else f"{b[0]:g}–{b[1]:g} s"
 
 
 def _safe(get: Callable[[dict[str, Any]], Any], r: dict[str, Any]) -> Any:

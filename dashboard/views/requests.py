@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboard import sections, state
+from dashboard import histogram_latency, sections, state
 from dashboard.charts import requests as cr
 from dashboard.data import derive
 from dashboard.data.kv_whole import forensics_memo, request_preemptions
@@ -56,7 +56,8 @@ if data is not None:
         st.title(f"Requests · {escape_markdown(data.name)}")
         reqs = state.requests(data)
         if reqs.empty:
-            st.info("No finished requests in this session.")
+            if not histogram_latency.show(data):  # attach: the server's histograms
+                st.info("No finished requests in this session.")
             st.stop()
 
         pct = derive.latency_percentiles(reqs)

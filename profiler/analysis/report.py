@@ -9,6 +9,7 @@ from typing import Any
 
 from profiler.analysis import preemption, serving
 from profiler.analysis.kv_groups import kv_groups
+from profiler.analysis.latency import fill_report_latency, format_latency
 from profiler.analysis.occupancy import engine_occupancy
 from profiler.analysis.spec_decode import by_prompt_length as spec_by_prompt_length
 from profiler.analysis.spec_decode import (
@@ -107,6 +108,7 @@ def build_report(session: Session, findings: list[dict[str, Any]] | None = None)
         "findings": findings or [],
         "notes": notes,
     }
+    report["latency_s"] = fill_report_latency(report["latency_s"], session)
     split = (report["latency_s"].get("by_prompt_length") or {}).get("split_tokens")
     report["spec_decode_by_prompt_length"] = (
         spec_by_prompt_length(session, requests, split) if report["spec_decode"] else None)
@@ -227,12 +229,7 @@ def format_text(report: dict[str, Any]) -> str:
         )
     for g in report["gpus"]:
         lines.append(f"GPU {g['index']}     {g['name']}: peak {fmt_gib(g['peak_used_bytes'])} of {fmt_gib(g['total_bytes'])}")
-    lat = report["latency_s"]
-    lines.append(
-        f"latency   TTFT p50/p95/p99 {fmt(lat['ttft_p50'], '{:.3f}')}/{fmt(lat['ttft_p95'], '{:.3f}')}/"
-        f"{fmt(lat['ttft_p99'], '{:.3f}')} s   e2e p50/p95/p99 {fmt(lat['e2e_p50'], '{:.3f}')}/"
-        f"{fmt(lat['e2e_p95'], '{:.3f}')}/{fmt(lat['e2e_p99'], '{:.3f}')} s"
-    )
+    lines.append(f"latency   {format_latency(report['latency_s'])}")
     lines.extend(_serving_lines(report))
     if report["events"]:
         lines.append("events    " + ", ".join(f"{k} {n}" for k, n in sorted(report["events"].items())))

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from profiler.attach import histograms as hist
 from profiler.attach import tier_metrics
 from profiler.units import first_line
 
@@ -52,7 +53,7 @@ COUNTER_MAX = 2.0**63
 _WANTED = frozenset(
     [n for names in (*GAUGES.values(), *COUNTERS.values()) for n in names]
     + [CACHE_INFO, "process_start_time_seconds"]
-)
+) | hist.WANTED_NAMES
 """Family names parse_metrics reads; every other line is only checked to look like Prometheus."""
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*(?=[{ \t])")
 
@@ -76,6 +77,8 @@ class EngineScrape:
     cache_info: dict[str, str] = field(default_factory=dict)
     bad: set[str] = field(default_factory=set)
     """Columns with an impossible value in this scrape (absent from gauges/counters: NULL)."""
+    histograms: dict[str, hist.Histogram] = field(default_factory=dict)
+    """Latency histograms (``profiler.attach.histograms.HISTOGRAMS`` names), cumulative."""
 
 
 @dataclass
@@ -263,6 +266,9 @@ def parse_metrics(text: str, t_unix_s: float, url: str = "") -> Scrape:
                 break
     for _, labels, _ in families.get(CACHE_INFO, []):
         engine(labels).cache_info = dict(labels)
+    latency = hist.collect((s for name in hist.WANTED_NAMES for s in families.get(name, ())), problems)
+    for label, by_metric in latency.items():
+        engine({"engine": label}).histograms = by_metric
     start = families.get("process_start_time_seconds")
     start_s = start[0][2] if start and math.isfinite(start[0][2]) else None
     extra = [sample for base, samples in families.items() if tier_metrics.wanted(base)

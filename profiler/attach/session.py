@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from profiler.attach import tier_metrics
+from profiler.attach.histograms import HistogramTracker, bucket_rows
 from profiler.attach.kv_events import (
     KvEventsConfigError,
     KvEventSubscriber,
@@ -46,6 +47,7 @@ from profiler.attach.processes import (
     stop_gpu_sampling,
     url_port,
 )
+from profiler.session.heartbeat import Heartbeat
 from profiler.session.writer import SessionWriter, get_writer
 from profiler.units import first_line
 
@@ -145,6 +147,7 @@ class ServerAttachment:
         self.engine_ids: dict[str, int] = {}
         self.trackers: dict[str, CounterTracker] = {}
         self.tier_trackers: dict[str, tier_metrics.TierTracker] = {}
+        self.hist_trackers: dict[str, HistogramTracker] = {}
         self.intervals = 0
         self.gaps = 0
         self.lost_reason: str | None = None
@@ -232,6 +235,10 @@ class ServerAttachment:
                 _int(d.get("prompt_tokens")), _int(d.get("generation_tokens")),
                 _int(d.get("finished")), 1,
             ))
+            latency = self.hist_trackers.setdefault(label, HistogramTracker()).update(
+                eng.histograms, deltas is not None and deltas.reset)
+            for row in bucket_rows(eid, scrape.t_unix_s, latency or ()):
+                self.writer.append("latency_buckets", row)
             if deltas is not None:
                 self.intervals += 1
         for label, values in tier_metrics.tier_values(scrape.extra).items():
@@ -336,6 +343,13 @@ class ServerAttachment:
             if delay < 0:  # fell behind: skip the missed ticks instead of bursting
                 next_s, delay = time.monotonic(), 0.0
             stop.wait(delay)
+
+    def heartbeat_state(self) -> dict[str, object]:
+        """This server's line of the session heartbeat (``profiler.session.heartbeat``)."""
+        state = "lost" if self.lost_reason else "failing" if self.failure else "ok"
+        return {"url": self.url, "state": state, "last_ok_unix_s": self.last_ok_unix_s,
+                "reason": self.lost_reason or self.failure,
+                "interval_s": self.opts.interval_s}
 
     def _any_engine(self) -> int | None:
         return next(iter(self.engine_ids.values()), None)
@@ -523,6 +537,8 @@ def run_attach(opts: AttachOptions, stop: threading.Event | None = None) -> Atta
                  urls=opts.urls, kv_endpoints=[s.source.endpoint for s in subscribers])
     for server, srcs in zip(servers, sources, strict=True):
         print(_describe(server, srcs, opts.session), file=sys.stderr)
+    heartbeat = Heartbeat(writer, "attach",
+                          lambda: {"servers": [s.heartbeat_state() for s in servers]}).start()
     t0 = time.monotonic()
     deadline = None if opts.duration_s is None else t0 + opts.duration_s
     ended_by = "stop"
@@ -541,6 +557,7 @@ def run_attach(opts: AttachOptions, stop: threading.Event | None = None) -> Atta
         stop.set()
         for server in servers:
             server.join(opts.timeout_s + 5.0)
+        heartbeat.stop()
         for sub in subscribers:
             sub.stop()
         for dog in watchdogs:

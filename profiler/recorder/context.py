@@ -10,9 +10,11 @@ from __future__ import annotations
 import atexit
 import os
 import socket
+import sqlite3
 import sys
 import time
 
+from profiler.session.heartbeat import Heartbeat
 from profiler.session.rows import ProcessRow
 from profiler.session.writer import SessionWriter, get_writer
 
@@ -27,8 +29,47 @@ ENV_ALLOCATOR_INTERVAL_MS = "KVSCOPE_ALLOCATOR_INTERVAL_MS"
 
 DEFAULT_INTERVAL_MS = 100
 
+_heartbeat: Heartbeat | None = None
+"""The owner's heartbeat (``profiler.session.heartbeat``): the session is still being recorded."""
+
 _registered_roles: set[tuple[str, int | None]] = set()
 os.register_at_fork(after_in_child=_registered_roles.clear)
+
+
+_dp_rank: int | None = None
+"""Data-parallel rank of the engine this process (engine core or worker) belongs to."""
+os.register_at_fork(after_in_child=lambda: globals().update(_dp_rank=None))
+
+
+def set_dp_rank(rank: int) -> None:
+    """This process belongs to the engine of data-parallel rank ``rank``."""
+    global _dp_rank
+    _dp_rank = rank
+
+
+def dp_rank() -> int | None:
+    """The data-parallel rank set by ``set_dp_rank`` (None in a frontend)."""
+    return _dp_rank
+
+
+def engine_id_of_this_process() -> int | None:
+    """The session engine id of this engine core's or worker's engine: the frontend's engine row
+    of the same index (vLLM numbers engines by data-parallel rank). None in a frontend, or while
+    the frontend has not described that engine yet."""
+    path = session_path()
+    if _dp_rank is None or path is None:
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2.0)
+        try:
+            row = conn.execute(
+                "SELECT engine_id FROM engines WHERE engine_index = ? AND source = 'inproc' "
+                "ORDER BY engine_id DESC LIMIT 1", (_dp_rank,)).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+    return int(row[0]) if row and row[0] is not None else None
 
 
 def session_path() -> str | None:
@@ -84,6 +125,8 @@ def claim_owner(command: list[str] | None = None) -> bool:
     from profiler.recorder.nvml import start_nvml_sampler
 
     start_nvml_sampler(w, interval_s(ENV_NVML_INTERVAL_MS))
+    global _heartbeat
+    _heartbeat = Heartbeat(w, "record").start()
     atexit.register(finish_session, w)
     return True
 
@@ -96,6 +139,8 @@ def finish_session(w: SessionWriter, exit_code: int | None = None) -> None:
         from profiler.recorder.nvml import stop_nvml_sampler
 
         stop_nvml_sampler()
+        if _heartbeat is not None:
+            _heartbeat.stop()
         w.flush()
         w.set_meta(ended_unix_s=time.time(), exit_code=exit_code)
         w.close()

@@ -42,7 +42,11 @@ def record_failure(exc: BaseException, where: str, engine_id: int | None = None)
     text = f"{type(exc).__name__}: {exc}"
     kind = "oom" if is_oom(exc) else "error"
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-8))
-    w.event(kind, text, engine_id, where=where, memory=memory_state(), traceback=tb)
+    dp_rank = context.dp_rank()
+    if engine_id is None and dp_rank is not None:
+        engine_id = context.engine_id_of_this_process()
+    extra = {"dp_rank": dp_rank} if dp_rank is not None else {}
+    w.event(kind, text, engine_id, where=where, memory=memory_state(), traceback=tb, **extra)
 
 
 def observe_failures(func: Callable[..., Any], where: str) -> Callable[..., Any]:

@@ -68,11 +68,18 @@ def install() -> None:
 
 
 def _patch(cls: type, name: str, make: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+    """Wrap ``cls.name`` with ``make`` once; another wrapper of the same method chains onto it
+    (e.g. ``Scheduler.make_stats``: KV-cache groups and the engine-core hooks both wrap it)."""
     original = getattr(cls, name, None)
-    if original is None or getattr(original, "__kvscope__", False):
+    if original is None:
+        return
+    key = f"{getattr(make, '__module__', '')}.{getattr(make, '__qualname__', repr(make))}"
+    done = getattr(original, "__kvscope__", ())
+    done = done if isinstance(done, tuple) else ()
+    if key in done:
         return
     wrapped = make(original)
-    wrapped.__kvscope__ = True  # type: ignore[attr-defined]
+    wrapped.__kvscope__ = (*done, key)  # type: ignore[attr-defined]
     setattr(cls, name, wrapped)
 
 
@@ -115,6 +122,17 @@ def _patch_frontend() -> None:
     output_processor = sys.modules.get("vllm.v1.engine.output_processor")
     if output_processor is not None:
         _patch(output_processor.OutputProcessor, "add_request", _wrap_add_request)
+        # AsyncLLM's output handler hands every error after start-up (EngineDeadError when an
+        # engine core dies) to propagate_error before the requests fail with it
+        _patch(output_processor.OutputProcessor, "propagate_error", _wrap_propagate_error)
+    if llm_engine is not None:
+        _patch(llm_engine.LLMEngine, "step", lambda f: observe_failures(f, "frontend: step"))
+    core_client = sys.modules.get("vllm.v1.engine.core_client")
+    if core_client is not None:
+        for name in ("DPAsyncMPClient", "DPLBAsyncMPClient"):
+            cls = getattr(core_client, name, None)
+            if cls is not None and "get_core_engine_for_request" in vars(cls):
+                _patch(cls, "get_core_engine_for_request", _wrap_engine_choice)
 
 
 def _wrap_engine_init(init: Callable[..., Any]) -> Callable[..., Any]:
@@ -227,6 +245,37 @@ def _wrap_add_request(method: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _wrap_propagate_error(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Record the error the output handler is about to hand to every request (once)."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, exc: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(exc, BaseException):
+            try:
+                record_failure(exc, "frontend: output handler")
+            except Exception:
+                pass
+        return method(self, exc, *args, **kwargs)
+
+    return wrapper
+
+
+def _wrap_engine_choice(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Data parallel: hash each request's prompt blocks for the engine the balancer chose."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        engine = method(self, request, *args, **kwargs)
+        try:
+            if prompt_blocks.many_engines() and isinstance(engine, bytes | bytearray):
+                prompt_blocks.record_prompt_blocks(request, int.from_bytes(engine, "little"))
+        except Exception:
+            pass
+        return engine
+
+    return wrapper
+
+
 # --- engine core ----------------------------------------------------------------------------
 
 
@@ -244,16 +293,29 @@ def _patch_engine_core() -> None:
     _patch(core.EngineCore, "reset_prefix_cache", _wrap_reset_prefix_cache)
     proc = getattr(core, "EngineCoreProc", None)
     if proc is not None:
-        _patch(proc, "run_busy_loop", lambda f: observe_failures(f, "engine core: busy loop"))
+        # every busy loop: EngineCoreProc's and the data-parallel ones that override it
+        # (DPEngineCoreProc, ...), each wrapped where it is defined
+        for cls in [proc, *_subclasses(proc)]:
+            if "run_busy_loop" in vars(cls):
+                _patch(cls, "run_busy_loop", lambda f: observe_failures(f, "engine core: busy loop"))
     from profiler.recorder import engine_core
 
     engine_core.install(_patch)
 
 
+def _subclasses(cls: type) -> list[type]:
+    out = []
+    for sub in cls.__subclasses__():
+        out += [sub, *_subclasses(sub)]
+    return out
+
+
 def _wrap_initialize_kv_caches(method: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        context.register_process("engine_core")
+        dp_rank = _dp_rank(self)
+        context.set_dp_rank(dp_rank)
+        context.register_process("engine_core", rank=dp_rank)
         try:
             config = method(self, *args, **kwargs)
         except BaseException as exc:
@@ -264,6 +326,14 @@ def _wrap_initialize_kv_caches(method: Callable[..., Any]) -> Callable[..., Any]
         return config
 
     return wrapper
+
+
+def _dp_rank(obj: Any) -> int:
+    """The data-parallel rank of the engine core or worker ``obj`` (0 without data parallelism):
+    vLLM's engine index of that engine in the frontend."""
+    rank = getattr(getattr(getattr(obj, "vllm_config", None), "parallel_config", None),
+                   "data_parallel_rank", None)
+    return rank if isinstance(rank, int) and rank >= 0 else 0
 
 
 def _record_kv_cache_config(config: Any) -> None:
@@ -356,6 +426,7 @@ def _wrap_init_device(method: Callable[..., Any]) -> Callable[..., Any]:
             raise
         w = context.writer()
         if w is not None:
+            context.set_dp_rank(_dp_rank(self))
             context.register_process("worker", rank=getattr(self, "rank", None))
             from profiler.recorder.allocator import start_allocator_sampler
 

@@ -1,8 +1,14 @@
 """Prompt-block hashes for what-if: the chained content hash of each new request's full prompt
-blocks, stored against the engine the frontend's stat logger created last; and the same chain at
+blocks, stored against the engine that serves the request; and the same chain at
 ``CHUNK_TOKENS`` granularity (``prompt_chunks``), from which any block size that is a multiple of
 it can be replayed (block ``j`` of size ``k × CHUNK_TOKENS`` is chunk ``(j + 1) k - 1``: a chained
-hash names the whole prefix up to its end)."""
+hash names the whole prefix up to its end).
+
+With one engine in the frontend, every request is that engine's (hashed when the frontend's
+OutputProcessor adds it). With data parallelism the frontend's load balancer picks an engine per
+request (``DPLBAsyncMPClient.get_core_engine_for_request``): the request is hashed there, for the
+engine it was sent to.
+"""
 
 from __future__ import annotations
 
@@ -22,16 +28,23 @@ CHUNK_TOKENS = 16
 class _Target:
     engine_id: int | None = None
     block_size: int | None = None
-    """None turns hashing off (no prefix caching, or no engine yet)."""
+    """None turns hashing off (no prefix caching)."""
 
 
-_target = _Target()
+_targets: dict[int, _Target] = {}
+"""Engine index (vLLM's data-parallel rank) -> where its requests' hashes go."""
 
 
-def set_target(engine_id: int | None, block_size: int | None) -> None:
-    """Hash new requests' prompts in blocks of ``block_size`` and store them for ``engine_id``."""
-    _target.engine_id = engine_id
-    _target.block_size = block_size
+def set_target(engine_id: int | None, block_size: int | None, engine_index: int = 0) -> None:
+    """Hash requests for engine ``engine_index`` in blocks of ``block_size`` and store them for
+    ``engine_id`` (``block_size`` None: no prefix caching, nothing to hash)."""
+    _targets[engine_index] = _Target(engine_id, block_size)
+
+
+def many_engines() -> bool:
+    """True when this frontend serves several engines (data parallel): requests are hashed where
+    the load balancer picks their engine."""
+    return len(_targets) > 1
 
 
 def prompt_block_hashes(token_ids: list[int], block_size: int) -> array:
@@ -44,9 +57,21 @@ def prompt_block_hashes(token_ids: list[int], block_size: int) -> array:
     return out
 
 
-def record_prompt_blocks(request: Any) -> None:
-    """Append a ``prompt_blocks`` row for ``request`` (a vLLM EngineCoreRequest)."""
-    if _target.block_size is None:
+def record_prompt_blocks(request: Any, engine_index: int | None = None) -> None:
+    """Append a ``prompt_blocks`` row for ``request`` (a vLLM EngineCoreRequest).
+
+    ``engine_index`` None: the frontend's only engine (nothing is written while it has several:
+    the load balancer's hook records those, with the engine it chose).
+    """
+    if engine_index is None:
+        if len(_targets) != 1:
+            return
+        target = next(iter(_targets.values()))
+    else:
+        target = _targets.get(engine_index)
+        if target is None:
+            return
+    if target.block_size is None:
         return
     ids = getattr(request, "prompt_token_ids", None)
     w = context.writer()
@@ -56,14 +81,14 @@ def record_prompt_blocks(request: Any) -> None:
     t = time.time()
     rid = getattr(request, "request_id", None)
     chunks = prompt_block_hashes(ids, CHUNK_TOKENS)
-    bs = _target.block_size
+    bs = target.block_size
     # a chained hash names its whole prefix: block j of k chunks is chunk (j + 1) k - 1
     hashes = chunks[bs // CHUNK_TOKENS - 1::bs // CHUNK_TOKENS] if bs % CHUNK_TOKENS == 0 \
         else prompt_block_hashes(ids, bs)
     w.append("prompt_blocks", PromptBlocksRow(
-        engine_id=_target.engine_id, t_unix_s=t, request_id=rid, block_hashes=hashes.tobytes(),
+        engine_id=target.engine_id, t_unix_s=t, request_id=rid, block_hashes=hashes.tobytes(),
     ))
     w.append("prompt_chunks", PromptChunksRow(
-        engine_id=_target.engine_id, t_unix_s=t, request_id=rid, chunk_tokens=CHUNK_TOKENS,
+        engine_id=target.engine_id, t_unix_s=t, request_id=rid, chunk_tokens=CHUNK_TOKENS,
         chunk_hashes=chunks.tobytes(),
     ))

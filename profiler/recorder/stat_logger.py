@@ -17,8 +17,6 @@ from vllm.v1.metrics.loggers import StatLoggerBase
 from profiler.recorder import context, kv_groups, prompt_blocks, spec_decode, tiers
 from profiler.session.rows import KvEvictionRow, RequestRow, StepRow
 
-"""Engine id of the most recently created engine in this process (for prompt-block rows)."""
-
 
 def _get(obj: Any, *names: str) -> Any:
     for name in names:
@@ -125,7 +123,8 @@ class KvscopeStatLogger(StatLoggerBase):
                 f"UPDATE engines SET {sets} WHERE engine_id = ?", (*row.values(), self.engine_id)
             )
         prompt_blocks.set_target(
-            self.engine_id, row["block_size"] if row["enable_prefix_caching"] else None)
+            self.engine_id, row["block_size"] if row["enable_prefix_caching"] else None,
+            engine_index)
         self.writer.set_meta_default(vllm_version=row["vllm_version"], model=row["model"])
         context.register_process("frontend", engine_id=self.engine_id)
         obs = _get(vllm_config, "observability_config")

@@ -74,6 +74,9 @@ class Session:
     """Opened ``immutable=1`` (a WAL session whose ``-shm`` could not be created)."""
     _notes: list[str] | None = field(default=None, repr=False)
     _raw: sqlite3.Connection | None = field(default=None, repr=False)
+    window: tuple[float, float] | None = None
+    """The time window (unix seconds) this session reads, from ``open_session(window=...)``."""
+    _bounds: tuple[float | None, float | None] | None = field(default=None, repr=False)
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -158,7 +161,17 @@ class Session:
         return name in self._raw_tables()
 
     def bounds(self) -> tuple[float | None, float | None]:
-        """(start, last sample) in unix seconds over every timed table."""
+        """(start, last sample) in unix seconds over every timed table.
+
+        A windowed session (a snapshot of its window) computes them once; a whole session reads
+        them anew each time, as the file may be growing."""
+        if self.window is not None:
+            if self._bounds is None:
+                self._bounds = self._read_bounds()
+            return self._bounds
+        return self._read_bounds()
+
+    def _read_bounds(self) -> tuple[float | None, float | None]:
         meta = self.meta()
         starts, ends = [], []
         for table, col in (
@@ -260,8 +273,36 @@ def _connect(p: Path, immutable: bool) -> sqlite3.Connection:
     return conn
 
 
-def _install_views(p: Path, conn: sqlite3.Connection) -> None:
-    """Check every table and column; shadow each table by a TEMP view of its valid values."""
+WINDOW_TIMES: dict[str, tuple[str, str]] = {
+    "steps": ("t_unix_s", "t_unix_s"), "requests": ("t_finished_unix_s", "t_finished_unix_s"),
+    "prompt_blocks": ("t_unix_s", "t_unix_s"), "gpu_samples": ("t_unix_s", "t_unix_s"),
+    "gpu_process_samples": ("t_unix_s", "t_unix_s"),
+    "allocator_samples": ("t_unix_s", "t_unix_s"), "events": ("t_unix_s", "t_unix_s"),
+    "kv_events": ("t_unix_s", "t_unix_s"), "gaps": ("t_start_unix_s", "t_end_unix_s"),
+    "latency_buckets": ("t_unix_s", "t_unix_s"),
+}
+"""Tables a time window restricts: (column that must be ≤ the window's end, column that must be ≥
+its start). The others (meta, engines, processes, gpus, startup_memory) describe the whole run."""
+STATE_EVENTS = ("engine_start", "kv_cache_config", "nvml_off", "allocator_off", "attach_start")
+"""Event kinds that describe the run's set-up: a window keeps them when they happened before its end."""
+
+
+def _window_sql(table: str, window: tuple[float, float] | None) -> str:
+    if window is None or table not in WINDOW_TIMES:
+        return ""
+    lo, hi = float(window[0]), float(window[1])
+    end_col, start_col = WINDOW_TIMES[table]
+    cond = f'"{end_col}" <= {hi!r} AND "{start_col}" >= {lo!r}'
+    if table == "events":
+        kinds = ", ".join(f"'{k}'" for k in STATE_EVENTS)
+        cond = f'({cond}) OR (kind IN ({kinds}) AND "t_unix_s" <= {hi!r})'
+    return f" WHERE {cond}"
+
+
+def _install_views(p: Path, conn: sqlite3.Connection,
+                   window: tuple[float, float] | None = None) -> None:
+    """Check every table and column; shadow each table by a TEMP view of its valid values (of
+    the rows inside ``window``, unix seconds, for the timed tables)."""
     names = {r[0] for r in conn.execute("SELECT name FROM main.sqlite_master WHERE type='table'")}
     for table, cols in TABLES.items():
         if table not in names:
@@ -276,12 +317,18 @@ def _install_views(p: Path, conn: sqlite3.Connection) -> None:
             raise SessionFormatError(f"{p}: damaged session file (table {table} has no column "
                                      f"{', '.join(missing)})")
         body = ", ".join(_view_column(table, c) for c in cols)
-        conn.execute(f"CREATE TEMP VIEW {table} AS SELECT rowid AS rowid, {body} FROM main.{table}")
+        conn.execute(f"CREATE TEMP VIEW {table} AS SELECT rowid AS rowid, {body} FROM main.{table}"
+                     + _window_sql(table, window))
     conn.execute("PRAGMA query_only = 1")
 
 
-def open_session(path: str | Path) -> Session:
-    """Open a session for reading; raises SessionFormatError with a one-line, user-facing reason."""
+def open_session(path: str | Path, window: tuple[float, float] | None = None) -> Session:
+    """Open a session for reading; raises SessionFormatError with a one-line, user-facing reason.
+
+    ``window`` (start, end) in unix seconds: every timed table reads only the rows of that window
+    (``WINDOW_TIMES``; set-up events before its end stay), so the report and the diagnosis of the
+    opened session are those of the window.
+    """
     p = Path(path)
     try:
         st = p.stat()
@@ -322,10 +369,10 @@ def open_session(path: str | Path) -> Session:
             except sqlite3.DatabaseError:
                 raise first from None
         try:
-            _install_views(p, conn)
+            _install_views(p, conn, window)
         except BaseException:
             conn.close()
             raise
     except sqlite3.DatabaseError as exc:
         raise SessionFormatError(f"{p}: damaged session file ({first_line(exc)})") from exc
-    return Session(p, conn, immutable)
+    return Session(p, conn, immutable, window=window)

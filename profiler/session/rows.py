@@ -233,6 +233,8 @@ class KvEvictionRow(NamedTuple):
 
 class KvResidencyHistRow(NamedTuple):
     """One ``kv_residency_hist`` row (units: SCHEMA.md)."""
+class LatencyBucketRow(NamedTuple):
+    """One ``latency_buckets`` row (units: SCHEMA.md)."""
 
     engine_id: int | None
     t_unix_s: float | None
@@ -296,6 +298,9 @@ class KvGroupUsageRow(NamedTuple):
     group_index: int | None
     blocks_used: int | None
     kv_usage_frac: float | None
+    lo_s: float | None
+    hi_s: float | None
+    observations: int | None
 
 
 ROW_TYPES: dict[str, type[Any]] = {
@@ -321,5 +326,6 @@ ROW_TYPES: dict[str, type[Any]] = {
     "spec_decode_steps": SpecDecodeStepRow,
     "kv_cache_groups": KvCacheGroupRow,
     "kv_group_usage": KvGroupUsageRow,
+    "latency_buckets": LatencyBucketRow,
 }
 """The record type of every table but ``meta`` (a key/value store)."""

@@ -72,6 +72,7 @@ TABLES: dict[str, tuple[str, ...]] = {
         "sliding_window_tokens", "page_size_bytes", "num_blocks", "is_draft",
     ),
     "kv_group_usage": ("engine_id", "t_unix_s", "group_index", "blocks_used", "kv_usage_frac"),
+    "latency_buckets": ("engine_id", "t_unix_s", "metric", "lo_s", "hi_s", "observations"),
 }
 """Column order of every table; writers append tuples in exactly this order."""
 
@@ -88,7 +89,8 @@ _TYPES = {
 
 OPTIONAL_TABLES = frozenset({"kv_events", "gaps", "preemptions", "kv_occupancy", "prompt_chunks",
                              "kv_evictions", "kv_residency_hist", "tier_samples",
-                             "spec_decode_steps", "kv_cache_groups", "kv_group_usage"})
+                             "spec_decode_steps", "kv_cache_groups", "kv_group_usage",
+                             "latency_buckets"})
 """Tables that sessions recorded before they existed lack (the bundled sessions): a reader
 treats a missing one as empty. Every other table, and every column of every table, must exist."""
 

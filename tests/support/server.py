@@ -60,12 +60,16 @@ def kv_events_config(endpoint: str, replay_endpoint: str | None) -> str:
 
 @contextmanager
 def running_server(python: str, model: str, log_dir: Path, blocks: int = 24,
-                   extra: tuple[str, ...] = (), ready_timeout_s: float = 300) -> Iterator[Server]:
-    """Start ``python -m vllm.entrypoints.openai.api_server`` on a free port; stop it on exit."""
+                   extra: tuple[str, ...] = (), ready_timeout_s: float = 300,
+                   wrapper: tuple[str, ...] = ()) -> Iterator[Server]:
+    """Start ``python -m vllm.entrypoints.openai.api_server`` on a free port; stop it on exit.
+
+    ``wrapper`` runs in front of the server's command line (``kvscope record --session S --``).
+    """
     port = free_port()
     log = log_dir / f"server-{port}.log"
     proc = subprocess.Popen(
-        [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
+        [*wrapper, python, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
          "--host", "127.0.0.1", "--port", str(port), "--num-gpu-blocks-override", str(blocks),
          "--max-model-len", "2048", "--max-num-seqs", "16", "--enable-prefix-caching", *extra],
         env=server_env(), stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
@@ -104,6 +108,19 @@ def counters(url: str) -> dict[str, float]:
         for s in fam.samples:
             if s.name in names:
                 out[names[s.name]] += s.value
+    return out
+
+
+def engine_counters(url: str) -> dict[str, dict[str, float]]:
+    """``counters`` per ``engine`` label (vLLM's data-parallel rank): engine -> column -> value."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    out: dict[str, dict[str, float]] = {}
+    names = {v: k for k, v in COUNTERS.items()}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name in names:
+                per = out.setdefault(s.labels.get("engine", "0"), dict.fromkeys(COUNTERS, 0.0))
+                per[names[s.name]] += s.value
     return out
 
 
@@ -161,3 +178,61 @@ def drive(url: str, model: str, waves: int = 2, per_wave: int = 16, prefixes: in
         return codes
 
     return asyncio.run(go())
+
+
+@dataclass(frozen=True)
+class Timed:
+    """One streamed completion as its client saw it."""
+
+    status: int
+    ttft_s: float | None
+    """Request sent -> first streamed token received."""
+    e2e_s: float
+    """Request sent -> stream finished."""
+
+
+def drive_streaming(url: str, model: str, waves: int = 2, per_wave: int = 16, prefixes: int = 3,
+                    max_tokens: int = 48, gap_s: float = 0.0) -> list[Timed]:
+    """``drive``'s waves as streamed completions, each timed by the client (TTFT and e2e).
+
+    ``gap_s``: pause between waves (the server drains, so TTFTs spread from queued to immediate).
+    """
+
+    async def go() -> list[Timed]:
+        out: list[Timed] = []
+        async with httpx.AsyncClient(timeout=300) as client:
+            async def one(i: int) -> Timed:
+                p = i % prefixes
+                prompt = f"[system {p}] " + chr(97 + p) * 600 + f" question {i}: " + "data " * (i % 9)
+                t0 = time.perf_counter()
+                first = None
+                async with client.stream("POST", url + "/v1/completions", json={
+                    "model": model, "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True,
+                    "temperature": 0.0, "stream": True,
+                }) as r:
+                    async for line in r.aiter_lines():
+                        if first is None and line.startswith("data: {"):
+                            first = time.perf_counter() - t0
+                    return Timed(r.status_code, first, time.perf_counter() - t0)
+
+            for w in range(waves):
+                out += await asyncio.gather(*(one(w * per_wave + i) for i in range(per_wave)))
+                if gap_s and w + 1 < waves:
+                    await asyncio.sleep(gap_s)
+        return out
+
+    return asyncio.run(go())
+
+
+def histograms(url: str, names: tuple[str, ...]) -> dict[str, dict[float, float]]:
+    """The server's cumulative histogram buckets (``le`` -> count, summed over label series) of
+    each family in ``names``, read with prometheus_client's parser."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    out: dict[str, dict[float, float]] = {n: {} for n in names}
+    for fam in text_string_to_metric_families(text):
+        if fam.name in out:
+            for s in fam.samples:
+                if s.name.endswith("_bucket"):
+                    le = float(s.labels["le"])
+                    out[fam.name][le] = out[fam.name].get(le, 0.0) + s.value
+    return out
