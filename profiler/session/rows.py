@@ -233,8 +233,6 @@ class KvEvictionRow(NamedTuple):
 
 class KvResidencyHistRow(NamedTuple):
     """One ``kv_residency_hist`` row (units: SCHEMA.md)."""
-class LatencyBucketRow(NamedTuple):
-    """One ``latency_buckets`` row (units: SCHEMA.md)."""
 
     engine_id: int | None
     t_unix_s: float | None
@@ -261,6 +259,8 @@ class TierSampleRow(NamedTuple):
     allocation_failures: int | None
     scraped: int | None
     details_json: str | None
+
+
 class SpecDecodeStepRow(NamedTuple):
     """One ``spec_decode_steps`` row (units: SCHEMA.md)."""
 
@@ -298,6 +298,14 @@ class KvGroupUsageRow(NamedTuple):
     group_index: int | None
     blocks_used: int | None
     kv_usage_frac: float | None
+
+
+class LatencyBucketRow(NamedTuple):
+    """One ``latency_buckets`` row (units: SCHEMA.md)."""
+
+    engine_id: int | None
+    t_unix_s: float | None
+    metric: str | None
     lo_s: float | None
     hi_s: float | None
     observations: int | None
