@@ -57,8 +57,10 @@ def _tokenizer(models: Path) -> Path:
     return build_tiny_llama(models / "tokenizer-src")
 
 
-def _save(config: Any, out: Path, models: Path) -> Path:
+def _save(config: Any, out: Path, models: Path, arch: str) -> Path:
+    """Write ``config`` (architecture set: vLLM and the EAGLE wrapper read it) and the tokenizer."""
     out.mkdir(parents=True, exist_ok=True)
+    config.architectures = [arch]
     config.save_pretrained(out)
     tok = _tokenizer(models)
     for name in TOKENIZER_FILES:
@@ -76,7 +78,7 @@ def llama8b(models: Path) -> Path:
     return _save(LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
                              num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
                              max_position_embeddings=16384, rope_theta=500000.0, **COMMON),
-                 models / "llama8b", models)
+                 models / "llama8b", models, "LlamaForCausalLM")
 
 
 def eagle_head(models: Path) -> Path:
@@ -87,7 +89,7 @@ def eagle_head(models: Path) -> Path:
     return _save(LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
                              num_hidden_layers=1, num_attention_heads=32, num_key_value_heads=8,
                              max_position_embeddings=16384, rope_theta=500000.0, **COMMON),
-                 models / "eagle-llama3-8b", models)
+                 models / "eagle-llama3-8b", models, "LlamaForCausalLM")
 
 
 def llama1b(models: Path) -> Path:
@@ -97,7 +99,7 @@ def llama1b(models: Path) -> Path:
                              num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
                              head_dim=64, max_position_embeddings=16384, rope_theta=500000.0,
                              tie_word_embeddings=True, **COMMON),
-                 models / "llama1b", models)
+                 models / "llama1b", models, "LlamaForCausalLM")
 
 
 def gemma2(models: Path) -> Path:
@@ -107,7 +109,7 @@ def gemma2(models: Path) -> Path:
                               num_hidden_layers=8, num_attention_heads=16, num_key_value_heads=8,
                               head_dim=256, query_pre_attn_scalar=256, sliding_window=4096,
                               max_position_embeddings=16384, pad_token_id=0, **COMMON),
-                 models / "gemma2-9b-8l", models)
+                 models / "gemma2-9b-8l", models, "Gemma2ForCausalLM")
 
 
 def gemma3(models: Path) -> Path:
@@ -117,8 +119,7 @@ def gemma3(models: Path) -> Path:
                            num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=4,
                            head_dim=256, query_pre_attn_scalar=256, sliding_window=1024,
                            max_position_embeddings=16384, pad_token_id=0, **COMMON)
-    cfg.architectures = ["Gemma3ForCausalLM"]
-    return _save(cfg, models / "gemma3-4b-6l", models)
+    return _save(cfg, models / "gemma3-4b-6l", models, "Gemma3ForCausalLM")
 
 
 def bamba(models: Path) -> Path:
@@ -129,8 +130,7 @@ def bamba(models: Path) -> Path:
                       attn_layer_indices=[3, 7], mamba_n_heads=64, mamba_d_head=64,
                       mamba_n_groups=1, mamba_d_state=128, mamba_expand=2,
                       max_position_embeddings=16384, pad_token_id=0, **COMMON)
-    cfg.architectures = ["BambaForCausalLM"]
-    return _save(cfg, models / "bamba-8l", models)
+    return _save(cfg, models / "bamba-8l", models, "BambaForCausalLM")
 
 
 def deepseek_v2_lite(models: Path) -> Path:
@@ -142,8 +142,7 @@ def deepseek_v2_lite(models: Path) -> Path:
                            num_experts_per_tok=6, first_k_dense_replace=1, kv_lora_rank=512,
                            q_lora_rank=None, qk_rope_head_dim=64, qk_nope_head_dim=128,
                            v_head_dim=128, max_position_embeddings=16384, pad_token_id=0, **COMMON)
-    cfg.architectures = ["DeepseekV2ForCausalLM"]
-    return _save(cfg, models / "deepseek-v2-lite-4l", models)
+    return _save(cfg, models / "deepseek-v2-lite-4l", models, "DeepseekV2ForCausalLM")
 
 
 SPEC_WORKLOAD = ["--requests", "128", "--prefixes", "8", "--prefix-len", "200",
@@ -203,11 +202,15 @@ def check(s: Scenario, session: Path, counts: dict[str, Any], rep: dict[str, Any
 
 def run(s: Scenario, out: Path, models: Path, timeout_s: float) -> dict[str, Any]:
     """Record one scenario and check it."""
-    model = s.model(models)
+    try:
+        model = s.model(models)
+        spec = s.spec(models) if s.spec else None
+    except Exception as exc:  # this transformers lacks the config class: a row, not a crash
+        return {"name": s.name, "exit": "model config", "error": [f"{type(exc).__name__}: {exc}"]}
     session, counts_path, log = out / f"{s.name}.kvscope", out / f"{s.name}_counts.json", out / f"{s.name}.log"
     for p in (session, counts_path):
         p.unlink(missing_ok=True)
-    extra = ["--speculative-config", json.dumps(s.spec(models))] if s.spec else []
+    extra = ["--speculative-config", json.dumps(spec)] if spec else []
     cmd = [sys.executable, "-m", "profiler.cli", "record", "--session", str(session), "--",
            sys.executable, str(WORKLOAD), str(model), "--engine", "llmengine", "--load-format",
            "dummy", "--blocks", "0", "--gpu-memory-utilization", "0.85", "--counts",

@@ -21,12 +21,43 @@ from profiler.analysis.kv_groups import group_usage
 from profiler.analysis.spec_decode import mean_accepted_length, position_rates
 from profiler.units import NOT_MEASURED, escape_markdown, fmt, fmt_bytes, fmt_pct, fmt_s
 
-_SECONDS = {c: st.column_config.NumberColumn(c.replace("_s", " (s)"), format="%.4f")
-            for c in ("p50_s", "p95_s", "p99_s")}
+
+def _show(value: Any, unit: str) -> str:
+    """One cell as text in its unit (``n/a`` when not measured): tables mixing units stay text."""
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return NOT_MEASURED
+    if unit == "s":
+        return fmt_s(value)
+    if unit == "frac":
+        return fmt_pct(value)
+    if unit == "bytes":
+        return fmt_bytes(value)
+    if unit == "count":
+        return f"{int(value):,}"
+    if unit == "small":
+        return f"{value:,.4g}"
+    return f"{value:,.1f}"
 
 
-def _cell(v: Any) -> Any:
-    return NOT_MEASURED if v is None or (isinstance(v, float) and pd.isna(v)) else v
+def _as_text(df: pd.DataFrame, units: dict[str, str] | None = None) -> pd.DataFrame:
+    """``df`` for display: columns named in ``units`` formatted; a ``unit`` column per row."""
+    out = df.copy()
+    if "unit" in out:
+        for col in [c for c in out if c not in ("metric", "unit")]:
+            out[col] = [_show(v, u) if col != "delta" or v is None else _signed(v, u)
+                        for v, u in zip(out[col], out["unit"], strict=True)]
+        out = out.drop(columns="unit")
+    for col, unit in (units or {}).items():
+        out[col] = [_show(v, unit) for v in out[col]]
+    return out
+
+
+def _signed(value: float, unit: str) -> str:
+    text = _show(abs(value), unit)
+    return ("+" if value >= 0 else "−") + text
+
+
+_LATENCY_UNITS = {"p50_s": "s", "p95_s": "s", "p99_s": "s"}
 
 
 def cost_metric(where: Any, rep: dict[str, Any]) -> None:
@@ -54,7 +85,8 @@ def spec_decode_summary(rep: dict[str, Any]) -> None:
     c[2].metric("Mean accepted length", fmt(mean_accepted_length(sd), "{:.2f}"),
                 help="1 + accepted tokens per draft: tokens each verification step yields")
     c[3].metric("Drafts", f"{sd.get('drafts') or 0:,}")
-    c[4].metric("Drafter weights", fmt_bytes((rep.get("memory") or {}).get("drafter_weights_bytes")),
+    drafter = (rep.get("memory") or {}).get("drafter_weights_bytes")
+    c[4].metric("Drafter weights", "none" if drafter == 0 else fmt_bytes(drafter),
                 help="the drafter's own parameters (not shared with the target model); n-gram "
                      "drafters have none")
     rates = position_rates(sd)
@@ -71,14 +103,16 @@ def latency_splits(rep: dict[str, Any], name: str) -> None:
                "Decode per token: a request's decode time over its generated tokens after the first "
                "(inter-token latency), percentiles over requests.")
     t = tables.latency_table(lat)
-    st.dataframe(t.map(_cell), hide_index=True, column_config=_SECONDS)
+    st.table(_as_text(t, _LATENCY_UNITS).rename(columns={"p50_s": "p50", "p95_s": "p95", "p99_s": "p99"}),
+             hide_index=True)
     by_len = tables.prompt_length_table(lat)
     if by_len.empty:
         st.caption("By prompt length: every prompt has the same length, nothing to split.")
         return
     split = lat["by_prompt_length"]["split_tokens"]
     st.markdown(f"**By prompt length** (short: fewer than {split:,} prompt tokens, the median)")
-    st.dataframe(by_len.map(_cell), hide_index=True, column_config=_SECONDS)
+    st.table(_as_text(by_len, _LATENCY_UNITS | {"requests": "count"}).rename(
+        columns={"p50_s": "p50", "p95_s": "p95", "p99_s": "p99"}), hide_index=True)
     state.csv_download(by_len, f"{name}-latency-by-prompt-length", "By prompt length CSV")
 
 
@@ -98,15 +132,20 @@ def kv_groups(data: SessionData, rep: dict[str, Any], view: View) -> None:
     st.subheader(f"KV-cache groups ({len(groups)})")
     if len(groups) == 1:
         st.caption("One group: every layer shares the block size above; its usage is the engine's.")
+    def count(v: Any) -> str:
+        return NOT_MEASURED if v is None else f"{int(v):,}"
+
     df = pd.DataFrame([{
-        "group": g["index"], "kind": g["kind"] + (" (draft)" if g.get("is_draft") else ""),
-        "layers": g["layers"], "block size (tokens)": g["block_size"],
-        "sliding window (tokens)": g.get("sliding_window_tokens"),
-        "page (bytes per layer)": g.get("page_size_bytes"), "pool blocks": g["num_blocks"],
-        "peak blocks held": g.get("peak_blocks_used"), "peak share of pool": fmt_pct(g.get("peak_usage_frac")),
-        "mean blocks held": g.get("mean_blocks_used"),
+        "group": str(g["index"]), "kind": g["kind"] + (" (draft)" if g.get("is_draft") else ""),
+        "layers": count(g["layers"]), "block size (tokens)": count(g["block_size"]),
+        "sliding window (tokens)": ("none" if g.get("sliding_window_tokens") is None
+                                    else count(g["sliding_window_tokens"])),
+        "page per layer": fmt_bytes(g.get("page_size_bytes")), "pool blocks": count(g["num_blocks"]),
+        "peak blocks held": count(g.get("peak_blocks_used")),
+        "peak share of pool": fmt_pct(g.get("peak_usage_frac")),
+        "mean blocks held": fmt(g.get("mean_blocks_used"), "{:,.1f}"),
     } for g in groups])
-    st.dataframe(df.map(_cell), hide_index=True, width="stretch")
+    st.table(df, hide_index=True)
     if len(groups) < 2:
         return
     usage = _group_usage(*file_signature(data.path))
@@ -134,14 +173,14 @@ def compare_serving(rep_a: dict[str, Any], rep_b: dict[str, Any], label_a: str, 
             st.caption(f"{escape_markdown(label)}: client-side benchmark import (prefill and cache "
                        "not visible to a client)")
     t = tables.serving_table(rep_a, rep_b)
-    st.dataframe(t.map(_cell), hide_index=True, width="stretch", column_config={
-        "A": st.column_config.Column(f"A: {label_a}"), "B": st.column_config.Column(f"B: {label_b}")})
+    st.table(_as_text(t).rename(columns={"A": f"A: {label_a}", "B": f"B: {label_b}"}), hide_index=True)
+    state.csv_download(t, f"compare-serving-{label_a}-vs-{label_b}", "Serving CSV")
     swing = tables.spec_swing_table(rep_a, rep_b)
     if swing is None:
         return
     rows, side = swing
     st.markdown(f"**Speculative decoding: {side} speculated** (with − without)")
-    st.dataframe(rows.map(_cell), hide_index=True, width="stretch")
+    st.table(_as_text(rows), hide_index=True)
     sd = (rep_a if side == "A" else rep_b)["spec_decode"]
     st.caption(f"method {escape_markdown(sd.get('method'))}; acceptance "
                f"{fmt_pct(sd.get('acceptance_rate'))}, mean accepted length "

@@ -53,7 +53,7 @@ def test_spec_decode_equals_vllms_own_stats(run: tuple[Path, dict, dict]) -> Non
     assert all(v is True for v in result.values()), result
     sd = rep["spec_decode"]
     assert sd["method"] == "ngram" and len(sd["accepted_per_position"]) == 3
-    assert 0 < sd["acceptance_rate"] < 1  # random weights: the n-gram guess is right only sometimes
+    assert 0 < sd["acceptance_rate"] <= 1
     assert rep["memory"]["drafter_weights_bytes"] == 0  # the n-gram proposer has no weights
     with open_session(session) as s:
         n_steps = s.scalar("SELECT COUNT(*) FROM spec_decode_steps")
@@ -73,10 +73,10 @@ def test_two_kv_cache_groups_recorded_and_their_blocks_add_up_to_vllms_usage(
     assert names == [["model.layers.0.self_attn.attn"], ["model.layers.1.self_attn.attn"]]
     match = checks.group_blocks_match_usage(session, counts, BLOCKS)
     assert match is True, match
-    window_blocks = -(-(SLIDING_WINDOW_TOKENS - 1) // counts["block_size"]) + 1
     sliding, full = groups
     assert sliding["peak_blocks_used"] < full["peak_blocks_used"]  # the window frees blocks
-    assert full["peak_blocks_used"] + sliding["peak_blocks_used"] >= BLOCKS - 1 - window_blocks
+    held = [blocks for _, blocks, _ in checks.group_usage_per_step(session)]
+    assert max(held) / (BLOCKS - 1) == pytest.approx(rep["kv_cache"]["peak_usage_frac"])
 
 
 def test_latency_splits_equal_vllms_per_request_times(run: tuple[Path, dict, dict]) -> None:

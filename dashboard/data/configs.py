@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from profiler.analysis.spec_decode import spec_swing
+from profiler.analysis.spec_decode import SWING_KEYS, spec_swing
 
 LATENCY_ROWS = (("TTFT", "ttft"), ("end-to-end", "e2e"), ("prefill", "prefill"),
                 ("decode per token (ITL)", "decode_per_token"))
@@ -36,22 +36,22 @@ def prompt_length_table(lat: dict[str, Any] | None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-SERVING_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("requests finished", ("requests_finished",)),
-    ("TTFT p50 (s)", ("latency_s", "ttft_p50")),
-    ("TTFT p95 (s)", ("latency_s", "ttft_p95")),
-    ("TTFT p99 (s)", ("latency_s", "ttft_p99")),
-    ("decode per token p50 (s)", ("latency_s", "decode_per_token_p50")),
-    ("decode per token p95 (s)", ("latency_s", "decode_per_token_p95")),
-    ("decode per token p99 (s)", ("latency_s", "decode_per_token_p99")),
-    ("end-to-end p95 (s)", ("latency_s", "e2e_p95")),
-    ("end-to-end p99 (s)", ("latency_s", "e2e_p99")),
-    ("output tokens / s", ("throughput", "output_tokens_per_s")),
-    ("requests / s", ("throughput", "requests_per_s")),
-    ("GPU-seconds", ("cost", "gpu_seconds")),
-    ("GPU-hours per million tokens", ("cost", "gpu_hours_per_million_tokens")),
+SERVING_ROWS: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("requests finished", ("requests_finished",), "count"),
+    ("TTFT p50", ("latency_s", "ttft_p50"), "s"),
+    ("TTFT p95", ("latency_s", "ttft_p95"), "s"),
+    ("TTFT p99", ("latency_s", "ttft_p99"), "s"),
+    ("decode per token p50", ("latency_s", "decode_per_token_p50"), "s"),
+    ("decode per token p95", ("latency_s", "decode_per_token_p95"), "s"),
+    ("decode per token p99", ("latency_s", "decode_per_token_p99"), "s"),
+    ("end-to-end p95", ("latency_s", "e2e_p95"), "s"),
+    ("end-to-end p99", ("latency_s", "e2e_p99"), "s"),
+    ("output tokens / s", ("throughput", "output_tokens_per_s"), "rate"),
+    ("requests / s", ("throughput", "requests_per_s"), "rate"),
+    ("GPU-seconds", ("cost", "gpu_seconds"), "rate"),
+    ("GPU-hours per million tokens", ("cost", "gpu_hours_per_million_tokens"), "small"),
 )
-"""Rows of the Compare page's serving table: (label, path into the report)."""
+"""Rows of the Compare page's serving table: (label, path into the report, unit kind)."""
 
 
 def _at(report: dict[str, Any], path: tuple[str, ...]) -> Any:
@@ -64,9 +64,10 @@ def _at(report: dict[str, Any], path: tuple[str, ...]) -> Any:
 
 
 def serving_table(a: dict[str, Any], b: dict[str, Any]) -> pd.DataFrame:
-    """Latency tails, throughput and cost of two reports side by side: ``metric``, ``A``, ``B``."""
-    return pd.DataFrame([{"metric": label, "A": _at(a, path), "B": _at(b, path)}
-                         for label, path in SERVING_ROWS])
+    """Latency tails, throughput and cost of two reports side by side: ``metric``, ``A``, ``B``,
+    ``unit`` (how to show the row: ``count``, ``s``, ``rate``, ``small``)."""
+    return pd.DataFrame([{"metric": label, "A": _at(a, path), "B": _at(b, path), "unit": unit}
+                         for label, path, unit in SERVING_ROWS])
 
 
 def spec_swing_table(a: dict[str, Any], b: dict[str, Any]) -> tuple[pd.DataFrame, str] | None:
@@ -75,4 +76,13 @@ def spec_swing_table(a: dict[str, Any], b: dict[str, Any]) -> tuple[pd.DataFrame
     if bool(a.get("spec_decode")) == bool(b.get("spec_decode")):
         return None
     with_spec, without, side = (a, b, "A") if a.get("spec_decode") else (b, a, "B")
-    return pd.DataFrame(spec_swing(with_spec, without)), side
+    rows = pd.DataFrame(spec_swing(with_spec, without))
+    rows["unit"] = [SWING_UNITS[key] for _, key in SWING_KEYS]
+    return rows, side
+
+
+SWING_UNITS = {"acceptance_rate": "frac", "mean_accepted_length": "small", "drafter_weights_bytes": "bytes",
+               "weights_bytes": "bytes", "kv_cache_bytes": "bytes", "num_gpu_blocks": "count",
+               "peak_kv_usage_frac": "frac", "peak_gpu_used_bytes": "bytes",
+               "output_tokens_per_s": "rate", "decode_per_token_p50": "s"}
+"""How each ``spec_swing`` row is shown."""

@@ -174,22 +174,25 @@ def _serving_lines(report: dict[str, Any]) -> list[str]:
     c = report.get("cost") or {}
     lines.append(f"cost      {fmt(c.get('gpu_seconds'), '{:,.1f}')} GPU-seconds, "
                  f"{fmt(c.get('gpu_hours_per_million_tokens'), '{:,.3f}')} GPU-hours per million "
-                 f"tokens ({c.get('prompt_tokens')} prompt + {c.get('generation_tokens')} generated)"
+                 f"tokens ({fmt(c.get('prompt_tokens'), '{:,}')} prompt + "
+                 f"{fmt(c.get('generation_tokens'), '{:,}')} generated)"
                  + (f"; {c['basis']}" if c.get("basis") and c.get("gpu_seconds") is None else ""))
     for g in (report.get("kv_cache") or {}).get("groups") or []:
         window = f", window {g['sliding_window_tokens']} tokens" if g.get("sliding_window_tokens") else ""
-        lines.append(f"KV group {g['index']} {g['kind']}{' (draft)' if g.get('is_draft') else ''}: "
-                     f"{g['layers']} layers, block {g['block_size']} tokens{window}; peak "
-                     f"{fmt(g.get('peak_blocks_used'), '{}')} of {g['num_blocks']} blocks "
+        lines.append(f"KV group {g['index']} {fmt(g['kind'], '{}')}"
+                     f"{' (draft)' if g.get('is_draft') else ''}: {fmt(g['layers'], '{}')} layers, "
+                     f"block {fmt(g['block_size'], '{}')} tokens{window}; peak "
+                     f"{fmt(g.get('peak_blocks_used'), '{}')} of {fmt(g['num_blocks'], '{}')} blocks "
                      f"({fmt(g.get('peak_usage_frac'), '{:.0%}')})")
     sd = report.get("spec_decode")
+    drafter = (report.get("memory") or {}).get("drafter_weights_bytes")
     if sd:
-        lines.append(f"spec dec  {sd['method']}: acceptance {fmt(sd['acceptance_rate'], '{:.1%}')} "
+        lines.append(f"spec dec  {fmt(sd['method'], '{}')}: acceptance {fmt(sd['acceptance_rate'], '{:.1%}')} "
                      f"({sd['accepted_tokens']} of {sd['draft_tokens']} draft tokens, "
                      f"{sd['drafts']} drafts), mean accepted length "
                      f"{fmt(mean_accepted_length(sd), '{:.2f}')}, per position "
                      f"{sd['accepted_per_position']}; drafter weights "
-                     f"{fmt_gib((report.get('memory') or {}).get('drafter_weights_bytes'))}")
+                     + ("none (no draft model)" if drafter == 0 else fmt_gib(drafter)))
     by_len = report.get("spec_decode_by_prompt_length")
     for name in ("short", "long") if by_len else ():
         b = by_len[name]

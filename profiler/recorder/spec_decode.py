@@ -19,6 +19,9 @@ from typing import Any
 from profiler.recorder import context
 from profiler.session.rows import SpecDecodeStepRow
 
+MODEL_FREE_METHODS = frozenset({"ngram", "ngram_gpu", "suffix"})
+"""Drafting methods without a draft model (they look tokens up in the prompt and output)."""
+
 
 def _int(value: Any) -> int | None:
     return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
@@ -48,6 +51,8 @@ def config_details(vllm_config: Any) -> dict[str, Any] | None:
         return None
     method = getattr(spec, "method", None)
     draft = getattr(getattr(spec, "draft_model_config", None), "model", None) or getattr(spec, "model", None)
+    if str(method) in MODEL_FREE_METHODS:  # vLLM fills ``model`` with the target's name here
+        draft = None
     return {
         "method": None if method is None else str(method),
         "num_speculative_tokens": _int(getattr(spec, "num_speculative_tokens", None)),
