@@ -81,8 +81,9 @@ task() {
     configs:*)  # the configs branch's GPU scenarios: configs:spec_base,spec_eagle
       S 0.26.0; setup
       timeout ${CONFIGS_TIMEOUT_S:-400} python3 "$code/bench/gpu_configs.py" --out $dir --timeout-s ${CONFIGS_RUN_TIMEOUT_S:-200} \
-        --only $(echo ${t#configs:} | tr ',' ' ') > $dir/gpu_configs.log 2>&1
-      echo "gpu_configs.py: exit $?"; grep -vE "^\(|INFO|WARNING|^$" $dir/gpu_configs.log | tail -12 | cut -c1-1500 ;;
+        --only $(echo ${t#configs:} | tr ',' ' ') > /tmp/gpu_configs.log 2>&1  # it empties $dir at the end
+      echo "gpu_configs.py: exit $?"; grep -vE "^\(|INFO|WARNING|^$" /tmp/gpu_configs.log | tail -12 | cut -c1-1500
+      cp /tmp/gpu_configs.log $dir/ ;;
     oomforecast)  # the live branch's OOM forecast check (torch only, no vLLM)
       S 0.26.0; setup
       timeout ${OOM_TIMEOUT_S:-150} python3 "$code/bench/gpu_oom_forecast.py" $dir/gpu_h200_oom_forecast.kvscope > $dir/oom_forecast.log 2>&1
