@@ -281,6 +281,7 @@ FINDINGS = {
     "healthy": {"QUEUEING"},
     "kv_saturation": {"PREFIX_THRASH", "KV_SATURATION", "PREEMPTION_STORM"},
     "prefix_thrash": {"PREFIX_THRASH"},
+    "kv_forensics": {"KV_SATURATION", "PREEMPTION_STORM"},
 }
 """Finding codes each bundled session shows on its Overview (every one of them has some)."""
 

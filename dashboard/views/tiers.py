@@ -8,25 +8,28 @@ import streamlit as st
 from dashboard import state
 from dashboard.charts import kv_whole as charts
 from dashboard.data.kv_whole import tiers_memo
-from profiler.units import NOT_MEASURED, escape_markdown, fmt
+from profiler.units import NOT_MEASURED, escape_markdown, fmt, fmt_bytes, fmt_pct
 
-TIER_COLUMNS = {
-    "medium": st.column_config.TextColumn("tier"),
-    "queries_tokens": st.column_config.NumberColumn("looked up (tokens)", format="%d"),
-    "hits_tokens": st.column_config.NumberColumn("hits (tokens)", format="%d"),
-    "hit_rate": st.column_config.NumberColumn("hit rate", format="percent"),
-    "stored_bytes": st.column_config.NumberColumn("stored (bytes)", format="%d"),
-    "loaded_bytes": st.column_config.NumberColumn("loaded (bytes)", format="%d"),
-    "store_bytes_per_s": st.column_config.NumberColumn("store bandwidth (B/s)", format="%.3e"),
-    "load_bytes_per_s": st.column_config.NumberColumn("load bandwidth (B/s)", format="%.3e"),
-    "peak_usage_frac": st.column_config.NumberColumn("peak usage", format="percent"),
-}
+LABELS = {"medium": "tier", "queries_tokens": "looked up (tokens)", "hits_tokens": "hits (tokens)",
+          "hit_rate": "hit rate", "stored_bytes": "stored", "loaded_bytes": "loaded",
+          "store_bytes_per_s": "store bandwidth", "load_bytes_per_s": "load bandwidth",
+          "peak_usage_frac": "peak usage"}
 
 
 def tier_table(kv_tiers: list[dict]) -> pd.DataFrame:
-    """``kv_tiers`` as a table; values not measured read n/a."""
-    df = pd.DataFrame(kv_tiers)
-    return df.astype(object).where(df.notna(), NOT_MEASURED)
+    """``kv_tiers`` as display text, columns keyed as in the report; not measured reads n/a."""
+    def cell(key: str, v: object) -> str:
+        if key == "medium":
+            return str(v)
+        if key in ("hit_rate", "peak_usage_frac"):
+            return fmt_pct(v)  # type: ignore[arg-type]
+        if key.endswith("_per_s"):
+            return f"{fmt_bytes(v)}/s" if v is not None else NOT_MEASURED  # type: ignore[arg-type]
+        if key.endswith("_bytes"):
+            return fmt_bytes(v)  # type: ignore[arg-type]
+        return fmt(v, "{:,}")
+
+    return pd.DataFrame([{k: cell(k, t[k]) for k in LABELS} for t in kv_tiers])
 
 
 data = state.current_session()
@@ -35,7 +38,8 @@ if data is not None:
         st.title(f"Tiers · {escape_markdown(data.name)}")
         v = tiers_memo(data.path)
         st.dataframe(tier_table(v.kv_tiers), hide_index=True, width="stretch",
-                     column_config=TIER_COLUMNS)
+                     column_config={k: st.column_config.TextColumn(label)
+                                    for k, label in LABELS.items()})
         st.caption("GPU: vLLM's prefix cache. A tier's lookups are the prompt tokens the GPU cache "
                    "missed; bandwidth is bytes over the transfer time vLLM measured. n/a: not "
                    "reported by this engine or server.")

@@ -145,9 +145,12 @@ def _preemption_text(p: dict[str, Any]) -> str:
     if not p.get("count"):
         return ""
     worst = p.get("worst_request") or {}
-    return (f" ({p.get('requests')} requests; recomputed {p.get('recomputed_tokens')} tokens ≈ "
-            f"{fmt(p.get('recompute_s_est'), '{:.2f} s')}; worst {worst.get('request_id')} "
-            f"×{worst.get('preemptions')})")
+    text = (f" ({fmt(p.get('requests'), '{:,}')} requests; {fmt(p.get('recomputed_tokens'), '{:,}')} "
+            f"tokens prefilled again ≈ {fmt(p.get('recompute_s_est'), '{:.2f} s')} of prefill")
+    if worst:
+        text += (f"; worst request {worst.get('request_id')}: {worst.get('preemptions')}×, "
+                 f"{fmt(worst.get('recomputed_tokens'), '{:,}')} tokens again")
+    return text + ")"
 
 
 def _p(d: dict[str, Any] | None, name: str) -> str:
