@@ -137,7 +137,7 @@ def engine_run(a: argparse.Namespace) -> int:
                 counts["preemptions"] += it.num_preempted_reqs
                 counts["finished"] += len(it.finished_requests)
                 for f in it.finished_requests:
-                    counts["request_preemptions"][str(f.request_id)] = f.num_preemptions
+                    counts["request_preemptions"][str(f.request_id)] = getattr(f, "num_preemptions", None)
 
         def log_engine_initialized(self) -> None:
             counts["num_gpu_blocks"] = self.cfg.cache_config.num_gpu_blocks

@@ -282,6 +282,11 @@ FINDINGS = {
     "kv_saturation": {"PREFIX_THRASH", "KV_SATURATION", "PREEMPTION_STORM"},
     "prefix_thrash": {"PREFIX_THRASH"},
     "kv_forensics": {"KV_SATURATION", "PREEMPTION_STORM"},
+    "gpu_h200_offload": {"PREFIX_THRASH"},
+    "gpu_h200_offload_attach": {"PREEMPTION_STORM"},
+    # a foreign process (a server still starting) held 518 MiB of the GPU during this run
+    "gpu_h200_spec_eagle": {"GPU_MEMORY_PRESSURE", "KV_OVERPROVISIONED", "QUEUEING"},
+    "gpu_h200_spec_off": {"KV_OVERPROVISIONED", "QUEUEING"},
 }
 """Finding codes each bundled session shows on its Overview (every one of them has some)."""
 

@@ -60,9 +60,11 @@ task() {
     probe:*)
       S ${t#probe:}
       python3 -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__, torch.cuda.get_device_name(0))" ;;
-    compat:*)
-      S ${t#compat:}; setup
-      timeout ${COMPAT_TIMEOUT_S:-300} python3 "$code/bench/gpu/compat_gpu.py" $model $dir/work --json $dir/compat.json ;;
+    compat:*)  # compat:VERSION or compat:VERSION:record / :attach (one half)
+      local v=${t#compat:} only=""
+      case $v in *:*) only="--only ${v#*:}"; v=${v%%:*};; esac
+      S $v; setup
+      timeout ${COMPAT_TIMEOUT_S:-300} python3 "$code/bench/gpu/compat_gpu.py" $model $dir/work --json $dir/compat.json $only ;;
     offload)
       S 0.26.0; setup
       if [ -f "$code/bench/gpu_offload.py" ]; then  # the recorder's own GPU scenario (branch kv)

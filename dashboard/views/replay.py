@@ -53,11 +53,13 @@ if data is not None:
             blocks = data.num_blocks()
             m = st.columns(6)
             m[0].metric("Step time", "—" if cs.t_s is None else f"{cs.t_s:.4f} s", help="the engine step at or before the cursor")
-            m[1].metric("Running", int(n.get("running", 0)), delta=_delta(cs, "running"))
-            m[2].metric("Waiting", int(n.get("waiting", 0)), delta=_delta(cs, "waiting"), delta_color="inverse")
+            # a value the step did not carry (NULL: NaN here) reads n/a, not a crash or a 0
+            m[1].metric("Running", units.fmt(n.get("running"), "{:.0f}"), delta=_delta(cs, "running"))
+            m[2].metric("Waiting", units.fmt(n.get("waiting"), "{:.0f}"), delta=_delta(cs, "waiting"),
+                        delta_color="inverse")
             m[3].metric("KV usage", units.fmt_pct(n.get("kv_usage_frac")),
                         delta=_delta(cs, "kv_blocks_used", " blocks"), delta_color="off")
-            m[4].metric("Preempted this step", int(n.get("preemptions", 0) or 0))
+            m[4].metric("Preempted this step", units.fmt(n.get("preemptions"), "{:.0f}"))
             mem = _memory_at(cursor)
             m[5].metric("GPU memory", mem or "—", help="NVML used memory of the fullest device at the cursor"
                         if mem else "not measured on this machine (no NVML)")

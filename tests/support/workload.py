@@ -113,7 +113,7 @@ def counter_class() -> tuple[type, dict[str, Any]]:
                         "generation_tokens": f.num_generation_tokens})
                 counts["generation_tokens"] += iteration_stats.num_generation_tokens
                 for f in iteration_stats.finished_requests:
-                    counts["request_preemptions"][str(f.request_id)] = f.num_preemptions
+                    counts["request_preemptions"][str(f.request_id)] = getattr(f, "num_preemptions", None)
                     counts["request_tokens"][str(f.request_id)] = [f.num_prompt_tokens,
                                                                    f.num_generation_tokens]
                 counts["prompt_tokens"] += iteration_stats.num_prompt_tokens
