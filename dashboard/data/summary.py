@@ -41,8 +41,8 @@ def key_numbers(report: dict[str, Any]) -> list[KeyNumber]:
                          report["latency_s"])
     out = [KeyNumber("duration", "Duration", fmt_s(s.get("duration_s")),
                      "from the session start (engine start-up included) to its last sample")]
-    if report.get("engines"):
-        text = parallelism_text(e, report.get("workers"))
+    text = parallelism_text(e, report.get("workers"))
+    if report.get("engines") and text != "n/a":
         head, _, tail = text.rpartition(", ") if "worker" in text else (text, "", "")
         out.append(KeyNumber("parallel", "Parallelism", head or text,
                              "tensor / pipeline / data parallel sizes and the worker processes recorded",
@@ -105,6 +105,9 @@ def not_measured(report: dict[str, Any]) -> list[str]:
     if not report.get("engines"):
         out.append("engine settings, KV cache and latency (no vLLM engine ran)")
         return out + ([] if report.get("gpus") else ["GPU memory (no NVML)"])
+    if parallelism_text(report["engine"], report.get("workers")) == "n/a":
+        out.append("parallelism (an attached server's /metrics does not expose it)"
+                   if report["engine"].get("source") == "scrape" else "parallelism (not recorded)")
     if not report.get("steps"):
         out.append("KV usage, preemptions and throughput (no engine step completed)")
     elif report["prefix_cache"].get("hit_rate") is None:
