@@ -37,17 +37,24 @@ def engine_id() -> int | None:
         return None
 
 
-def kind_of(spec: Any) -> str:
-    """``FullAttentionSpec`` → ``full_attention``, ``SlidingWindowSpec`` → ``sliding_window``, ...
+_WORD_START = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+"""Where a CamelCase word starts: after a lower-case letter or digit, or inside an acronym before
+its last capital when a lower-case letter follows (``MLAAttention`` → ``MLA`` + ``Attention``)."""
 
-    A spec wrapping several same-type layer specs (``UniformTypeKVCacheSpecs``) is named after them.
+
+def kind_of(spec: Any) -> str:
+    """``FullAttentionSpec`` → ``full_attention``, ``SlidingWindowSpec`` → ``sliding_window``,
+    ``MLAAttentionSpec`` → ``mla_attention``, ``MambaSpec`` → ``mamba``, ...
+
+    An acronym stays one word (``SlidingWindowMLASpec`` → ``sliding_window_mla``). A spec wrapping
+    several same-type layer specs (``UniformTypeKVCacheSpecs``) is named after them.
     """
     inner = getattr(spec, "kv_cache_specs", None)
     if isinstance(inner, dict) and inner:
         kinds = {kind_of(s) for s in inner.values()}
         return kinds.pop() if len(kinds) == 1 else "mixed"
     name = type(spec).__name__.removesuffix("Spec")
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+    return _WORD_START.sub("_", name).lower()
 
 
 def _int(value: Any) -> int | None:
