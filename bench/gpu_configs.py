@@ -162,7 +162,8 @@ def deepseek_v2_lite(models: Path) -> Path:
     cfg = DeepseekV2Config(vocab_size=102400, hidden_size=2048, intermediate_size=10944,
                            moe_intermediate_size=1408, num_hidden_layers=4, num_attention_heads=16,
                            num_key_value_heads=16, n_routed_experts=64, n_shared_experts=2,
-                           num_experts_per_tok=6, first_k_dense_replace=1, kv_lora_rank=512,
+                           num_experts_per_tok=6, n_group=1, topk_group=1, topk_method="greedy",
+                           first_k_dense_replace=1, kv_lora_rank=512,
                            q_lora_rank=None, qk_rope_head_dim=64, qk_nope_head_dim=128,
                            v_head_dim=128, max_position_embeddings=16384, pad_token_id=0, **COMMON)
     return _save(cfg, models / "deepseek-v2-lite-4l", models, "DeepseekV2ForCausalLM")

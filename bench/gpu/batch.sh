@@ -113,9 +113,9 @@ task() {
     dp2:*)
       S 0.26.0; setup
       local args
-      if [ "${t#dp2:}" = moe ]; then args="--tiny-mixtral --dtype bfloat16 --enforce-eager"
-      else args="$model --load-format dummy --enforce-eager"; fi
-      timeout ${DP2_TIMEOUT_S:-270} python3 "$code/bench/gpu_dp2.py" $args $dir > $dir/gpu_dp2.log 2>&1
+      if [ "${t#dp2:}" = moe ]; then args="$dir --tiny-mixtral --dtype bfloat16 --enforce-eager"
+      else args="$model $dir --load-format=dummy --enforce-eager"; fi
+      timeout ${DP2_TIMEOUT_S:-270} python3 "$code/bench/gpu_dp2.py" $args > $dir/gpu_dp2.log 2>&1
       echo "gpu_dp2.py ${t#dp2:}: exit $?"; grep -E '"ok"|Traceback|Error' $dir/gpu_dp2.log | tail -4 | cut -c1-1500
       gpu_clean
       rm -rf $dir/tiny-mixtral $dir/tiny-mixtral-tokenizer
