@@ -4,7 +4,8 @@ shaped like vLLM 0.26's objects (the GPU runs that found each fault: bench/gpu/R
 - vLLM 0.26's MLA models (DeepSeek-V2) have ``MLAAttentionSpec`` groups: the recorder named them
   ``mlaattention``; the analysis (``blocks_per_request``, the report) speaks of ``mla_attention``.
 - Under data parallelism every engine core inherits the frontend's ``KVSCOPE_ENGINE_ID`` (rank 0's
-  engine): rank 1 of the DP=2 H200 runs stored its group under rank 0's engine.
+  engine): rank 1 of the DP=2 H200 runs stored its group under rank 0's engine; and each engine
+  row showed vLLM's frontend total (4,000 blocks) instead of its rank's 2,000.
 - vLLM 0.26 runs dense models on its V2 GPU model runner, whose drafter is ``speculator``, not
   ``drafter``: the EAGLE session's ``drafter_weights_bytes`` was n/a.
 """
@@ -92,6 +93,9 @@ def test_a_dp_rank_stores_its_groups_under_its_own_engine(dp_rank1: Path) -> Non
     kv_groups.wrap_make_stats(lambda self: stats)(scheduler)  # the first step's stats
     assert _groups(dp_rank1) == [(rank1, "full_attention", 2000)]
     assert kv_groups.engine_id() == rank1 != 1
+    with sqlite3.connect(dp_rank1) as c:  # the rank's own blocks (vLLM's frontend knows the sum)
+        assert c.execute("SELECT engine_id, num_gpu_blocks FROM engines ORDER BY engine_id").fetchall() == [
+            (1, None), (rank1, 2000)]
 
 
 def test_rank_0_keeps_the_frontends_pending_engine(dp_rank1: Path) -> None:

@@ -118,9 +118,18 @@ def record_groups(config: Any) -> int:
     if eid is None and context.dp_rank():  # written once the frontend has described this rank
         _pending_rows[:] = rows
         return len(rows)
-    for row in rows:
-        w.append("kv_cache_groups", row)
+    _store(w, rows, eid)
     return len(rows)
+
+
+def _store(w: Any, rows: list[KvCacheGroupRow], eid: int | None) -> None:
+    """The group rows, and this engine's block count on its ``engines`` row (under data
+    parallelism vLLM's frontend only knows the sum over the ranks)."""
+    for row in rows:
+        w.append("kv_cache_groups", row._replace(engine_id=eid))
+    if eid is not None and rows and rows[0].num_blocks is not None:
+        w.execute_now("UPDATE engines SET num_gpu_blocks = ? WHERE engine_id = ?",
+                      (rows[0].num_blocks, eid))
 
 
 def flush_pending(w: Any) -> None:
@@ -129,8 +138,7 @@ def flush_pending(w: Any) -> None:
     if eid is None:
         return
     rows, _pending_rows[:] = list(_pending_rows), []
-    for row in rows:
-        w.append("kv_cache_groups", row._replace(engine_id=eid))
+    _store(w, rows, eid)
 
 
 def blocks_per_group(scheduler: Any) -> list[int] | None:
