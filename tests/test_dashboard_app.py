@@ -357,7 +357,6 @@ FINDINGS = {
     "gpu_h200_groups_mla": {"KV_OVERPROVISIONED", "QUEUEING"},
     # 32 requests over two ranks of 2,000 blocks each: nothing to find
     "gpu_h200x2_dp2_moe": set(),
-    "gpu_h200x2_dp2_dense": set(),
     "gpu_h200_spec_off": {"KV_OVERPROVISIONED", "QUEUEING"},
 }
 """Finding codes each bundled session shows on its Overview."""
