@@ -157,7 +157,9 @@ def test_impossible_gauges_are_null_with_one_event(tmp_path: Path, behaviour: st
     assert_complete(a)
     assert a.gaps == []
     values = [r[0] for r in a.q(f"SELECT {column} FROM steps ORDER BY t_unix_s")]
-    assert values.count(None) == 5 and len(values) > 10
+    # 4 good scrapes, the 5 bad ones stored as NULL, then at least one good one again (a loaded
+    # machine fits fewer than the nominal 20 scrapes into the window)
+    assert values.count(None) == 5 and len(values) >= 10 and values[-1] is not None, values
     assert all(v is None or 0 <= v for v in values)
     ev = a.events("bad_value")
     assert len(ev) == 1 and why in ev[0] and "stored as NULL" in ev[0]
