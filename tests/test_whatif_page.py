@@ -38,7 +38,7 @@ def test_page_renders_for_the_chosen_session(thrash: sc.Recorded, monkeypatch: p
     assert values["unbounded cache"] == f"{w.curve.max_hit_rate:.1%}"
     table = at.dataframe[0].value
     assert table["num_blocks"].tolist() == [12, 24, 48, 96]
-    assert len(at.get("vega_lite_chart")) == 1
+    assert len(at.get("vega_lite_chart")) == 2  # the cache-size curve and the block-size what-if
 
 
 def test_session_without_prompt_blocks_gets_one_info_line(monkeypatch: pytest.MonkeyPatch) -> None:
