@@ -55,6 +55,8 @@ def test_offload_session_equals_the_independent_logger() -> None:
     # the run's point: the GPU's 700 blocks miss most returning prefixes, the CPU tier serves them
     assert gpu["hit_rate"] < 0.1 < 0.7 < cpu["hit_rate"]
     assert cpu["loaded_bytes"] > cpu["stored_bytes"] > 2 * 2**30
+    assert [t["medium"] for t in rep["kv_tiers"][:2]] == ["GPU", "CPU"] and cpu["store_bytes_per_s"] > 0
+    assert rep["preemption"]["count"] == rep["preemptions"]  # forensics: every preemption has a row
 
 
 def test_offload_attach_session_equals_the_server_counters() -> None:
