@@ -286,7 +286,7 @@ def _patch_engine_core() -> None:
     engine_core.install(_patch)
     from profiler.recorder import ray_shards
 
-    ray_shards.patch_executor(_patch)
+    ray_shards.patch_executor(_patch, context.writer)
     _patch(core.EngineCore, "reset_prefix_cache", _wrap_reset_prefix_cache)
     proc = getattr(core, "EngineCoreProc", None)
     if proc is None:

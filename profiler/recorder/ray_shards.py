@@ -96,9 +96,20 @@ def hand_in(worker: Any = None) -> dict[str, Any] | None:
     return {"name": Path(path).name, "host": socket.gethostname(), "pid": os.getpid(), "bytes": data}
 
 
-def patch_executor(patch: Callable[[type, str, Callable[..., Any]], None]) -> None:
+def _no_writer() -> Any:
+    return None
+
+
+_writer: Callable[[], Any] = _no_writer
+"""This process's session writer (``context.writer``, given by ``patch_executor``)."""
+
+
+def patch_executor(patch: Callable[[type, str, Callable[..., Any]], None],
+                   writer: Callable[[], Any]) -> None:
     """In the engine core (the driver): wrap the Ray executor class when vLLM picks it (importing
-    it before would import Ray into every engine)."""
+    it before would import Ray into every engine). ``writer`` returns this process's writer."""
+    global _writer
+    _writer = writer
     try:
         from vllm.v1.executor import abstract
     except Exception:
@@ -154,9 +165,7 @@ def _wrap_shutdown(method: Callable[..., Any]) -> Callable[..., Any]:
             try:
                 gather(self)
             except Exception as exc:  # never stand in the way of the engine's shutdown
-                from profiler.recorder import context
-
-                w = context.writer()
+                w = _writer()
                 if w is not None:
                     w.event("error", f"kvscope could not gather the Ray workers' shards: {exc!r}")
         return method(self, *args, **kwargs)
@@ -170,9 +179,7 @@ GATHER_TIMEOUT_S = 60.0
 def gather(executor: Any) -> int:
     """Ask every Ray worker for its shard and fold those handed back into this session; returns
     the number folded in. A worker that fails to answer leaves a gap with the reason."""
-    from profiler.recorder import context
-
-    w = context.writer()
+    w = _writer()
     if w is None:
         return 0
     t0 = time.time()

@@ -334,7 +334,7 @@ def open_session(path: str | Path, window: tuple[float, float] | None = None) ->
         raise SessionFormatError(f"{p}: cannot read session file ({exc.strerror or exc})") from None
     if stat.S_ISDIR(st.st_mode):
         try:
-            merged = shards.merged_file(p)
+            merged = shards.merged_file(p, open_session)
         except OSError as exc:
             raise SessionFormatError(f"{p}: cannot read session folder ({exc.strerror or exc})") from None
         except sqlite3.DatabaseError as exc:

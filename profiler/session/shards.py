@@ -18,6 +18,7 @@ import os
 import re
 import sqlite3
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,9 +118,10 @@ def _int(v: Any) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
 
 
-def merged_file(folder: Path) -> Path:
+def merged_file(folder: Path, open_shard: Callable[[Path], Any]) -> Path:
     """The one-file session equal to the folder session ``folder``, built on first use into the
-    temp folder and reused while no shard changes (keyed by every shard's name, size and mtime)."""
+    temp folder and reused while no shard changes (keyed by every shard's name, size and mtime).
+    ``open_shard`` is the reader's ``open_session`` (each shard is read through its checks)."""
     from profiler.errors import SessionFormatError
 
     files = shard_files(folder)
@@ -143,7 +145,7 @@ def merged_file(folder: Path) -> Path:
     tmp = out.with_suffix(f".{os.getpid()}.tmp")
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
-    _build(folder, files, tmp)
+    _build(folder, files, tmp, open_shard)
     os.replace(tmp, out)
     for old in cache.glob(f"{key}-*.kvscope"):
         if old != out:
@@ -152,9 +154,8 @@ def merged_file(folder: Path) -> Path:
     return out
 
 
-def _build(folder: Path, files: list[Path], out: Path) -> None:
+def _build(folder: Path, files: list[Path], out: Path, open_session: Callable[[Path], Any]) -> None:
     from profiler.errors import KvscopeError
-    from profiler.session.reader import open_session
 
     dst = sqlite3.connect(str(out), isolation_level=None)
     try:
