@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from profiler.session.schema import TABLES, create_or_check
+from profiler.session.schema import TABLES, create_or_check, ddl
 
 SHARD_SUFFIX = ".kvscope"
 SHARD_KEY = "shard"
@@ -83,6 +83,8 @@ def copy_shard(dst: sqlite3.Connection, src: sqlite3.Connection) -> Offsets:
     """Append every row of the shard ``src`` (a reader connection: its checked views) to ``dst``
     with engine ids, pids and device indices shifted past ``dst``'s own; meta is not copied.
     Runs inside the caller's transaction; returns the offsets used."""
+    for stmt in ddl():  # a session of an older kvscope lacks the optional tables
+        dst.execute(stmt)
     off = next_offsets(dst)
     for table in _SUMMARY_FREE:
         cols = TABLES[table]
