@@ -72,7 +72,7 @@ def test_remote_worker_shard_gathered_through_ray(tmp_path: Path, monkeypatch: p
         cluster.add_node(num_cpus=1, resources={"second_node": 1})
         ray.init(address=cluster.address)
         driver_node = ray.get_runtime_context().get_node_id()
-        actor = ray.remote(num_cpus=0, resources={"second_node": 1})(RayWorkerWrapper).remote(rpc_rank=1)
+        actor = ray.remote(num_cpus=0, resources={"second_node": 1})(RayWorkerWrapper).remote(rpc_rank=0)
         # what kvscope's hook on _get_env_vars_to_be_updated sends every worker
         env = [{}]
         monkeypatch.setattr(ray_shards, "_writer", context.writer)
