@@ -84,11 +84,17 @@ def session_path() -> str | None:
     path = os.environ.get(ENV_SESSION) or None
     if path is None:
         return None
-    if path.endswith(("/", os.sep)) or os.path.isdir(path):
-        path = _start_shard(path)
+    if path != _checked_path[0]:  # once per value: this runs for every recorded row
+        if path.endswith(("/", os.sep)) or os.path.isdir(path):
+            path = _start_shard(path)
+        _checked_path[0] = path
     from profiler.recorder import ray_shards
 
     return ray_shards.local_shard(path) or path
+
+
+_checked_path: list[str | None] = [None]
+"""The last ``KVSCOPE_SESSION`` value found to be a file (not a folder session)."""
 
 
 def session_arg(path: Path, folder: bool) -> str:
