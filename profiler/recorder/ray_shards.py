@@ -123,6 +123,14 @@ def patch_executor(patch: Callable[[type, str, Callable[..., Any]], None],
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         cls = original(*args, **kwargs)
         if getattr(cls, "uses_ray", False) and isinstance(cls, type):
+            # RayExecutorV2 (the default from 0.3x) hands workers every driver variable it gets
+            # from this module function: add the driver's node id to them
+            module = sys.modules.get(cls.__module__)
+            env_fn = getattr(module, "get_driver_env_vars", None)
+            if callable(env_fn) and not getattr(env_fn, "__kvscope__", False):
+                wrapped_env = _wrap_driver_env(env_fn)
+                wrapped_env.__kvscope__ = True  # type: ignore[attr-defined]
+                module.get_driver_env_vars = wrapped_env  # type: ignore[union-attr]
             for c in cls.__mro__:  # the class that defines each method (RayExecutorV2 reuses V1's)
                 if "_get_env_vars_to_be_updated" in vars(c):
                     patch(c, "_get_env_vars_to_be_updated", _wrap_env_vars)
@@ -157,10 +165,27 @@ def _wrap_env_vars(method: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _wrap_driver_env(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        out = fn(*args, **kwargs)
+        try:
+            import ray
+
+            if isinstance(out, dict) and out.get("KVSCOPE_SESSION"):
+                out[ENV_DRIVER_NODE] = ray.get_runtime_context().get_node_id()
+        except Exception:
+            pass
+        return out
+
+    return wrapper
+
+
 def _wrap_shutdown(method: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if not getattr(self, "_kvscope_gathered", False) and getattr(self, "workers", None):
+        workers = getattr(self, "workers", None) or getattr(self, "ray_worker_handles", None)
+        if not getattr(self, "_kvscope_gathered", False) and workers:
             self._kvscope_gathered = True
             try:
                 gather(self)
