@@ -286,7 +286,7 @@ def _patch_engine_core() -> None:
     engine_core.install(_patch)
     from profiler.recorder import ray_shards
 
-    ray_shards.patch_executor(_patch, context.writer)
+    ray_shards.patch_executor(_patch, context.writer, core.EngineCore)
     _patch(core.EngineCore, "reset_prefix_cache", _wrap_reset_prefix_cache)
     proc = getattr(core, "EngineCoreProc", None)
     if proc is None:

@@ -11,6 +11,7 @@ gap with the reason. No transport of kvscope's own.
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import socket
 import sqlite3
@@ -105,42 +106,48 @@ _writer: Callable[[], Any] = _no_writer
 
 
 def patch_executor(patch: Callable[[type, str, Callable[..., Any]], None],
-                   writer: Callable[[], Any]) -> None:
-    """In the engine core (the driver): wrap the Ray executor class when vLLM picks it (importing
-    it before would import Ray into every engine). ``writer`` returns this process's writer."""
+                   writer: Callable[[], Any], engine_core: type) -> None:
+    """In the engine core (the Ray driver): wrap the Ray executor class the frontend chose, as the
+    engine core receives it (``EngineCore.__init__``'s ``executor_class``; importing Ray's executor
+    before would import Ray into every engine). ``writer`` returns this process's writer."""
     global _writer
     _writer = writer
-    try:
-        from vllm.v1.executor import abstract
-    except Exception:
+    init = engine_core.__dict__.get("__init__")
+    if init is None or getattr(init, "__kvscope_ray__", False):
         return
-    get_class = abstract.Executor.__dict__.get("get_class")
-    if not isinstance(get_class, staticmethod) or getattr(get_class.__func__, "__kvscope__", False):
-        return
-    original = get_class.__func__
+    sig = inspect.signature(init)
 
-    @functools.wraps(original)
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        cls = original(*args, **kwargs)
-        if getattr(cls, "uses_ray", False) and isinstance(cls, type):
-            # RayExecutorV2 (the default from 0.3x) hands workers every driver variable it gets
-            # from this module function: add the driver's node id to them
-            module = sys.modules.get(cls.__module__)
-            env_fn = getattr(module, "get_driver_env_vars", None)
-            if callable(env_fn) and not getattr(env_fn, "__kvscope__", False):
-                wrapped_env = _wrap_driver_env(env_fn)
-                wrapped_env.__kvscope__ = True  # type: ignore[attr-defined]
-                module.get_driver_env_vars = wrapped_env  # type: ignore[union-attr]
-            for c in cls.__mro__:  # the class that defines each method (RayExecutorV2 reuses V1's)
-                if "_get_env_vars_to_be_updated" in vars(c):
-                    patch(c, "_get_env_vars_to_be_updated", _wrap_env_vars)
-                if "shutdown" in vars(c) and c.__name__ != "Executor":
-                    patch(c, "shutdown", _wrap_shutdown)
-                    break
-        return cls
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            cls = sig.bind_partial(self, *args, **kwargs).arguments.get("executor_class")
+            if isinstance(cls, type) and getattr(cls, "uses_ray", False):
+                patch_ray_class(cls, patch)
+        except Exception:
+            pass
+        init(self, *args, **kwargs)
 
-    wrapped.__kvscope__ = True  # type: ignore[attr-defined]
-    abstract.Executor.get_class = staticmethod(wrapped)  # type: ignore[method-assign]
+    __init__.__kvscope_ray__ = True  # type: ignore[attr-defined]
+    engine_core.__init__ = __init__  # type: ignore[misc]
+
+
+def patch_ray_class(cls: type, patch: Callable[[type, str, Callable[..., Any]], None]) -> None:
+    """Wrap a Ray executor: its workers learn the driver's node, its shutdown gathers their shards."""
+    # RayExecutorV2 (the default from 0.3x) hands workers every driver variable it gets from
+    # its module's get_driver_env_vars; the older executor sends a list of env dicts
+    module = sys.modules.get(cls.__module__)
+    env_fn = getattr(module, "get_driver_env_vars", None)
+    if callable(env_fn) and not getattr(env_fn, "__kvscope__", False):
+        wrapped_env = _wrap_driver_env(env_fn)
+        wrapped_env.__kvscope__ = True  # type: ignore[attr-defined]
+        module.get_driver_env_vars = wrapped_env  # type: ignore[union-attr]
+    for c in cls.__mro__:  # the class that defines each method
+        if "_get_env_vars_to_be_updated" in vars(c):
+            patch(c, "_get_env_vars_to_be_updated", _wrap_env_vars)
+    for c in cls.__mro__:
+        if "shutdown" in vars(c):
+            patch(c, "shutdown", _wrap_shutdown)
+            break
 
 
 def _wrap_env_vars(method: Callable[..., Any]) -> Callable[..., Any]:
