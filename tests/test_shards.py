@@ -135,3 +135,30 @@ def test_ray_shard_folds_into_driver_session(tmp_path: Path) -> None:
     assert after["steps"] == before["steps"] + shard["steps"]
     assert after["engines"] == [1, 2]
     assert after["pids"] == sorted(before["pids"] + [PID_STRIDE + p for p in shard["pids"]])
+
+
+def test_ray_gather_that_fails_leaves_a_gap_and_incomplete(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that cannot answer at shutdown (here: the call itself fails, as ray.get does when
+    an actor died): the driver's session says so instead of reading as complete."""
+    from profiler.recorder import ray_shards
+    from profiler.session.writer import SessionWriter
+
+    session = tmp_path / "driver.kvscope"
+    w = SessionWriter(session)  # a session of this kvscope (the bundled ones predate `gaps`)
+    w.set_meta(started_unix_s=1.8e9 - 5, ended_unix_s=1.8e9)
+    monkeypatch.setattr(ray_shards, "_writer", lambda: w)
+
+    class DeadWorkers:
+        def collective_rpc(self, method: object, timeout: float | None = None) -> list[object]:
+            raise RuntimeError("The actor died unexpectedly before finishing this task.")
+
+    assert ray_shards.gather(DeadWorkers()) == 0
+    w.close()
+    with open_session(session) as s:
+        gaps = s.table("gaps").query(f"source == '{GAP_SOURCE}'")
+        meta = s.meta()
+        report = build_report(s)
+    assert len(gaps) == 1 and "actor died unexpectedly" in gaps["reason"].iloc[0]
+    assert "did not hand back their shards" in meta["incomplete_reason"]
+    assert report["session"]["complete"] is False

@@ -231,7 +231,9 @@ def gather(executor: Any) -> int:
         reason = (f"the Ray workers on other nodes did not hand back their shards at shutdown "
                   f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}): "
                   "their processes' rows are missing")
-        w.append("gaps", (None, w_started(w) or t0, time.time(), "shard", reason))
+        from profiler.session.shards import GAP_SOURCE
+
+        w.append("gaps", (None, _started_unix_s(w) or t0, time.time(), GAP_SOURCE, reason))
         w.set_meta(incomplete_reason=reason)
         w.flush()
         return 0
@@ -246,7 +248,7 @@ def gather(executor: Any) -> int:
     return folded
 
 
-def w_started(w: Any) -> float | None:
+def _started_unix_s(w: Any) -> float | None:
     """The session's start time as its file has it (None when not set)."""
     conn = sqlite3.connect(f"file:{w.path}?mode=ro", uri=True, timeout=10.0)
     try:
