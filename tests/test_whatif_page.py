@@ -13,6 +13,8 @@ from tests.support import scenarios as sc
 from tests.support.dashboard import go, open_app
 from tests.support.engine import ROOT
 
+pytestmark = pytest.mark.browser  # the dashboard as a user runs it (Streamlit AppTest)
+
 NO_PROMPT_BLOCKS = ROOT / "sessions" / "gpu_h200_fragmentation.kvscope"
 """Recorded without prompt-block hashes or KV events: nothing to model."""
 
