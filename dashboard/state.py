@@ -116,7 +116,7 @@ def add_session(path: str | Path) -> SessionSource:
     """Offer one more session file in every picker (checked: it must open); raises KvscopeError,
     sqlite3.DatabaseError or OSError with the reason."""
     p = Path(path).expanduser().resolve()
-    if not p.is_file():
+    if not (p.is_file() or p.is_dir()):
         raise OSError(2, f"no such session file: {p}")
     load(p)
     extra = list(st.session_state.get(EXTRA_KEY, []))

@@ -37,15 +37,17 @@ def file_signature(path: str | Path) -> tuple[str, int, float]:
     """
     p = Path(path).resolve()
     size, mtime = 0, 0.0
-    for suffix in ("", "-wal"):
-        try:
-            st = Path(f"{p}{suffix}").stat()
-        except OSError:
-            continue
-        if suffix and st.st_size == 0:
-            continue
-        size += st.st_size
-        mtime = max(mtime, st.st_mtime)
+    files = sorted(p.glob("*.kvscope")) if p.is_dir() else [p]  # a folder of shards: all of them
+    for f in files:
+        for suffix in ("", "-wal"):
+            try:
+                st = Path(f"{f}{suffix}").stat()
+            except OSError:
+                continue
+            if suffix and st.st_size == 0:
+                continue
+            size += st.st_size
+            mtime = max(mtime, st.st_mtime)
     return str(p), size, mtime
 
 

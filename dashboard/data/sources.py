@@ -36,8 +36,9 @@ def user_sessions_dir(env: dict[str, str] | None = None) -> Path:
 def _folder(folder: Path, origin: str) -> list[SessionSource]:
     if not folder.is_dir():
         return []
+    # a session is a file, or a folder of shards named like one (a multi-node engine)
     return [SessionSource(p, p.stem, origin) for p in sorted(folder.glob(f"*{SESSION_SUFFIX}"))
-            if p.is_file()]
+            if p.is_file() or p.is_dir()]
 
 
 def discover_sessions(env: dict[str, str] | None = None) -> list[SessionSource]:
@@ -48,7 +49,7 @@ def discover_sessions(env: dict[str, str] | None = None) -> list[SessionSource]:
         out = []
         for raw in given:
             p = Path(raw).expanduser()
-            if p.is_dir():
+            if p.is_dir() and p.suffix != SESSION_SUFFIX:
                 out.extend(_folder(p, "cli"))
             else:
                 out.append(SessionSource(p, p.stem or p.name, "cli"))

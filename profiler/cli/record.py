@@ -38,9 +38,10 @@ def cmd_record(args: argparse.Namespace) -> int:
     sample = args.kv_cache_metrics
     if sample is not None and not 0 < sample <= 1:
         raise UserError(f"--kv-cache-metrics {sample:g}: the sampled fraction must be in (0, 1]")
+    folder = args.session.endswith(("/", os.sep)) or os.path.isdir(args.session)
     path = Path(args.session).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
-    os.environ[context.ENV_SESSION] = str(path)
+    os.environ[context.ENV_SESSION] = context.session_arg(path, folder)
     os.environ.pop(context.ENV_OWNER_PID, None)
     if args.kv_events:
         os.environ[options.ENV_KV_EVENTS] = "1"

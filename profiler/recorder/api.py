@@ -17,10 +17,11 @@ def record(session: str | Path, nvml_interval_ms: int | None = None) -> Iterator
     The session path is exported as KVSCOPE_SESSION so that vLLM's spawned processes record into
     the same file; it is restored on exit and the session is marked complete.
     """
+    folder = str(session).endswith(("/", os.sep)) or os.path.isdir(session)
     path = Path(session).resolve()
     saved = {k: os.environ.get(k) for k in (context.ENV_SESSION, context.ENV_OWNER_PID,
                                              context.ENV_NVML_INTERVAL_MS)}
-    os.environ[context.ENV_SESSION] = str(path)
+    os.environ[context.ENV_SESSION] = context.session_arg(path, folder)
     os.environ.pop(context.ENV_OWNER_PID, None)
     if nvml_interval_ms is not None:
         os.environ[context.ENV_NVML_INTERVAL_MS] = str(nvml_interval_ms)

@@ -13,6 +13,7 @@ import socket
 import sqlite3
 import sys
 import time
+from pathlib import Path
 
 from profiler.session.heartbeat import Heartbeat
 from profiler.session.rows import ProcessRow
@@ -73,8 +74,42 @@ def engine_id_of_this_process() -> int | None:
 
 
 def session_path() -> str | None:
-    """The session file this process records into, or None when recording is off."""
-    return os.environ.get(ENV_SESSION) or None
+    """The session file this process records into, or None when recording is off.
+
+    A folder (an existing directory, or a path ending in ``/``) is a folder session: the first
+    process that sees it picks its shard there, ``<host>-<pid>.kvscope``, and exports that file to
+    its children (``profiler.session.shards``). A Ray worker on another node than its driver
+    records into a local shard that the driver gathers at shutdown (``ray_shards``).
+    """
+    path = os.environ.get(ENV_SESSION) or None
+    if path is None:
+        return None
+    if path != _checked_path[0]:  # once per value: this runs for every recorded row
+        if path.endswith(("/", os.sep)) or os.path.isdir(path):
+            path = _start_shard(path)
+        _checked_path[0] = path
+    from profiler.recorder import ray_shards
+
+    return ray_shards.local_shard(path) or path
+
+
+_checked_path: list[str | None] = [None]
+"""The last ``KVSCOPE_SESSION`` value found to be a file (not a folder session)."""
+
+
+def session_arg(path: Path, folder: bool) -> str:
+    """``KVSCOPE_SESSION``'s value for ``path``: a folder session keeps its trailing separator."""
+    return str(path) + os.sep if folder else str(path)
+
+
+def _start_shard(folder: str) -> str:
+    """Make this process the recorder of a new shard in ``folder``; returns the shard's file."""
+    from profiler.session.shards import shard_file_name
+
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(os.path.abspath(folder), shard_file_name(socket.gethostname(), os.getpid()))
+    os.environ[ENV_SESSION] = path
+    return path
 
 
 def writer() -> SessionWriter | None:
@@ -121,6 +156,7 @@ def claim_owner(command: list[str] | None = None) -> bool:
         host=socket.gethostname(),
         kvscope_version=__version__,
         command=command if command is not None else list(sys.argv),
+        shard={"host": socket.gethostname(), "pid": os.getpid(), "role": "recorder"},
     )
     from profiler.recorder.nvml import start_nvml_sampler
 

@@ -284,6 +284,9 @@ def _patch_engine_core() -> None:
         _patch(scheduler.Scheduler, "make_stats",
                lambda f: engine_core.wrap_make_stats(kv_groups.wrap_make_stats(f)))
     engine_core.install(_patch)
+    from profiler.recorder import ray_shards
+
+    ray_shards.patch_executor(_patch, context.writer, core.EngineCore)
     _patch(core.EngineCore, "reset_prefix_cache", _wrap_reset_prefix_cache)
     _patch(core.EngineCore, "shutdown", _wrap_core_shutdown)
     proc = getattr(core, "EngineCoreProc", None)
@@ -449,9 +452,26 @@ def _wrap_init_device(method: Callable[..., Any]) -> Callable[..., Any]:
         if w is not None:
             context.set_dp_rank(_dp_rank(self))
             context.register_process("worker", rank=getattr(self, "rank", None))
+            _record_node(w, self)
             from profiler.recorder.allocator import start_allocator_sampler
 
             start_allocator_sampler(w, context.interval_s(context.ENV_ALLOCATOR_INTERVAL_MS))
         return out
 
     return wrapper
+
+
+def _record_node(w: Any, worker: Any) -> None:
+    """Multi-node engines: which node this worker's shard is (``node_rank`` of ``nnodes``, vLLM's
+    multiprocessing launch); a Ray worker recording a shard on another node samples that node's
+    GPUs from its local rank 0 (the driver's sampler sees only its own host)."""
+    par = getattr(getattr(worker, "vllm_config", None), "parallel_config", None)
+    nnodes, rank = getattr(par, "nnodes", None), getattr(par, "node_rank", None)
+    if isinstance(nnodes, int) and isinstance(rank, int) and nnodes > 1:
+        w.set_meta(node_rank=rank, nnodes=nnodes)
+    from profiler.recorder import ray_shards
+
+    if ray_shards.local_shard(w.path) is not None and getattr(worker, "local_rank", None) == 0:
+        from profiler.recorder.nvml import start_nvml_sampler
+
+        start_nvml_sampler(w, context.interval_s(context.ENV_NVML_INTERVAL_MS))

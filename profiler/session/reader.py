@@ -26,8 +26,9 @@ import numpy as np
 import pandas as pd
 
 from profiler.errors import SessionFormatError
-from profiler.session import summaries
+from profiler.session import shards, summaries
 from profiler.session.schema import OPTIONAL_TABLES, TABLES, UNIX_S_MAX, check_version, column_rule
+from profiler.session.shards import SHARD_NOTES_KEY
 from profiler.session.validity import view_column as _view_column
 from profiler.units import first_line
 
@@ -53,12 +54,15 @@ class Session:
     window: tuple[float, float] | None = None
     """The time window (unix seconds) this session reads, from ``open_session(window=...)``."""
     _bounds: tuple[float | None, float | None] | None = field(default=None, repr=False)
+    file: Path | None = None
+    """The SQLite file read: ``path`` itself, or for a folder of shards the merged copy
+    (``profiler.session.shards.merged_file``)."""
 
     @property
     def conn(self) -> sqlite3.Connection:
         """A second, unchecked connection to the file as stored (to copy rows verbatim)."""
         if self._raw is None:
-            self._raw = _connect(self.path, self.immutable)
+            self._raw = _connect(self.file or self.path, self.immutable)
             self._raw.execute("PRAGMA query_only = 1")
         return self._raw
 
@@ -103,7 +107,11 @@ class Session:
         return list(self._notes)
 
     def _scan_notes(self) -> list[str]:
-        notes = [f"meta.{key}: ignored (not a valid value)" for key in self._meta()[1]]
+        meta, bad = self._meta()
+        notes = [f"meta.{key}: ignored (not a valid value)" for key in bad]
+        shard_notes = meta.get(SHARD_NOTES_KEY) if self.file is not None else None
+        if isinstance(shard_notes, list):
+            notes += [str(n) for n in shard_notes]
         stored = summaries.has_summaries(self.db)
         for table in TABLES:
             if table == "meta" or table not in self._raw_tables():
@@ -310,7 +318,8 @@ def _install_views(p: Path, conn: sqlite3.Connection,
 def open_session(path: str | Path, window: tuple[float, float] | None = None) -> Session:
     """Open a session for reading; raises SessionFormatError with a one-line, user-facing reason.
 
-    ``window`` (start, end) in unix seconds: every timed table reads only the rows of that window
+    ``path`` is a session file or a folder of shards (one per host of a multi-node engine,
+    ``profiler.session.shards``), which reads as one session. ``window`` (start, end) in unix seconds: every timed table reads only the rows of that window
     (``WINDOW_TIMES``; set-up events before its end stay), so the report and the diagnosis of the
     opened session are those of the window.
     """
@@ -324,7 +333,15 @@ def open_session(path: str | Path, window: tuple[float, float] | None = None) ->
     except OSError as exc:
         raise SessionFormatError(f"{p}: cannot read session file ({exc.strerror or exc})") from None
     if stat.S_ISDIR(st.st_mode):
-        raise SessionFormatError(f"{p}: is a directory, not a session file")
+        try:
+            merged = shards.merged_file(p, open_session)
+        except OSError as exc:
+            raise SessionFormatError(f"{p}: cannot read session folder ({exc.strerror or exc})") from None
+        except sqlite3.DatabaseError as exc:
+            raise SessionFormatError(f"{p}: cannot merge its shards ({first_line(exc)})") from exc
+        session = open_session(merged, window)
+        session.path, session.file = p, merged
+        return session
     if not stat.S_ISREG(st.st_mode):
         what = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
                 else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)

@@ -1,0 +1,98 @@
+"""A multi-node engine on one host: vLLM's multiprocessing launch with two node ranks, each rank
+under its own ``kvscope record`` writing a shard into one shared session folder.
+
+Node 0 runs ``tests/support/workload.py`` (``LLM``, TP=2 over ``--nnodes 2``: its worker is rank
+0), node 1 runs ``vllm serve --headless --node-rank 1`` (the worker of rank 1, no engine of its
+own). When node 0's program is done, node 1 is stopped with SIGTERM (what an operator does).
+
+    python -m tests.support.multinode FOLDER   # records FOLDER (a folder session) and prints it
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.support.engine import KVSCOPE, ROOT, WORKLOAD, engine_env, engine_lock
+from tests.support.ports import free_port
+from tests.support.tinymodel import build_tiny_llama
+
+BLOCKS = 24
+REQUESTS = 16
+MAX_TOKENS = 16
+
+
+def record_two_nodes(folder: Path, model_dir: Path, timeout_s: float = 300.0) -> dict[str, Any]:
+    """Record a TP=2 engine spread over two node ranks into the folder session ``folder``;
+    returns the workload's counts (its independent stat logger) and both processes' outputs."""
+    model = build_tiny_llama(model_dir)
+    port = free_port()
+    common = {"nnodes": 2, "master_addr": "127.0.0.1", "master_port": port,
+              "distributed_executor_backend": "mp"}
+    counts = folder.parent / f"{folder.name}.counts.json"
+    session = str(folder) + "/"
+    env = engine_env(VLLM_CPU_KVCACHE_SPACE="1", OMP_NUM_THREADS="1")
+    node1 = subprocess.Popen(
+        [*KVSCOPE, "record", "--session", session, "--", sys.executable, "-m",
+         "tests.support.vllm_cli", "serve", str(model), "--headless",
+         "--tensor-parallel-size", "2", "--nnodes", "2", "--node-rank", "1",
+         "--master-addr", "127.0.0.1", "--master-port", str(port),
+         "--distributed-executor-backend", "mp", "--max-model-len", "2048",
+         "--num-gpu-blocks-override", str(BLOCKS), "--enforce-eager"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)
+    try:
+        node0 = _run_group(
+            [*KVSCOPE, "record", "--session", session, "--", sys.executable, str(WORKLOAD),
+             str(model), "--engine", "llmengine", "--tp", "2", "--blocks", str(BLOCKS),
+             "--requests", str(REQUESTS), "--max-tokens", str(MAX_TOKENS), "--prefixes", "2",
+             "--prefix-len", "300", "--counts", str(counts), "--enforce-eager",
+             "--engine-args", json.dumps({**common, "node_rank": 0})],
+            env, timeout_s)
+    finally:
+        node1.send_signal(signal.SIGTERM)  # the recorder forwards it to the headless node
+        try:
+            out1, _ = node1.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(node1.pid, signal.SIGKILL)
+            out1, _ = node1.communicate()
+    return {"node0_rc": node0.returncode, "node1_rc": node1.returncode,
+            "node0_out": node0.stdout, "node1_out": out1,
+            "counts": json.loads(counts.read_text()) if counts.exists() else None}
+
+
+def _run_group(cmd: list[str], env: dict[str, str], timeout_s: float) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` in its own process group; on timeout kill the whole group (engine core and
+    workers included) and return with code -9."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
+
+
+def main(argv: list[str]) -> int:
+    folder = Path(argv[0]).resolve()
+    t0 = time.monotonic()
+    with engine_lock():
+        out = record_two_nodes(folder, folder.parent / "tiny-llama")
+    for node in (0, 1):
+        log = folder.parent / f"{folder.name}.node{node}.log"
+        log.write_text(out[f"node{node}_out"])
+        print(f"node {node}: {log}")
+    print(json.dumps({k: out[k] for k in ("node0_rc", "node1_rc", "counts")}),
+          f"{time.monotonic() - t0:.0f} s")
+    return 0 if out["node0_rc"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,164 @@
+"""Folder sessions (a multi-node engine's shards) read as one session: ids never collide, time
+bounds are the union, completeness needs every expected shard, a missing or cut-off shard is a gap
+with its reason; a shard handed back through Ray folds into the driver's session the same way.
+
+Built from real recorded sessions (the bundled CPU sessions, each a real engine's shard)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from profiler.analysis.report import build_report
+from profiler.recorder.ray_shards import fold_in
+from profiler.session.reader import open_session
+from profiler.session.shards import GAP_SOURCE, PID_STRIDE, SHARDS_KEY
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[1]
+SESSIONS = ROOT / "sessions"
+A, B = SESSIONS / "healthy.kvscope", SESSIONS / "kv_saturation.kvscope"
+
+
+def _set_meta(path: Path, **values: object) -> None:
+    conn = sqlite3.connect(path)
+    try:
+        for k, v in values.items():
+            if v is None:
+                conn.execute("DELETE FROM meta WHERE key = ?", (k,))
+            else:
+                conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, json.dumps(v)))
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def _folder(tmp_path: Path, *shards: tuple[Path, dict[str, object]]) -> Path:
+    folder = tmp_path / "run.kvscope"
+    folder.mkdir()
+    for i, (src, meta) in enumerate(shards):
+        dest = folder / f"host{i}-{100 + i}.kvscope"
+        shutil.copyfile(src, dest)
+        _set_meta(dest, **meta)
+    return folder
+
+
+def _counts(path: Path) -> dict[str, object]:
+    with open_session(path) as s:
+        return {"steps": s.scalar("SELECT COUNT(*) FROM steps"),
+                "requests": s.scalar("SELECT COUNT(*) FROM requests"),
+                "engines": sorted(r[0] for r in s.rows("SELECT engine_id FROM engines")),
+                "pids": sorted(r[0] for r in s.rows("SELECT pid FROM processes")),
+                "bounds": s.bounds(), "meta": s.meta()}
+
+
+def test_two_shards_read_as_one_session(tmp_path: Path) -> None:
+    folder = _folder(tmp_path, (A, {"node_rank": 0, "nnodes": 2}), (B, {"node_rank": 1, "nnodes": 2}))
+    a, b, both = _counts(A), _counts(B), _counts(folder)
+    assert both["steps"] == a["steps"] + b["steps"] > 0
+    assert both["requests"] == a["requests"] + b["requests"] > 0
+    # engine ids: node 0's as recorded, node 1's after them; no collision
+    assert a["engines"] == b["engines"] == [1]
+    assert both["engines"] == [1, 2]
+    # pids: node 1's shifted by whole strides, the real pid is the remainder
+    assert both["pids"] == sorted(a["pids"] + [PID_STRIDE + p for p in b["pids"]])
+    # time bounds are the union of the shards'
+    assert both["bounds"] == (min(a["bounds"][0], b["bounds"][0]), max(a["bounds"][1], b["bounds"][1]))
+    meta = both["meta"]
+    assert meta["ended_unix_s"] is not None and "incomplete_reason" not in meta
+    assert [s["node_rank"] for s in meta[SHARDS_KEY]] == [0, 1]
+    assert [s["engine_id_offset"] for s in meta[SHARDS_KEY]] == [0, 1]
+    with open_session(folder) as s:
+        report = build_report(s)
+    assert report["session"]["complete"] is True
+    assert report["steps"] == a["steps"] + b["steps"]
+    assert report["session"]["path"] == str(folder)
+
+
+def test_missing_node_rank_is_a_gap_and_incomplete(tmp_path: Path) -> None:
+    folder = _folder(tmp_path, (A, {"node_rank": 0, "nnodes": 3}), (B, {"node_rank": 1, "nnodes": 3}))
+    with open_session(folder) as s:
+        gaps = s.table("gaps")
+        meta = s.meta()
+        report = build_report(s)
+        start, end = s.bounds()
+    mine = gaps[gaps["source"] == GAP_SOURCE]
+    assert len(mine) == 1
+    assert "no shard from node rank 2 of 3" in mine["reason"].iloc[0]
+    # the whole recording: from the session's start to the last shard's end (its data or its finish)
+    assert mine["t_start_unix_s"].iloc[0] == start and mine["t_end_unix_s"].iloc[0] >= end
+    assert "ended_unix_s" not in meta and "node rank 2 of 3" in meta["incomplete_reason"]
+    assert report["session"]["complete"] is False
+
+
+def test_cut_off_and_unreadable_shards_leave_reasons(tmp_path: Path) -> None:
+    folder = _folder(tmp_path, (A, {}), (B, {"ended_unix_s": None}))
+    (folder / "host2-102.kvscope").write_bytes(b"not a session at all, just bytes" * 4)
+    with open_session(folder) as s:
+        meta = s.meta()
+        reasons = list(s.table("gaps").query(f"source == '{GAP_SOURCE}'")["reason"])
+        steps = s.scalar("SELECT COUNT(*) FROM steps")
+    assert steps == _counts(A)["steps"] + _counts(B)["steps"]  # the readable shards still count
+    assert len(reasons) == 2
+    assert any("host1-101.kvscope" in r and "cut off" in r for r in reasons)
+    assert any("host2-102.kvscope" in r and "unreadable" in r for r in reasons)
+    assert "ended_unix_s" not in meta
+
+
+def test_changed_shard_is_read_again(tmp_path: Path) -> None:
+    folder = _folder(tmp_path, (A, {}))
+    first = _counts(folder)["steps"]
+    shutil.copyfile(B, folder / "later-1.kvscope")
+    assert _counts(folder)["steps"] == first + _counts(B)["steps"]
+
+
+def test_empty_folder_is_one_line_error(tmp_path: Path) -> None:
+    from profiler.errors import SessionFormatError
+
+    (tmp_path / "empty.kvscope").mkdir()
+    with pytest.raises(SessionFormatError, match="no session shards"):
+        open_session(tmp_path / "empty.kvscope")
+
+
+def test_ray_shard_folds_into_driver_session(tmp_path: Path) -> None:
+    """What the Ray driver does with a worker's returned bytes at shutdown."""
+    driver = tmp_path / "driver.kvscope"
+    shutil.copyfile(A, driver)
+    before, shard = _counts(driver), _counts(B)
+    fold_in(str(driver), "worker-7.kvscope", B.read_bytes())
+    after = _counts(driver)
+    assert after["steps"] == before["steps"] + shard["steps"]
+    assert after["engines"] == [1, 2]
+    assert after["pids"] == sorted(before["pids"] + [PID_STRIDE + p for p in shard["pids"]])
+
+
+def test_ray_gather_that_fails_leaves_a_gap_and_incomplete(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that cannot answer at shutdown (here: the call itself fails, as ray.get does when
+    an actor died): the driver's session says so instead of reading as complete."""
+    from profiler.recorder import ray_shards
+    from profiler.session.writer import SessionWriter
+
+    session = tmp_path / "driver.kvscope"
+    w = SessionWriter(session)  # a session of this kvscope (the bundled ones predate `gaps`)
+    w.set_meta(started_unix_s=1.8e9 - 5, ended_unix_s=1.8e9)
+    monkeypatch.setattr(ray_shards, "_writer", lambda: w)
+
+    class DeadWorkers:
+        def collective_rpc(self, method: object, timeout: float | None = None) -> list[object]:
+            raise RuntimeError("The actor died unexpectedly before finishing this task.")
+
+    assert ray_shards.gather(DeadWorkers()) == 0
+    w.close()
+    with open_session(session) as s:
+        gaps = s.table("gaps").query(f"source == '{GAP_SOURCE}'")
+        meta = s.meta()
+        report = build_report(s)
+    assert len(gaps) == 1 and "actor died unexpectedly" in gaps["reason"].iloc[0]
+    assert "did not hand back their shards" in meta["incomplete_reason"]
+    assert report["session"]["complete"] is False
