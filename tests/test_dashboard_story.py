@@ -11,13 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dashboard.charts import requests as cr
 from dashboard.charts import timeline as tl
 from dashboard.data import marks as mk
 from dashboard.data import summary, tables
 from dashboard.data.attribution import device_attribution, shown_devices
 from dashboard.data.reports import report_memo
 from dashboard.data.session import load_session_memo
-from dashboard.data.swimlanes import NO_PREFIX, prefix_groups, request_spans
+from dashboard.data.steps import View
+from dashboard.data.kv_whole import forensics_memo
+from dashboard.data.swimlanes import NO_PREFIX, prefix_groups, request_spans, session_spans
 from profiler.analysis import simulate as sim
 from profiler.analysis.fixes import diff_text, flag_changes, flags_line, same_fix_as
 from profiler.analysis.kv_size import kv_cache_size
@@ -155,6 +158,39 @@ def test_swimlanes_lay_out_queue_prefill_decode_and_shared_prefixes() -> None:
     assert mine.loc["decode", "t_end_s"] - mine.loc["queued", "t_s"] == pytest.approx(
         r["queued_s"] + r["prefill_s"] + r["decode_s"])
     assert spans["lane"].nunique() == len(reqs) and spans.attrs["hidden"] == 0
+
+
+@pytest.mark.parametrize("name", ["kv_forensics", "prefix_below_block"])
+def test_swimlanes_draw_each_recorded_preemption_until_its_resume(name: str) -> None:
+    """One black span per preemption the engine core recorded, on its request's lane, from the
+    preemption to the resume: as many as the report's (and Overview's) preemption count."""
+    data = load_session_memo(S[name])
+    reqs = data.requests()
+    rep, _ = report_memo(S[name])
+    table = forensics_memo(S[name]).table
+    spans = session_spans(data, reqs, 0.0, data.duration_s)
+    pre = spans[spans["phase"] == "preempted"].sort_values("t_s").reset_index(drop=True)
+    assert len(pre) == len(table) == rep["preemptions"] == int(reqs["preemptions"].sum()) > 0
+    assert list(pre["request_id"]) == list(table["request_key"].astype(str))
+    assert np.allclose(pre["t_s"], table["t_s"]) and np.allclose(pre["t_end_s"], table["resumed_s"])
+    lanes = spans[spans["phase"] != "preempted"].groupby("request_id").agg(
+        lane=("lane", "first"), lo=("t_s", "min"), hi=("t_end_s", "max"))
+    mine = lanes.loc[pre["request_id"]]
+    assert (mine["lane"].to_numpy() == pre["lane"].to_numpy()).all()
+    assert ((pre["t_s"].to_numpy() >= mine["lo"].to_numpy() - 0.01)
+            & (pre["t_end_s"].to_numpy() <= mine["hi"].to_numpy() + 0.01)).all()
+    chart = cr.swimlane_chart(spans, View(0.0, data.duration_s, 400)).to_dict()
+    black = [layer for layer in chart["layer"] if layer["mark"].get("color") == "#111111"]
+    assert len(black) == 1 and len(chart["datasets"][black[0]["data"]["name"]]) == len(table)
+    assert "preempted until resumed" in chart["title"]["subtitle"]
+
+
+def test_swimlanes_without_a_per_preemption_record_draw_no_preempted_span() -> None:
+    data = load_session_memo(S["kv_saturation"])
+    reqs = data.requests()
+    spans = session_spans(data, reqs, 0.0, data.duration_s)
+    assert (spans["phase"] == "preempted").sum() == 0
+    assert spans.loc[spans["preemptions"].fillna(0) > 0, "request_id"].nunique() == int((reqs["preemptions"] > 0).sum()) > 0
 
 
 def test_tables_show_not_measured_as_na() -> None:

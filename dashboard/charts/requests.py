@@ -108,8 +108,10 @@ PHASE_OPACITY = {"queued": 0.25, "prefill": 1.0, "decode": 0.6, "in system": 0.6
 
 def swimlane_chart(spans: pd.DataFrame, view: View, evictions: pd.DataFrame | None = None) -> alt.LayerChart:
     """One lane per request (arrival order): queued (faint), prefill (solid) and decode (half)
-    spans coloured by the shared prompt prefix the request starts with; preempted spans in black;
-    a red dot ends the lane of a request preempted N times; evictions (KV events) as grey ticks."""
+    spans coloured by the shared prompt prefix the request starts with; each recorded preemption
+    in black, from the preemption to its resume (a black tick where the resume was not recorded);
+    a red dot ends the lane of a request vLLM counted as preempted when the session did not record
+    when; evictions (KV events) as grey ticks."""
     lanes = int(spans["lane"].max()) + 1 if not spans.empty else 1
     height = int(min(max(lanes * 5, 160), 900))
     y = alt.Y("lane:O", title=f"requests ({lanes}, by arrival)", axis=alt.Axis(labels=False, ticks=False,
@@ -125,10 +127,19 @@ def swimlane_chart(spans: pd.DataFrame, view: View, evictions: pd.DataFrame | No
         tooltip=tip)
     layers: list[alt.Chart] = [bars]
     pre = spans[spans["phase"] == "preempted"]
-    if not pre.empty:
-        layers.append(alt.Chart(pre).mark_bar(height={"band": 0.9}, color="#111111", clip=True).encode(
-            x=time_x(view), x2="t_end_s:Q", y=y, tooltip=tip))
-    counted = spans[spans["preemptions"].fillna(0) > 0].groupby("lane", as_index=False).agg(
+    spanned = pre[pre["t_end_s"].notna()]
+    if not spanned.empty:
+        layers.append(alt.Chart(spanned).mark_bar(height={"band": 0.9}, color="#111111", clip=True).encode(
+            x=time_x(view), x2="t_end_s:Q", y=y,
+            tooltip=[*tip[:3], alt.Tooltip("t_s:Q", format=".3f", title="preempted at (s)"),
+                     alt.Tooltip("t_end_s:Q", format=".3f", title="resumed at (s)")]))
+    open_ended = pre[pre["t_end_s"].isna()]
+    if not open_ended.empty:
+        layers.append(alt.Chart(open_ended).mark_tick(color="#111111", thickness=2, clip=True).encode(
+            x=time_x(view), y=y,
+            tooltip=[*tip[:3], alt.Tooltip("t_s:Q", format=".3f", title="preempted at (s; resume not recorded)")]))
+    counted = spans[(spans["preemptions"].fillna(0) > 0) & ~spans["lane"].isin(pre["lane"])]
+    counted = counted.groupby("lane", as_index=False).agg(
         t_end_s=("t_end_s", "max"), preemptions=("preemptions", "first"), request_id=("request_id", "first"))
     if not counted.empty:
         layers.append(alt.Chart(counted).mark_point(color="#d62728", filled=True, size=30, clip=True).encode(
@@ -140,6 +151,10 @@ def swimlane_chart(spans: pd.DataFrame, view: View, evictions: pd.DataFrame | No
             x=time_x(view), y=alt.value(4),
             tooltip=[alt.Tooltip("t_s:Q", format=".2f", title="t (s)"),
                      alt.Tooltip("evictions_per_s:Q", format=",.0f", title="evictions / s")]))
-    return alt.layer(*layers).properties(
-        title="Requests over time: queued (faint), prefill (solid), decode (half), coloured by shared prefix",
-        height=height)
+    sub = "queued (faint), prefill (solid), decode (half), coloured by shared prefix"
+    if not pre.empty:
+        sub += "; preempted until resumed (black)"
+    elif not counted.empty:
+        sub += "; red dot: preempted (when was not recorded)"
+    return alt.layer(*layers).properties(title=alt.TitleParams("Requests over time", subtitle=sub),
+                                         height=height)

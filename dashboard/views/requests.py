@@ -105,10 +105,19 @@ if data is not None:
             state.show(chart_marks.with_marks(cr.swimlane_chart(spans, view, evictions(kv, data.start_unix_s)),
                                               marks, view), key="swimlanes")
             hidden = spans.attrs.get("hidden", 0)
+            pre = spans[spans["phase"] == "preempted"]
+            if not pre.empty:
+                unended = int(pre["t_end_s"].isna().sum())
+                how = (f"; the {len(pre):,} preemptions of these requests in black, from the preemption "
+                       "to vLLM's lookup of the request to resume it"
+                       + (f" ({unended:,} with no resume recorded: a black tick)" if unended else ""))
+            elif (reqs["preemptions"].fillna(0) > 0).any():
+                how = ("; when each preemption happened was not recorded by this session, so a red dot "
+                       "ends the lane of a preempted request")
+            else:
+                how = ""
             st.caption(f"Range {z0:,.2f}–{z1:,.2f} s (the Timeline's zoom). Spans are vLLM's per-request "
-                       "queue, prefill and decode times laid end to end from arrival"
-                       + ("; preempted spans are not recorded by this session, so a red dot ends the lane "
-                          "of a preempted request" if (reqs["preemptions"].fillna(0) > 0).any() else "")
+                       "queue, prefill and decode times laid end to end from arrival" + how
                        + (f". {hidden:,} later requests in the range are not drawn." if hidden else "."))
 
         st.subheader("Latency percentiles")
