@@ -16,10 +16,10 @@ from dashboard.charts import timeline as tl
 from dashboard.data import marks as mk
 from dashboard.data import summary, tables
 from dashboard.data.attribution import device_attribution, shown_devices
+from dashboard.data.kv_whole import forensics_memo
 from dashboard.data.reports import report_memo
 from dashboard.data.session import load_session_memo
 from dashboard.data.steps import View
-from dashboard.data.kv_whole import forensics_memo
 from dashboard.data.swimlanes import NO_PREFIX, prefix_groups, request_spans, session_spans
 from profiler.analysis import simulate as sim
 from profiler.analysis.fixes import diff_text, flag_changes, flags_line, same_fix_as
