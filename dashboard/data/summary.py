@@ -55,7 +55,7 @@ def key_numbers(report: dict[str, Any]) -> list[KeyNumber]:
         out.append(KeyNumber("preemptions", "Preemptions", f"{int(report['preemptions']):,}",
                              "requests preempted, summed over the engine steps"))
     if e.get("num_gpu_blocks") is not None:
-        size = fmt_gib(kv["size_bytes"]) if kv.get("size_bytes") is not None else ""
+        size = fmt_bytes(kv["size_bytes"]) if kv.get("size_bytes") is not None else ""
         per = " per worker" if size and (report.get("workers") or 0) > 1 else ""
         out.append(KeyNumber("kv_size", "KV cache", f"{int(e['num_gpu_blocks']):,} blocks",
                              "what the cache held: blocks × bytes per block"

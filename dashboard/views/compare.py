@@ -94,7 +94,8 @@ deltas = compare.key_number_deltas(side_a, side_b)
 why = deltas.attrs.get("why_no_verdict")
 if why:
     st.info(f"No verdicts: the two sessions are not comparable ({escape_markdown(why)}).", icon=":material/info:")
-st.table(deltas.rename(columns={"A": f"A: {src_a.label}", "B": f"B: {src_b.label}"}), hide_index=True)
+shown = deltas if (deltas["B is"] != "").any() else deltas.drop(columns=["B is"])  # no empty verdict column
+st.table(shown.rename(columns={"A": f"A: {src_a.label}", "B": f"B: {src_b.label}"}), hide_index=True)
 st.caption("Verdicts only for outcomes and only beyond noise: latency percentiles whose bootstrap 95 % "
            f"intervals do not overlap, a hit rate moved by ≥ {compare.HIT_RATE_NOISE * 100:.0f} points, "
            f"counts and rates by ≥ {compare.REL_NOISE:.0%}. Serving time runs from the first to the last "

@@ -61,7 +61,7 @@ if data is not None:
         c[0].metric("Capacity (blocks)", f"{blocks:,}", delta=f"{blocks * block_size:,} tokens ({block_size} each)",
                     delta_color="off", delta_arrow="off")
         held = kv.get("size_bytes")
-        c[1].metric("KV cache held", units.fmt_gib(held),
+        c[1].metric("KV cache held", units.fmt_bytes(held),
                     delta=f"{units.fmt_bytes(kv['bytes_per_block'])} per block" if held is not None else
                     "bytes per block not recorded", delta_color="off", delta_arrow="off",
                     help="blocks × bytes per block (one worker); start-up's own measurement is on Memory")
@@ -73,7 +73,7 @@ if data is not None:
         room = rep["memory"].get("kv_cache_bytes")
         if held is not None and room is not None and room > held * 1.02:
             st.caption(f"Start-up measured room for {units.fmt_gib(room)} of KV; the cache held "
-                       f"{units.fmt_gib(held)} ({blocks:,} blocks, num_gpu_blocks_override).")
+                       f"{units.fmt_bytes(held)} ({blocks:,} blocks, num_gpu_blocks_override).")
         if not data.steps.total_steps:
             st.info("No engine step completed in this session: no KV usage to show.", icon=":material/info:")
             st.stop()
@@ -93,7 +93,10 @@ if data is not None:
 
         reqs = state.requests(data)
         if reqs.empty:
-            st.caption("KV demand: no finished requests to estimate it from.")
+            st.caption("KV demand: n/a (" + (
+                f"{rep['requests_finished']:,} requests finished, but this session has no per-request "
+                "rows to estimate it from: attach reads the server's /metrics)" if rep.get("requests_finished")
+                else "no finished requests to estimate it from)") + ".")
         else:
             demand = derive.kv_demand(reqs, view)
             state.show(chart_marks.with_marks(charts_kv.kv_demand_chart(demand, view, blocks * block_size, in_view),

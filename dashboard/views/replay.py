@@ -24,6 +24,9 @@ BUCKETS = 400
 SPEEDS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)  # session s per wall s: 60 = a minute a second
 PICK = "pick"  # the click selection on the Replay charts (a click moves the cursor there)
 JUMPS = {"preemption": "preemption", "OOM": mk.OOM, "finding": mk.FINDING, "engine start": mk.ENGINE_START}
+JUMP_LABELS = {"preemption": "preempting step"}
+"""A preemption mark is a step that preempted (one step can preempt several requests: the count
+beside it is of steps, not of the preemptions Overview counts)."""
 
 
 
@@ -123,11 +126,15 @@ if data is not None:
                 st.markdown("**What changed since the previous step**"
                             + (f" ({(cs.t_s - cs.prev_t_s) * 1000:.2f} ms earlier)"
                                if cs.prev_t_s is not None and cs.t_s is not None else ""))
-                ch = replay.changes(cs)
-                st.dataframe(tables.shown(ch, {c: _num for c in ("previous", "now", "change")},
-                                          keep=("previous", "now", "change")),
-                             hide_index=True, width="stretch")
-                state.csv_download(ch, f"{data.name}-step-{cs.t_s or 0:.4f}", "Changes CSV")
+                if cs.previous is None:
+                    st.caption("This is the session's first recorded step: nothing before it to compare "
+                               "with." if cs.t_s is not None else "No engine step at the cursor yet.")
+                else:
+                    ch = replay.changes(cs)
+                    st.dataframe(tables.shown(ch, {c: _num for c in ("previous", "now", "change")},
+                                              keep=("previous", "now", "change")),
+                                 hide_index=True, width="stretch")
+                    state.csv_download(ch, f"{data.name}-step-{cs.t_s or 0:.4f}", "Changes CSV")
                 reqs = state.requests(data)
                 if cs.prev_t_s is not None and cs.t_s is not None and not reqs.empty:
                     done = reqs[(reqs["t_finished_s"] > cs.prev_t_s) & (reqs["t_finished_s"] <= cs.t_s)]
@@ -197,7 +204,7 @@ if data is not None:
         j = st.columns([3, 1, 1, 3])
         j[0].segmented_control("Jump to", [k for k in JUMPS if counts[k]], key="replay_jump_kind",
                                default=next((k for k in JUMPS if counts[k]), None),
-                               format_func=lambda k: f"{k} ({counts[k]:,})")
+                               format_func=lambda k: f"{JUMP_LABELS.get(k, k)} ({counts[k]:,})")
         j[1].button("Previous", icon=":material/first_page:", on_click=jump, args=(-1,),
                     disabled=not any(counts.values()))
         j[2].button("Next", icon=":material/last_page:", on_click=jump, args=(1,), disabled=not any(counts.values()))
