@@ -40,6 +40,8 @@ CHOSEN_KEY = chosen_key(SESSION_KEY)
 
 PAGE_KEY = "kvscope_page"
 PAGE_CHANGED_KEY = "kvscope_page_changed"
+SCROLL_KEY = "kvscope_scroll_to_focus"
+"""Set when a finding is opened (button or link): the Timeline scrolls to its panel once."""
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -305,6 +307,7 @@ def open_finding(data: SessionData, finding: dict[str, Any], page: str = "views/
     pad = max((z - a) * 0.15, 0.5)
     set_focus(data, (a, max(z, a), str(finding.get("code"))))
     set_zoom(data, a - pad, z + pad)
+    st.session_state[SCROLL_KEY] = True
     st.switch_page(page)
 
 
@@ -346,6 +349,7 @@ def apply_link(data: SessionData) -> None:
         if "focus" in qp:
             code, a, b = str(qp["focus"]).rsplit(":", 2)
             set_focus(data, (float(a), float(b), code))
+            st.session_state[SCROLL_KEY] = True
     except ValueError:
         st.warning("Ignored the t0/t1/focus in the address: they are not numbers.")
 

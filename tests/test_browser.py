@@ -53,9 +53,9 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         shutil.copy(png, SHOTS_FOR_LEAD / png.name)
 
 
-def open_page(browser: Any, url: str, charts: bool = True) -> Any:
+def open_page(browser: Any, url: str, charts: bool = True, height: int = 2400) -> Any:
     """A new tab on ``url``, once its heading (and, with ``charts``, a chart) is drawn and idle."""
-    page = browser.new_page(viewport={"width": 1400, "height": 2400})
+    page = browser.new_page(viewport={"width": 1400, "height": height})
     page.goto(url)
     page.wait_for_selector("[data-testid='stMain'] :is(h1, h2)", timeout=90_000)
     if charts:
@@ -181,9 +181,9 @@ def test_zoom_survives_page_changes_and_links_and_double_click_resets(server: st
 
 def test_finding_opens_its_panel_and_replay_jumps_and_clicks(server: str, browser: Any, shots: Path) -> None:
     """PREFIX_THRASH's "Open in Timeline" lands on the thrash (not the warm-up second) with the
-    hit-rate panel first; Replay's Next jumps to a preemption and a click on a chart moves the
-    cursor."""
-    page = open_page(browser, f"{server}/overview?session=prefix_thrash")
+    hit-rate panel first and scrolled to the top of a laptop-sized window; Replay's Next jumps to a
+    preemption and a click on a chart moves the cursor."""
+    page = open_page(browser, f"{server}/overview?session=prefix_thrash", height=900)
     try:
         page.get_by_role("button", name="Open in Timeline").first.click()
         page.wait_for_url("**/timeline**", timeout=60_000)
@@ -193,6 +193,13 @@ def test_finding_opens_its_panel_and_replay_jumps_and_clicks(server: str, browse
         assert page.get_by_text("the prefix-cache hit rate panel that shows it is first").count() == 1
         start = float(_showing(page).split("Showing ")[1].split(" –")[0].replace(",", ""))
         assert start > 45.0  # the serving, not the engine's start-up
+        panel = "[data-testid='stVegaLiteChart'] g.role-title"
+        page.wait_for_function(  # scrolled: the hit-rate panel's title near the top of the window
+            f"""() => {{ const t = document.querySelectorAll("{panel}")[1];
+                 if (!t) return false; const y = t.getBoundingClientRect().top;
+                 return t.textContent.startsWith("Prefix-cache hit rate") && y >= 0 && y < 200; }}""",
+            timeout=60_000)
+        assert page.evaluate("document.querySelector(\"[data-testid='stMain']\").scrollTop") > 300
         page.screenshot(path=str(shots / "prefix_thrash-timeline-focus.png"), full_page=True)
     finally:
         page.close()

@@ -93,11 +93,11 @@ if data is not None:
         for col, (label, value, delta, helptext) in zip(st.columns(4), cards, strict=False):
             col.metric(label, value, delta=delta, delta_color="off", delta_arrow="off", help=helptext)
 
-        st.subheader("Requests over time")
         z0, z1 = state.get_zoom(data)
         view = View(z0, z1, 400)
         spans = session_spans(data, reqs, view.t0_s, view.t1_s)
-        if spans.empty:
+        if spans.empty:  # the chart carries the title otherwise
+            st.subheader("Requests over time")
             st.info("No finished request overlaps the range shown (change the zoom on the Timeline).")
         else:
             kv = state.kv_events(data) if data.steps.total_steps else None
