@@ -176,7 +176,9 @@ def preemption_storm(view: EngineView, session: Session) -> list[Finding]:
         n_requests = len(r)
         frac = preempted_reqs / n_requests
         storm = frac >= th.PREEMPTED_REQUESTS_FRAC or worst >= th.PREEMPTION_REPEAT_COUNT
-        who = f"hit {preempted_reqs} of {n_requests} requests ({frac:.0%}), one of them {worst}×"
+        n_worst = int((pre == worst).sum())
+        who = f"hit {preempted_reqs} of {n_requests} requests ({frac:.0%})" + (
+            f", {'one' if n_worst == 1 else n_worst} of them {worst}×" if worst > 1 else "")
     if not storm:
         return []
     recomputed = int((s["preempted_prefix_queries_tokens"].fillna(0)
