@@ -13,10 +13,10 @@ import pytest
 
 from dashboard.charts import requests as cr
 from dashboard.charts import timeline as tl
+from dashboard.data import derive, summary, tables
 from dashboard.data import marks as mk
-from dashboard.data import summary, tables
 from dashboard.data.attribution import device_attribution, shown_devices
-from dashboard.data.kv_whole import forensics_memo
+from dashboard.data.kv_whole import forensics_memo, preemption_times, with_recorded_preemptions
 from dashboard.data.reports import report_memo
 from dashboard.data.session import load_session_memo
 from dashboard.data.steps import View
@@ -183,6 +183,29 @@ def test_swimlanes_draw_each_recorded_preemption_until_its_resume(name: str) -> 
     black = [layer for layer in chart["layer"] if layer["mark"].get("color") == "#111111"]
     assert len(black) == 1 and len(chart["datasets"][black[0]["data"]["name"]]) == len(table)
     assert "preempted until resumed" in chart["title"]["subtitle"]
+
+
+def test_timeline_and_episodes_place_recorded_preemptions_at_their_own_time() -> None:
+    """vLLM's step counter counts a preemption when the request next returns output (kv_forensics:
+    the first at 127.55 s, 0.37 s after the engine core preempted it at 127.18 s). With each
+    preemption recorded, the Timeline's rate panel and the KV cache episodes use the record."""
+    path = S["kv_forensics"]
+    data = load_session_memo(path)
+    f = forensics_memo(path)
+    steps = data.preempting_steps()
+    assert steps["t_s"].min() > f.table["t_s"].min() + 0.3  # the counter trails the preemption
+    view = View(*data.serving_range(), 400)
+    b = with_recorded_preemptions(data.buckets(view), f, view)
+    ticks = derive.preemption_markers(b)
+    assert b["preemptions"].sum() == len(f.table) == 17
+    assert abs(ticks["t_s"].min() - f.table["t_s"].min()) <= view.width_s
+    times = preemption_times(f, steps)
+    assert list(times["t_s"]) == sorted(f.table["t_s"]) and times["waiting"].notna().all()
+    ep = derive.preemption_episodes(times, 1.0)
+    assert ep["t_start_s"].iloc[0] == f.table["t_s"].min() and ep["preemptions"].sum() == 17
+    nf = forensics_memo(S["kv_saturation"])  # not recorded: vLLM's steps, unchanged
+    bare = load_session_memo(S["kv_saturation"]).preempting_steps()
+    assert not nf.recorded and preemption_times(nf, bare).equals(bare) and len(bare) > 0
 
 
 def test_swimlanes_without_a_per_preemption_record_draw_no_preempted_span() -> None:

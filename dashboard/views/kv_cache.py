@@ -11,7 +11,7 @@ from dashboard.charts import kv_whole as charts_whole
 from dashboard.charts import marks as chart_marks
 from dashboard.data import derive, tables
 from dashboard.data import marks as mk
-from dashboard.data.kv_whole import occupancy_memo, tiers_memo
+from dashboard.data.kv_whole import forensics_memo, occupancy_memo, preemption_times, tiers_memo
 from dashboard.data.session import SessionData
 from dashboard.data.steps import View
 from profiler import units
@@ -82,7 +82,10 @@ if data is not None:
 
         gap_s = float(c[3].select_slider("Merge preemptions closer than (s)", [0.05, 0.25, 1.0, 5.0, 30.0],
                                          value=1.0, key="kv_episode_gap_s"))
-        episodes = derive.preemption_episodes(preempting, gap_s)
+        forensics = forensics_memo(data.path)
+        episodes = derive.preemption_episodes(preemption_times(forensics, preempting), gap_s)
+        if forensics.recorded:  # one row per preemption: "steps" would repeat "preemptions"
+            episodes = episodes.drop(columns=["steps"])
         in_view = episodes[(episodes["t_end_s"] >= t0) & (episodes["t_start_s"] <= t1)]
         marks = mk.session_marks(data, findings, state.get_focus(data))
 
@@ -113,7 +116,10 @@ if data is not None:
             st.success("No preemptions in this session.", icon=":material/check_circle:")
         else:
             st.caption(f"{len(episodes):,} episodes of {int(episodes['preemptions'].sum()):,} preemptions: "
-                       f"preempting steps less than {gap_s:g} s apart form one episode.")
+                       + (f"preemptions less than {gap_s:g} s apart (the engine core's times) form one episode."
+                          if forensics.recorded else
+                          f"preempting steps less than {gap_s:g} s apart form one episode (vLLM's step "
+                          "counters: a preemption counts when the request next returns output)."))
             st.dataframe(tables.shown(episodes), hide_index=True, width="stretch", column_config={
                 "t_start_s": st.column_config.NumberColumn("start (s)", format="%.3f"),
                 "t_end_s": st.column_config.NumberColumn("end (s)", format="%.3f"),

@@ -24,9 +24,9 @@ BUCKETS = 400
 SPEEDS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)  # session s per wall s: 60 = a minute a second
 PICK = "pick"  # the click selection on the Replay charts (a click moves the cursor there)
 JUMPS = {"preemption": "preemption", "OOM": mk.OOM, "finding": mk.FINDING, "engine start": mk.ENGINE_START}
+# a preemption mark is a step that counted preemptions (one step can count several: the number
+# beside it is of steps, not of the preemptions Overview counts)
 JUMP_LABELS = {"preemption": "preempting step"}
-"""A preemption mark is a step that preempted (one step can preempt several requests: the count
-beside it is of steps, not of the preemptions Overview counts)."""
 
 
 

@@ -28,8 +28,7 @@ SCROLL_TO_FOCUS_JS = """<script>
   };
   go();
 })();
-</script>"""
-"""Scrolls the page to the panel after the navigator: with a finding opened, the one that shows it."""
+</script>"""  # scrolls to the panel after the navigator: with a finding opened, the one that shows it
 
 data = state.current_session()
 if data is not None:
