@@ -37,7 +37,7 @@ def test_preemptions_page_counts_equal_the_overview_and_the_report(monkeypatch: 
     assert metric(at, "Preemptions") == f"{p['count']:,}"
     assert metric(at, "Requests preempted") == f"{p['requests']:,}"
     assert metric(at, "Tokens prefilled again") == f"{p['recomputed_tokens']:,}"
-    assert metric(at, "Worst request") == p["worst_request"]["request_id"]
+    assert metric(at, "Costliest request") == p["worst_request"]["request_id"]
     table = at.dataframe[0].value
     assert len(table) == p["count"]
     assert {"computed_tokens", "blocks_freed", "kv_usage_before_frac", "kv_usage_after_frac",
