@@ -115,7 +115,8 @@ if data is not None:
         if episodes.empty:
             st.success("No preemptions in this session.", icon=":material/check_circle:")
         else:
-            st.caption(f"{len(episodes):,} episodes of {int(episodes['preemptions'].sum()):,} preemptions: "
+            n_ep, n_pre = len(episodes), int(episodes["preemptions"].sum())
+            st.caption(f"{n_ep:,} episode{'s' if n_ep != 1 else ''} of {n_pre:,} preemption{'s' if n_pre != 1 else ''}: "
                        + (f"preemptions less than {gap_s:g} s apart (the engine core's times) form one episode."
                           if forensics.recorded else
                           f"preempting steps less than {gap_s:g} s apart form one episode (vLLM's step "
