@@ -137,6 +137,22 @@ def headline(src: SessionSource) -> str:
         return "cannot open: " + (why.splitlines() or [type(exc).__name__])[0]
 
 
+KEPT_WIDGETS = frozenset({
+    "rolling_s", "kv_unit", "kv_episode_gap_s", "prompt_threshold", "preempted-req",
+    "hist_latency_metric", "replay_jump_kind", "replay_speed", "live_refresh_s", "live_window_min",
+    "live_follow"})
+KEPT_PREFIXES = ("cursor::", "sim::", "sim-mem::")
+"""Widget keys (value widgets only: a button's state cannot be set) whose choice outlives a page."""
+
+
+def keep_widget_state() -> None:
+    """Streamlit drops a widget's state in a run that does not draw it (another page, after
+    ``st.switch_page`` too): re-assigning the kept keys at the top of every run keeps the choice."""
+    for k in list(st.session_state.keys()):
+        if k in KEPT_WIDGETS or (isinstance(k, str) and k.startswith(KEPT_PREFIXES)):
+            st.session_state[k] = st.session_state[k]
+
+
 def picker_text(src: SessionSource) -> str:
     """What the picker shows for a session: its name and its one line."""
     line = headline(src)

@@ -470,3 +470,17 @@ def test_overview_tables_say_not_measured_never_none(monkeypatch: pytest.MonkeyP
     assert cells and "None" not in cells and "nan" not in cells
     assert "n/a" in cells  # model and vLLM were not recorded
     assert any("No vLLM engine was created" in i.value for i in at.info)
+
+
+def test_widget_choices_survive_a_page_change(app: Any) -> None:
+    """Streamlit drops a widget's state when a run does not draw it: the rolling window, the KV
+    unit and the replay cursor come back as the user left them after another page."""
+    at = go(app(CPU), "timeline")
+    at.select_slider(key="rolling_s").set_value(5).run()
+    go(at, "kv_cache")
+    at.segmented_control(key="kv_unit").set_value("tokens").run()
+    go(at, "overview")
+    go(at, "timeline")
+    assert at.select_slider(key="rolling_s").value == 5
+    go(at, "kv_cache")
+    assert at.segmented_control(key="kv_unit").value == "tokens"
