@@ -37,8 +37,8 @@ START_HINT = {
           "record one with `kvscope record --session FILE -- COMMAND`, and open it here.",
 }
 
-st.title("Live")
 src = state.current_source()
+st.title(f"Live · {escape_markdown(src.label)}" if src is not None else "Live")
 if src is None:
     st.info("No session selected.")
     st.stop()
