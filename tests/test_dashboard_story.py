@@ -301,3 +301,14 @@ def test_the_thrash_fix_re_run_at_the_models_size_keeps_the_prefixes() -> None:
     assert p.model_hit_rate == pytest.approx(rep_b["prefix_cache"]["hit_rate"], abs=0.01)  # 87.1 % both
     assert p.peak_kv_usage_frac == pytest.approx(rep_b["kv_cache"]["peak_usage_frac"], abs=0.03)
     assert p.preemptions == rep_b["preemptions"] == 0
+
+
+def test_hit_rate_card_names_the_tiers_the_headline_counts() -> None:
+    """gpu_h200_offload: the headline's 32.5 % counts the CPU tier's hits; the card's 7.5 % is the
+    GPU cache alone and says so, with the same 32.5 % beside it."""
+    rep, _ = report_memo(S["gpu_h200_offload"])
+    card = next(n for n in summary.key_numbers(rep) if n.key == "hit_rate")
+    assert card.value == "7.5%" and card.detail == "GPU only; 32.5% with CPU"
+    assert "hit rate 32.5%" in rep["headline"]
+    plain = next(n for n in summary.key_numbers(report_memo(S["kv_forensics"])[0]) if n.key == "hit_rate")
+    assert plain.detail == ""  # no tier behind the GPU: nothing to add

@@ -66,8 +66,17 @@ def key_numbers(report: dict[str, Any]) -> list[KeyNumber]:
         out.append(KeyNumber("kv_peak", "Peak KV usage", fmt_pct(kv["peak_usage_frac"])))
         out.append(KeyNumber("kv_mean", "Mean KV usage", fmt_pct(kv["mean_usage_frac"])))
     if pc.get("hit_rate") is not None:
-        out.append(KeyNumber("hit_rate", "Prefix hit rate", fmt_pct(pc["hit_rate"]),
-                             f"{pc['hits_tokens']:,} of {pc['queries_tokens']:,} queried prompt tokens hit"))
+        behind = [t for t in report.get("kv_tiers") or [] if t.get("medium") != "GPU"
+                  and is_number(t.get("hits_tokens"))]
+        helptext = f"{pc['hits_tokens']:,} of {pc['queries_tokens']:,} queried prompt tokens hit the GPU prefix cache"
+        tiered = ""
+        if behind and pc.get("queries_tokens"):
+            more = sum(int(t["hits_tokens"]) for t in behind)
+            names = " + ".join(str(t["medium"]) for t in behind)
+            total = fmt_pct((pc["hits_tokens"] + more) / pc["queries_tokens"])
+            tiered = f"GPU only; {total} with {names}"
+            helptext += f"; the {names} tier behind it hit {more:,} more: {total} in all"
+        out.append(KeyNumber("hit_rate", "Prefix hit rate", fmt_pct(pc["hit_rate"]), helptext, tiered))
     if lat.get("ttft_p95") is not None:
         out.append(KeyNumber("ttft_p95", "TTFT p95", fmt_s(lat["ttft_p95"])))
     if lat.get("e2e_p95") is not None:
