@@ -20,11 +20,19 @@ class KeyNumber:
     value: str
     help: str = ""
     detail: str = ""
+    full: str = ""
+    """The value in full where the card shortens it (``text`` and ``card_detail`` use it)."""
 
     @property
     def text(self) -> str:
         """Value and detail on one line ("TP=2, 2 workers", "600 blocks, 1.17 GiB")."""
-        return f"{self.value}, {self.detail}" if self.detail else self.value
+        value = self.full or self.value
+        return f"{value}, {self.detail}" if self.detail else value
+
+    @property
+    def card_detail(self) -> str:
+        """What a card shows under its value: the full value (where shortened) and the detail."""
+        return " · ".join(x for x in (self.full, self.detail) if x)
 
 
 def engine_gpus(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -57,11 +65,15 @@ def key_numbers(report: dict[str, Any]) -> list[KeyNumber]:
     if e.get("num_gpu_blocks") is not None:
         size = fmt_bytes(kv["size_bytes"]) if kv.get("size_bytes") is not None else ""
         per = " per worker" if size and (report.get("workers") or 0) > 1 else ""
-        out.append(KeyNumber("kv_size", "KV cache", f"{int(e['num_gpu_blocks']):,} blocks",
+        n = int(e["num_gpu_blocks"])
+        # a card fits about ten characters: 55,521 blocks shows as "55.5k blocks", exact beneath
+        short = f"{n:,} blocks" if n < 10_000 else f"{n / 1000:.1f}k blocks"
+        out.append(KeyNumber("kv_size", "KV cache", short,
                              "what the cache held: blocks × bytes per block"
                              + (f" ({fmt_bytes(kv['bytes_per_block'])} per block, "
                                 f"{int(e['block_size'] or 0)} tokens each)" if kv.get("bytes_per_block") else
-                                "; bytes per block not recorded by this session"), size + per))
+                                "; bytes per block not recorded by this session"),
+                             size + per, f"{n:,} blocks" if n >= 10_000 else ""))
     if kv.get("peak_usage_frac") is not None:
         out.append(KeyNumber("kv_peak", "Peak KV usage", fmt_pct(kv["peak_usage_frac"])))
         out.append(KeyNumber("kv_mean", "Mean KV usage", fmt_pct(kv["mean_usage_frac"])))
