@@ -67,9 +67,10 @@ if len(srcs) < 2:
     st.stop()
 current = state.current_source()
 ia = srcs.index(current) if current in srcs else 0
-left, mid, right = st.columns([10, 1, 10], vertical_alignment="bottom")
+left, mid, right = st.columns([10, 1.2, 10], vertical_alignment="bottom")
 src_a = state.pick_session(left, key="compare_a", label="Session A", default_index=ia)
-mid.button(":material/swap_horiz:", key="compare_swap", on_click=_swap, help="swap A and B")
+mid.button("", icon=":material/swap_horiz:", key="compare_swap", on_click=_swap, help="swap A and B",
+           width="stretch")
 src_b = state.pick_session(right, key="compare_b", label="Session B", default_index=(ia + 1) % len(srcs))
 add_session_box()
 if src_a is None or src_b is None:
