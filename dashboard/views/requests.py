@@ -114,6 +114,9 @@ if data is not None:
             elif (reqs["preemptions"].fillna(0) > 0).any():
                 how = ("; when each preemption happened was not recorded by this session, so a red dot "
                        "ends the lane of a preempted request")
+            elif pre_steps:
+                how = (f"; the session's {int(pre_steps):,} preemptions are not drawn: it recorded neither "
+                       "when each happened nor which request it hit (only vLLM's per-step count)")
             else:
                 how = ""
             st.caption(f"Range {z0:,.2f}–{z1:,.2f} s (the Timeline's zoom). Spans are vLLM's per-request "
