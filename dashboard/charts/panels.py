@@ -104,7 +104,7 @@ def kv_usage_panel(buckets: pd.DataFrame, view: View, num_blocks: int | None = N
     df = derive.kv_series(buckets)
     if df.empty:
         return empty_panel("no engine steps in this range", view, height, "KV cache usage")
-    cap = f" of {num_blocks} blocks" if num_blocks else ""
+    cap = f" of {num_blocks:,} blocks" if num_blocks else ""
     multi = _multi_engine(df)
 
     def draw(d: dict[str, Source]) -> alt.LayerChart:
