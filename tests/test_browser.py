@@ -15,12 +15,13 @@ pytestmark = pytest.mark.browser
 
 SHOTS_FOR_LEAD = Path("/tmp/kvscope-shots")
 
-# page path -> minimum charts drawn (CPU session, GPU session); "" is the Sessions page
-PAGES: dict[str, tuple[int, int]] = {
-    "": (0, 0), "overview": (2, 2), "timeline": (1, 1), "memory": (1, 6), "kv_cache": (2, 2),
-    "requests": (9, 8), "replay": (3, 3), "compare": (5, 5), "live": (3, 3), "simulate": (0, 0),
+# page path -> minimum charts drawn (CPU session, GPU session, attached server); "" is Sessions
+PAGES: dict[str, tuple[int, int, int]] = {
+    "": (0, 0, 0), "overview": (2, 2, 2), "timeline": (1, 1, 1), "memory": (1, 6, 0),
+    "kv_cache": (2, 2, 1), "requests": (9, 8, 9), "replay": (3, 3, 3), "compare": (5, 5, 5),
+    "live": (3, 3, 3), "simulate": (0, 0, 0),
 }
-SESSIONS = {"kv_saturation": 0, "gpu_h200x2_tp2": 1}
+SESSIONS = {"kv_saturation": 0, "gpu_h200x2_tp2": 1, "kv_forensics": 0, "attach_pressure": 2}
 
 
 
@@ -86,6 +87,10 @@ def test_page_renders(server: str, browser: Any, shots: Path, session: str, path
         assert drawn_charts(page) >= minimum
         if session == "kv_saturation" and path in ("overview", "timeline", "memory"):
             assert page.get_by_text("not measured on this machine (no NVML)").count() >= 1
+        if session == "kv_forensics" and path == "requests":  # each recorded preemption, in black
+            assert page.locator(f"{CHART} svg path[fill='#111111']").count() >= 17
+        if session == "attach_pressure" and path == "replay":  # first step: a line, no table of n/a
+            assert page.get_by_text("first recorded step").count() == 1
         if path == "":  # Sessions: every bundled session with its one line
             assert page.locator("[data-testid='stMain'] button", has_text="Open").count() >= 9
         page.screenshot(path=str(shots / f"{session}-{path or 'sessions'}.png"), full_page=True)
