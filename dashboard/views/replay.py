@@ -103,7 +103,7 @@ if data is not None:
                 st.info("No engine step yet at this time: move the cursor right.")
             n = cs.now
             blocks = data.num_blocks()
-            m = st.columns(6)
+            m = st.columns([1.5, 1, 1, 1, 1.2, 1])  # a step time such as "126.9181 s" needs the room
             m[0].metric("Step time", "n/a" if cs.t_s is None else f"{cs.t_s:.4f} s",
                         help="the engine step at or before the cursor")
             m[1].metric("Running", _count(n.get("running")), delta=_delta(cs, "running"))
@@ -201,7 +201,7 @@ if data is not None:
                            help="previous engine step")
         controls[3].button("Step", icon=":material/skip_next:", on_click=step, args=(1,), help="next engine step")
         counts = {k: int((jump_marks["kind"] == v).sum()) for k, v in JUMPS.items()}
-        j = st.columns([3, 1, 1, 3])
+        j = st.columns([4.5, 1, 1, 1.5])  # room for "preempting step (14)  finding (2)  engine start (1)"
         j[0].segmented_control("Jump to", [k for k in JUMPS if counts[k]], key="replay_jump_kind",
                                default=next((k for k in JUMPS if counts[k]), None),
                                format_func=lambda k: f"{JUMP_LABELS.get(k, k)} ({counts[k]:,})")
