@@ -13,7 +13,7 @@ import pytest
 
 from dashboard.charts import requests as cr
 from dashboard.charts import timeline as tl
-from dashboard.data import derive, summary, tables
+from dashboard.data import compare, derive, summary, tables
 from dashboard.data import marks as mk
 from dashboard.data.attribution import device_attribution, shown_devices
 from dashboard.data.kv_whole import forensics_memo, preemption_times, with_recorded_preemptions
@@ -312,3 +312,14 @@ def test_hit_rate_card_names_the_tiers_the_headline_counts() -> None:
     assert "hit rate 32.5%" in rep["headline"]
     plain = next(n for n in summary.key_numbers(report_memo(S["kv_forensics"])[0]) if n.key == "hit_rate")
     assert plain.detail == ""  # no tier behind the GPU: nothing to add
+
+
+def test_compare_throughput_of_a_scraped_session_is_a_rate_not_one_scrape_per_bucket() -> None:
+    """attach_pressure scrapes every 0.25 s: one scrape's tokens in a 31 ms bucket read as 5,460
+    tokens/s; the rolling 1 s rate peaks at 380 and still adds up to every generated token."""
+    data = load_session_memo(S["attach_pressure"])
+    view = View(0.0, data.duration_s, 400)
+    b = data.buckets(view)
+    gen = compare.aligned_series(b, view, 0.0, "A", 1.0)["generation"]
+    assert gen["per_s"].max() < 500
+    assert gen["per_s"].sum() * view.width_s == pytest.approx(b["generation_tokens"].sum())

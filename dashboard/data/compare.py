@@ -240,7 +240,7 @@ def aligned_series(buckets: pd.DataFrame, view: View, first_step_s: float, label
     q = derive.queue_series(buckets)
     waiting = q[q["state"] == "waiting"].rename(columns={"value": "waiting"})
     running = q[q["state"] == "running"].rename(columns={"value": "running"})
-    rates = derive.rate_series(buckets, view, {"generation_tokens": "generation"})
+    rates = derive.rate_series(buckets, view, {"generation_tokens": "generation"}, rolling_s)  # a scrape's delta in one bucket is no rate
     hits = derive.hit_rate_series(buckets, view, rolling_s)
     hits = hits[hits["series"].str.startswith("rolling")] if not hits.empty else hits
     for name, df in (("kv", kv), ("waiting", waiting), ("running", running), ("generation", rates),

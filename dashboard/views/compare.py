@@ -167,7 +167,7 @@ spec = [
     ("kv", "kv_usage_frac", "KV cache usage", "KV usage", "%"),
     ("waiting", "waiting", "Waiting requests", "requests", None),
     ("running", "running", "Running requests", "requests", None),
-    ("generation", "per_s", "Generation throughput", "tokens / s", ",.0f"),
+    ("generation", "per_s", f"Generation throughput (rolling {rolling_s:g} s)", "tokens / s", ",.0f"),
     ("hit_rate", "hit_rate_frac", f"Prefix-cache hit rate (rolling {rolling_s:g} s)", "hit rate", "%"),
 ]
 cols = st.columns(2)
