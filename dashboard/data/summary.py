@@ -66,8 +66,8 @@ def key_numbers(report: dict[str, Any]) -> list[KeyNumber]:
         size = fmt_bytes(kv["size_bytes"]) if kv.get("size_bytes") is not None else ""
         per = " per worker" if size and (report.get("workers") or 0) > 1 else ""
         n = int(e["num_gpu_blocks"])
-        # a card fits about ten characters: 55,521 blocks shows as "55.5k blocks", exact beneath
-        short = f"{n:,} blocks" if n < 10_000 else f"{n / 1000:.1f}k blocks"
+        # a card fits about nine characters: 55,521 blocks shows as "55.5k", "55,521 blocks" beneath
+        short = f"{n:,} blocks" if n < 10_000 else f"{n / 1000:.1f}k"
         out.append(KeyNumber("kv_size", "KV cache", short,
                              "what the cache held: blocks × bytes per block"
                              + (f" ({fmt_bytes(kv['bytes_per_block'])} per block, "
