@@ -67,13 +67,13 @@ def key_numbers(report: dict[str, Any]) -> list[KeyNumber]:
         per = " per worker" if size and (report.get("workers") or 0) > 1 else ""
         n = int(e["num_gpu_blocks"])
         # a card fits about nine characters: 55,521 blocks shows as "55.5k", "55,521 blocks" beneath
-        short = f"{n:,} blocks" if n < 10_000 else f"{n / 1000:.1f}k"
+        short = f"{n:,} blocks" if n < 1_000 else f"{n / 1000:.1f}k"
         out.append(KeyNumber("kv_size", "KV cache", short,
                              "what the cache held: blocks × bytes per block"
                              + (f" ({fmt_bytes(kv['bytes_per_block'])} per block, "
                                 f"{int(e['block_size'] or 0)} tokens each)" if kv.get("bytes_per_block") else
                                 "; bytes per block not recorded by this session"),
-                             size + per, f"{n:,} blocks" if n >= 10_000 else ""))
+                             size + per, f"{n:,} blocks" if n >= 1_000 else ""))
     if kv.get("peak_usage_frac") is not None:
         out.append(KeyNumber("kv_peak", "Peak KV usage", fmt_pct(kv["peak_usage_frac"])))
         out.append(KeyNumber("kv_mean", "Mean KV usage", fmt_pct(kv["mean_usage_frac"])))
