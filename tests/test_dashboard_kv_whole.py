@@ -45,6 +45,13 @@ def test_preemptions_page_counts_equal_the_overview_and_the_report(monkeypatch: 
     assert any(b.label == "Preemptions CSV" for b in at.get("download_button"))
 
 
+def test_preemptions_page_without_a_record_names_no_arbitrary_worst(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kv_saturation has vLLM's per-request counts only, every one 1: no request is the worst."""
+    at = go(open_app(monkeypatch, SESSIONS / "kv_saturation.kvscope"), "preemptions")
+    assert metric(at, "Most preempted request") == "none twice"
+    assert not [m for m in at.metric if m.label == "Costliest request"]
+
+
 def test_timeline_marks_every_recorded_preemption(monkeypatch: pytest.MonkeyPatch) -> None:
     at = go(open_app(monkeypatch, FORENSICS), "timeline")
     assert any("Each preemption: tokens it discarded" in s for s in specs(at))
