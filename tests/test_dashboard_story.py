@@ -323,3 +323,16 @@ def test_compare_throughput_of_a_scraped_session_is_a_rate_not_one_scrape_per_bu
     gen = compare.aligned_series(b, view, 0.0, "A", 1.0)["generation"]
     assert gen["per_s"].max() < 500
     assert gen["per_s"].sum() * view.width_s == pytest.approx(b["generation_tokens"].sum())
+
+
+def test_swimlane_prefixes_each_get_their_own_colour() -> None:
+    """prefix_thrash has 16 shared prefixes: the theme's palette repeated after 10 (prefix K drew
+    as prefix A); each now has its own colour, and requests without one are grey."""
+    data = load_session_memo(S["prefix_thrash"])
+    with data.open() as s:
+        groups = prefix_groups(s.table("prompt_blocks"))
+    spans = request_spans(data.requests(), groups, 0.0, data.duration_s)
+    scale = cr.prefix_color(spans["prefix"]).to_dict()["scale"]
+    shared = [(d, c) for d, c in zip(scale["domain"], scale["range"], strict=True) if d.startswith("prefix ")]
+    assert len(shared) == 16 and len({c for _, c in shared}) == 16
+    assert scale["domain"][:3] == ["prefix A", "prefix B", "prefix C"]

@@ -90,7 +90,7 @@ def prompt_scatter(requests: pd.DataFrame, max_points: int = 5000, height: int =
         tooltip.append(alt.Tooltip("preemptions:Q", title="preempted"))
     elif groups:
         df["prefix"] = df["request_id"].astype(str).map(lambda r: groups.get(r, "prefix not recorded"))
-        color = alt.Color("prefix:N", title="starts with", legend=alt.Legend(orient="top", labelLimit=200))
+        color = prefix_color(df["prefix"])
         tooltip.append(alt.Tooltip("prefix:N"))
     else:
         color = alt.value("#4c78a8")
@@ -104,6 +104,22 @@ def prompt_scatter(requests: pd.DataFrame, max_points: int = 5000, height: int =
 
 
 PHASE_OPACITY = {"queued": 0.25, "prefill": 1.0, "decode": 0.6, "in system": 0.6, "preempted": 1.0}
+TABLEAU20 = ["#4c78a8", "#9ecae9", "#f58518", "#ffbf79", "#54a24b", "#88d27a", "#b79a20", "#f2cf5b",
+             "#439894", "#83bcb6", "#e45756", "#ff9d98", "#79706e", "#bab0ac", "#d67195", "#fcbfd2",
+             "#b279a2", "#d6a5c9", "#9e765f", "#d8b5a5"]
+"""Vega's tableau20: 20 colours, so up to 20 prefixes never share one (the theme's repeats after 10)."""
+
+
+def prefix_color(values: pd.Series, title: str = "starts with") -> alt.Color:
+    """A colour per shared prefix (in "prefix A", "prefix B" ... order; beyond 20 they repeat),
+    grey for requests without a shared prefix or whose prefix was not recorded."""
+    names = sorted({str(v) for v in values.dropna()}, key=lambda n: (len(n), n))
+    plain = [n for n in names if not n.startswith("prefix ")]
+    shared = [n for n in names if n.startswith("prefix ")]
+    domain = shared + plain
+    rng = [TABLEAU20[i % len(TABLEAU20)] for i in range(len(shared))] + ["#c7c7c7"] * len(plain)
+    return alt.Color("prefix:N", title=title, scale=alt.Scale(domain=domain, range=rng),
+                     legend=alt.Legend(orient="top", labelLimit=200, columns=10))
 
 
 def swimlane_chart(spans: pd.DataFrame, view: View, evictions: pd.DataFrame | None = None) -> alt.LayerChart:
@@ -122,7 +138,7 @@ def swimlane_chart(spans: pd.DataFrame, view: View, evictions: pd.DataFrame | No
     base = base.assign(alpha=base["phase"].map(PHASE_OPACITY).fillna(0.6))
     bars = alt.Chart(base).mark_bar(height={"band": 0.9}, clip=True).encode(
         x=time_x(view), x2="t_end_s:Q", y=y,
-        color=alt.Color("prefix:N", title="starts with", legend=alt.Legend(orient="top", labelLimit=200)),
+        color=prefix_color(base["prefix"]),
         opacity=alt.Opacity("alpha:Q", scale=None, legend=None),
         tooltip=tip)
     layers: list[alt.Chart] = [bars]
