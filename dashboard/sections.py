@@ -156,8 +156,10 @@ def kv_groups(data: SessionData, rep: dict[str, Any], view: View) -> None:
         "mean blocks held": fmt(g.get("mean_blocks_used"), "{:,.1f}"),
     } for g in groups])
     st.table(df, hide_index=True)
-    st.caption("Peak share of pool: of the pool's blocks less the one vLLM keeps for itself (its own "
-               "KV usage denominator: 19 of 40 blocks read 48.7 %).")
+    pool = groups[0].get("num_blocks")
+    if pool:
+        st.caption(f"Peak share of pool: of the {int(pool) - 1:,} usable blocks (vLLM keeps one of the "
+                   f"{int(pool):,} for itself; its own KV usage has the same denominator).")
     if len(groups) < 2:
         return
     usage = _group_usage(*file_signature(data.path))
