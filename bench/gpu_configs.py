@@ -11,7 +11,9 @@ No internet on that machine: every model is a config written here with the byte 
 - ``spec_draft`` same workload, a draft model (Llama-3.2-1B shapes), 3 tokens per draft
 - ``groups_gemma2`` Gemma-2-9B shapes (8 layers): sliding window 4,096 beside full attention
 - ``groups_gemma3`` Gemma-3 shapes (6 layers, 5 sliding : 1 full, window 1,024)
-- ``groups_bamba``  Bamba (Mamba-2 beside attention, 8 layers): a hybrid attention/Mamba cache
+- ``groups_granite`` Granite-4.0-H-Micro shapes (GraniteMoeHybrid, dense MLP, 8 layers: 6 Mamba-2,
+  2 attention): a hybrid attention/Mamba cache (Bamba, the first choice, left vLLM in 0.23)
+- ``groups_bamba``  Bamba (Mamba-2 beside attention, 8 layers), for vLLM releases before 0.23
 - ``groups_mla``    DeepSeek-V2-Lite shapes (4 layers): MLA, one group of its own kind
 
 Each runs ``tests/support/workload.py`` under ``kvscope record`` with an independent StatLoggerBase
@@ -137,13 +139,31 @@ def bamba(models: Path) -> Path:
     return _save(cfg, models / "bamba-8l", models, "BambaForCausalLM")
 
 
+def granite_hybrid(models: Path) -> Path:
+    """Granite-4.0-H-Micro's shapes cut to 8 layers (attention at 3 and 7, Mamba-2 elsewhere),
+    dense MLP (``num_local_experts=0``): vLLM's ``GraniteMoeHybridForCausalLM``."""
+    from transformers import GraniteMoeHybridConfig
+
+    layer_types = ["attention" if i in (3, 7) else "mamba" for i in range(8)]
+    cfg = GraniteMoeHybridConfig(vocab_size=100352, hidden_size=2048, intermediate_size=8192,
+                                 shared_intermediate_size=8192, num_local_experts=0,
+                                 num_experts_per_tok=0, num_hidden_layers=8, layer_types=layer_types,
+                                 num_attention_heads=16, num_key_value_heads=4, mamba_n_heads=64,
+                                 mamba_d_head=64, mamba_n_groups=1, mamba_d_state=128,
+                                 mamba_d_conv=4, mamba_expand=2, mamba_chunk_size=256,
+                                 position_embedding_type="rope", max_position_embeddings=16384,
+                                 pad_token_id=0, **COMMON)
+    return _save(cfg, models / "granite-4.0-h-8l", models, "GraniteMoeHybridForCausalLM")
+
+
 def deepseek_v2_lite(models: Path) -> Path:
     from transformers import DeepseekV2Config
 
     cfg = DeepseekV2Config(vocab_size=102400, hidden_size=2048, intermediate_size=10944,
                            moe_intermediate_size=1408, num_hidden_layers=4, num_attention_heads=16,
                            num_key_value_heads=16, n_routed_experts=64, n_shared_experts=2,
-                           num_experts_per_tok=6, first_k_dense_replace=1, kv_lora_rank=512,
+                           num_experts_per_tok=6, n_group=1, topk_group=1, topk_method="greedy",
+                           first_k_dense_replace=1, kv_lora_rank=512,
                            q_lora_rank=None, qk_rope_head_dim=64, qk_nope_head_dim=128,
                            v_head_dim=128, max_position_embeddings=16384, pad_token_id=0, **COMMON)
     return _save(cfg, models / "deepseek-v2-lite-4l", models, "DeepseekV2ForCausalLM")
@@ -184,6 +204,8 @@ SCENARIOS = [
     # hybrid Mamba models may not take prefix caching on every version: off here
     Scenario("groups_bamba", bamba, GROUP_WORKLOAD, min_groups=2,
              extra=["--enforce-eager", "--no-prefix-caching"]),
+    Scenario("groups_granite", granite_hybrid, GROUP_WORKLOAD, min_groups=2,
+             extra=["--enforce-eager", "--no-prefix-caching"]),
     Scenario("groups_mla", deepseek_v2_lite, GROUP_WORKLOAD, min_groups=1, extra=["--enforce-eager"]),
 ]
 
@@ -201,6 +223,8 @@ def check(s: Scenario, session: Path, counts: dict[str, Any], rep: dict[str, Any
         out["no_spec_decode"] = rep.get("spec_decode") is None or f"{rep.get('spec_decode')}"
     groups = rep["kv_cache"]["groups"]
     out["groups"] = len(groups) >= s.min_groups or f"{len(groups)} < {s.min_groups}"
+    blocks = {g["num_blocks"] for g in groups}
+    out["group_pool_is_vllms"] = blocks == {counts.get("num_gpu_blocks")} or f"{blocks} vs {counts.get('num_gpu_blocks')}"
     if len(groups) > 1:
         out["group_blocks_match_usage"] = checks.group_blocks_match_usage(
             session, counts, groups[0]["num_blocks"])

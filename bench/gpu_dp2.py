@@ -35,6 +35,12 @@ def main() -> int:
     ap.add_argument("out")
     ap.add_argument("--load-format", default=None)
     ap.add_argument("--tiny-mixtral", action="store_true", help="build and serve a tiny MoE model")
+    ap.add_argument("--dtype", default=None, help="e.g. bfloat16 (the tiny Mixtral is saved in float32)")
+    ap.add_argument("--enforce-eager", action="store_true", help="no torch.compile / CUDA graphs")
+    ap.add_argument("--executor", default="mp",
+                    help="--distributed-executor-backend: with one GPU per rank vLLM would run the "
+                         "model inside the engine core (uni); mp gives each rank a worker process "
+                         "for the kill -9 check")
     a = ap.parse_args()
     from tests.support import dp as dpcheck
     from tests.support import server as srv
@@ -52,6 +58,12 @@ def main() -> int:
     extra = ["--data-parallel-size", "2", "--gpu-memory-utilization", "0.85"]
     if a.load_format:
         extra += ["--load-format", a.load_format]
+    if a.dtype:
+        extra += ["--dtype", a.dtype]
+    if a.enforce_eager:
+        extra += ["--enforce-eager"]
+    if a.executor:
+        extra += ["--distributed-executor-backend", a.executor]
     with srv.running_server(sys.executable, a.model, out, blocks=2000, extra=tuple(extra),
                             ready_timeout_s=900,
                             wrapper=(*KVSCOPE, "record", "--session", str(session), "--")) as s:
@@ -63,6 +75,7 @@ def main() -> int:
     for r in got["per_rank"].values():  # the ids themselves are long: keep their count
         r["request_ids"], r["hashed_ids"] = len(r["request_ids"]), len(r["hashed_ids"])
     got["ok"] = ok
+    got["server_args"] = extra
     # which busy loop failed: "engine core: busy loop (DPEngineCoreProc)" for a MoE model
     got["busy_loop_where"] = [e.get("where") for e in got["kill"]["core_events"]]
     (out / "dp2.json").write_text(json.dumps(got, indent=1, default=str))

@@ -146,6 +146,11 @@ def engine_run(a: argparse.Namespace) -> int:
 
     offload = ({"kv_offloading_size": a.offload_gib, "kv_offloading_backend": "native"}
                if a.offload_gib > 0 else {})
+    if a.vllm_options:  # what kvscope record --kv-events --kv-cache-metrics turns on, without kvscope
+        from vllm.config import KVEventsConfig
+
+        offload = {**offload, "kv_cache_metrics": True, "kv_cache_metrics_sample": 1.0,
+                   "kv_events_config": KVEventsConfig(enable_kv_cache_events=True, publisher="null")}
     eng = LLMEngine.from_engine_args(EngineArgs(
         model=a.model, load_format="dummy", num_gpu_blocks_override=a.blocks,
         enable_prefix_caching=True, max_model_len=a.prefix_len + 512, max_num_seqs=a.max_num_seqs,
@@ -249,9 +254,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--max-num-seqs", type=int, default=64)
     ap.add_argument("--skip-serve", action="store_true")
-    ap.add_argument("--engine-run", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--counts", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--raw", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--engine-run", action="store_true",
+                    help="run the engine in this process, not under kvscope record (with --counts, --raw)")
+    ap.add_argument("--vllm-options", action="store_true",
+                    help="--engine-run: turn on vLLM's KV events (null publisher) and kv_cache_metrics "
+                         "(sample 1.0) itself, as kvscope record --kv-events --kv-cache-metrics does")
+    ap.add_argument("--counts", default=None, help="--engine-run: the independent counter's JSON")
+    ap.add_argument("--raw", default=None, help="--engine-run: the first steps' raw stats JSON")
     a = ap.parse_args(argv)
     if a.engine_run:
         return engine_run(a)

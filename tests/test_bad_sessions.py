@@ -498,6 +498,7 @@ PAGES = ("overview", "timeline", "kv_cache", "memory", "requests", "replay", "wh
     "UPDATE engines SET block_size = 0; UPDATE meta SET value = '\"yesterday\"' "
     "WHERE key = 'started_unix_s'",  # opens, with impossible values
 ])
+@pytest.mark.browser
 def test_dashboard_pages_with_a_damaged_session(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                 damage: str) -> None:
     from streamlit.testing.v1 import AppTest

@@ -11,6 +11,8 @@ from profiler.units import fmt_pct, fmt_s
 from tests.support.dashboard import go, open_app
 from tests.support.engine import ROOT
 
+pytestmark = pytest.mark.browser  # the dashboard as a user runs it (Streamlit AppTest)
+
 SESSIONS = ROOT / "sessions"
 SPEC, SPEC_OFF, GROUPS = (SESSIONS / f"{n}.kvscope" for n in ("spec_ngram", "spec_ngram_off", "sliding_window"))
 

@@ -20,6 +20,8 @@ from dashboard.data.session import load_session
 from profiler.units import escape_markdown, fmt_bytes, fmt_s
 from tests.support.dashboard import go, open_app
 
+pytestmark = pytest.mark.browser  # the dashboard as a user runs it (Streamlit AppTest)
+
 ROOT = Path(__file__).resolve().parent.parent
 SESSIONS = ROOT / "sessions"
 CPU = SESSIONS / "kv_saturation.kvscope"
@@ -354,11 +356,14 @@ FINDINGS = {
     "prefix_thrash_fixed": {"QUEUEING"},
     "gpu_h200_offload": {"PREFIX_THRASH"},
     "gpu_h200_offload_attach": {"PREEMPTION_STORM"},
-    # a foreign process (a server still starting) held 518 MiB of the GPU during this run
-    "gpu_h200_spec_eagle": {"GPU_MEMORY_PRESSURE", "KV_OVERPROVISIONED", "QUEUEING"},
+    "gpu_h200_spec_eagle": {"KV_OVERPROVISIONED", "QUEUEING"},
+    "gpu_h200_groups_granite": {"KV_OVERPROVISIONED"},
+    "gpu_h200_groups_mla": {"KV_OVERPROVISIONED", "QUEUEING"},
+    # 32 requests over two ranks of 2,000 blocks each: nothing to find
+    "gpu_h200x2_dp2_moe": set(),
     "gpu_h200_spec_off": {"KV_OVERPROVISIONED", "QUEUEING"},
 }
-"""Finding codes each bundled session shows on its Overview (every one of them has some)."""
+"""Finding codes each bundled session shows on its Overview."""
 
 
 FIRST_PANEL = {"PREFIX_THRASH": "Prefix-cache hit rate", "KV_SATURATION": "KV cache usage",
@@ -418,15 +423,7 @@ def bare(at: AppTest) -> list[str]:
     return sorted({t for t in page_texts(at) if BARE.search(t)})
 
 
-UNIT_SWEEP = {"healthy", "gpu_h200_oom_runtime"}
-"""The sweep's sessions in the unit tier (a CPU engine; a GPU with an OOM and a foreign process);
-the other bundled sessions run in the browser tier, the dashboard-as-a-whole tier (``make test``),
-to keep ``make test-unit`` under a minute."""
-
-
-@pytest.mark.parametrize("session", [
-    pytest.param(p, marks=() if p.stem in UNIT_SWEEP else pytest.mark.browser)
-    for p in sorted(SESSIONS.glob("*.kvscope"))], ids=lambda p: p.stem)
+@pytest.mark.parametrize("session", sorted(SESSIONS.glob("*.kvscope")), ids=lambda p: p.stem)
 def test_every_page_opens_every_bundled_session(app: Any, session: Path) -> None:
     """CPU and GPU sessions, OOM ones included (no steps at all), in one AppTest per session: no
     page may raise, show an error, or read None/NaN; the same preemption count on Overview,

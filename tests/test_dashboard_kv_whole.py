@@ -14,6 +14,8 @@ from dashboard.data.reports import compute_report
 from tests.support.dashboard import go, open_app
 from tests.support.engine import ROOT
 
+pytestmark = pytest.mark.browser  # the dashboard as a user runs it (Streamlit AppTest)
+
 SESSIONS = ROOT / "sessions"
 FORENSICS = SESSIONS / "kv_forensics.kvscope"
 DISK_TIER = SESSIONS / "disk_tier.kvscope"

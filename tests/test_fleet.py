@@ -84,6 +84,7 @@ def test_fleet_table_is_worst_first(fleet: tuple[Path, list[FakeVllm], int]) -> 
     assert table.iloc[3]["kv_peak_frac"] == 0.0 and table.iloc[3]["waiting_max"] == 0
 
 
+@pytest.mark.browser
 def test_fleet_page_shows_the_servers_worst_first(fleet: tuple[Path, list[FakeVllm], int],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     path, fakes, _ = fleet
@@ -95,6 +96,7 @@ def test_fleet_page_shows_the_servers_worst_first(fleet: tuple[Path, list[FakeVl
     assert len(at.get("vega_lite_chart")) == 2
 
 
+@pytest.mark.browser
 def test_fleet_page_on_one_server_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
     at = go(open_app(monkeypatch, ROOT / "sessions" / "healthy.kvscope"), "fleet")
     assert not at.error and "holds one server" in at.info[0].value

@@ -55,6 +55,8 @@ def test_offload_session_equals_the_independent_logger() -> None:
     # the run's point: the GPU's 700 blocks miss most returning prefixes, the CPU tier serves them
     assert gpu["hit_rate"] < 0.1 < 0.7 < cpu["hit_rate"]
     assert cpu["loaded_bytes"] > cpu["stored_bytes"] > 2 * 2**30
+    assert [t["medium"] for t in rep["kv_tiers"][:2]] == ["GPU", "CPU"] and cpu["store_bytes_per_s"] > 0
+    assert rep["preemption"]["count"] == rep["preemptions"]  # forensics: every preemption has a row
 
 
 def test_offload_attach_session_equals_the_server_counters() -> None:
@@ -130,3 +132,18 @@ def test_eagle_session_equals_the_independent_logger_and_shows_the_memory_swing(
     gib = 2**30
     assert 0.3 < (eagle["memory"]["weights_bytes"] - off["memory"]["weights_bytes"]) / gib < 0.7
     assert eagle["engine"]["num_gpu_blocks"] < off["engine"]["num_gpu_blocks"]
+
+
+def test_eagle_drafter_weights_are_the_heads_own_parameters() -> None:
+    """vLLM 0.26 runs Llama on its V2 GPU model runner, whose drafter is ``speculator``
+    (re-recorded 2026-11-30 after the fix; the first session said n/a). The EAGLE-1 head of
+    bench/gpu/eagle_config.py: fc (2 x 4096 -> 4096), one Llama layer (q, o 4096x4096; k, v
+    4096x1024; MLP 3 x 4096x14336), its post-attention norm (layer 0 has no input norm); the
+    embedding and LM head are the target's."""
+    eagle, off = _report("gpu_h200_spec_eagle"), _report("gpu_h200_spec_off")
+    h, kv, ffn = 4096, 1024, 14336
+    params = 2 * h * h + (2 * h * h + 2 * h * kv) + 3 * h * ffn + h
+    assert eagle["memory"]["drafter_weights_bytes"] == 2 * params == 503_324_672  # bf16
+    swing = eagle["memory"]["weights_bytes"] - off["memory"]["weights_bytes"]
+    assert abs(swing - eagle["memory"]["drafter_weights_bytes"]) / swing < 0.01
+    assert off["memory"]["drafter_weights_bytes"] is None

@@ -63,6 +63,7 @@ def test_report_set_text_has_a_column_per_session_and_bad_ones_are_one_line(tmp_
     assert "None" not in out.stdout and "nan" not in out.stdout.lower().split()
 
 
+@pytest.mark.browser
 def test_compare_page_takes_many_sessions(monkeypatch: pytest.MonkeyPatch) -> None:
     at = go(open_app(monkeypatch, *THREE), "compare")
     two = len(at.get("vega_lite_chart"))

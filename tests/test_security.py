@@ -66,6 +66,7 @@ def _markdown_texts(at: AppTest) -> list[str]:
     return out
 
 
+@pytest.mark.browser
 @pytest.mark.parametrize("page", ["sessions", "overview", "timeline", "memory", "requests", "replay",
                                   "kv_cache", "whatif", "kv_events", "simulate", "compare"])
 def test_dashboard_renders_session_text_as_text(monkeypatch: pytest.MonkeyPatch,

@@ -13,6 +13,8 @@ from tests.support import scenarios as sc
 from tests.support.dashboard import go, open_app
 from tests.support.engine import ROOT
 
+pytestmark = pytest.mark.browser  # the dashboard as a user runs it (Streamlit AppTest)
+
 NO_PROMPT_BLOCKS = ROOT / "sessions" / "gpu_h200_fragmentation.kvscope"
 """Recorded without prompt-block hashes or KV events: nothing to model."""
 
@@ -36,7 +38,7 @@ def test_page_renders_for_the_chosen_session(thrash: sc.Recorded, monkeypatch: p
     assert values["unbounded cache"] == f"{w.curve.max_hit_rate:.1%}"
     table = at.dataframe[0].value
     assert table["num_blocks"].tolist() == [12, 24, 48, 96]
-    assert len(at.get("vega_lite_chart")) == 1
+    assert len(at.get("vega_lite_chart")) == 2  # the cache-size curve and the block-size what-if
 
 
 def test_session_without_prompt_blocks_gets_one_info_line(monkeypatch: pytest.MonkeyPatch) -> None:

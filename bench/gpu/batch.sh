@@ -7,6 +7,15 @@
 #       probe:VERSION    import that vLLM and print the GPU (no engine)
 #       configs:A,B      the configs branch's bench/gpu_configs.py scenarios A and B (vLLM 0.26.0)
 #       oomforecast      the live branch's bench/gpu_oom_forecast.py (torch only)
+#       setup            vLLM 0.26.0's environment: pip install -e, model configs (before parallel tasks)
+#       dp2:moe|dense    bench/gpu_dp2.py: DP=2 server recorded per rank (both GPUs): the tiny Mixtral
+#                        (DPEngineCoreProc) or Llama-3-8B shapes (dummy weights), --enforce-eager
+#       spec:eagle       the EAGLE half of spec only
+#       offload13:MODE   bench/gpu_offload.py's engine (max_num_seqs 64) for issue 13: plain (no
+#                        kvscope), vllmopts (no kvscope, vLLM's KV events + kv_cache_metrics on as
+#                        kvscope turns them on), kvscope (kvscope record --kv-events --kv-cache-metrics)
+# Two task lists can run side by side, one per GPU: CUDA_VISIBLE_DEVICES=0 bash batch.sh A & \
+#   CUDA_VISIBLE_DEVICES=1 bash batch.sh B; gpu_clean then ends leftovers of its own GPU only.
 # offload uses the kv branch's bench/gpu_offload.py when the tree has it.
 # Each task's files go to $OUT/TASK/ and are packed into $OUT/TASK.tgz (':' and ',' read '-'; the
 # device returns at most 8 files). *_TIMEOUT_S variables bound each part.
@@ -46,7 +55,8 @@ rec() {  # rec NAME DIR -- COMMAND...: kvscope record, then report --json
 }
 
 gpu_clean() {  # an engine killed by a timeout can leave its workers holding the GPU: end them by pid
-  for pid in $(nvidia-smi --query-compute-apps=pid --format=csv,noheader 2>/dev/null); do
+  local sel=""; [ -n "${CUDA_VISIBLE_DEVICES:-}" ] && sel="-i $CUDA_VISIBLE_DEVICES"
+  for pid in $(nvidia-smi $sel --query-compute-apps=pid --format=csv,noheader 2>/dev/null); do
     echo "ending leftover GPU process $pid"; kill -9 "$pid" 2>/dev/null
   done
 }
@@ -98,6 +108,39 @@ task() {
         --counts $dir/spec_eagle_counts.json --raw $dir/spec_eagle_raw.json --max-tokens 64 --prefix-len 3000
       rec gpu_h200_spec_off $dir -- python3 "$code/bench/gpu/engine_run.py" $model --workload spec \
         --counts $dir/spec_off_counts.json --max-tokens 64 --prefix-len 3000 ;;
+    setup)
+      S 0.26.0; setup; ls $model ;;
+    dp2:*)
+      S 0.26.0; setup
+      local args
+      if [ "${t#dp2:}" = moe ]; then args="$dir --tiny-mixtral --dtype bfloat16 --enforce-eager"
+      else args="$model $dir --load-format=dummy --enforce-eager"; fi
+      timeout ${DP2_TIMEOUT_S:-270} python3 "$code/bench/gpu_dp2.py" $args > $dir/gpu_dp2.log 2>&1
+      echo "gpu_dp2.py ${t#dp2:}: exit $?"; grep -E '"ok"|Traceback|Error' $dir/gpu_dp2.log | tail -4 | cut -c1-1500
+      gpu_clean
+      rm -rf $dir/tiny-mixtral $dir/tiny-mixtral-tokenizer
+      [ -f $dir/gpu_dp2.kvscope ] && finalize $dir/gpu_dp2.kvscope \
+        && python3 -m profiler.cli report --json $dir/gpu_dp2.kvscope > $dir/gpu_dp2.report.json 2> $dir/report.err
+      ls -la $dir ;;
+    spec:eagle)
+      S 0.26.0; setup
+      rec gpu_h200_spec_eagle $dir -- python3 "$code/bench/gpu/engine_run.py" $model --workload spec \
+        --engine-args "{\"speculative_config\": {\"method\": \"eagle\", \"model\": \"$eagle\", \"num_speculative_tokens\": 3}}" \
+        --counts $dir/spec_eagle_counts.json --raw $dir/spec_eagle_raw.json --max-tokens 64 --prefix-len 3000
+      grep -E "drafter_loaded|drafter" $dir/gpu_h200_spec_eagle.report.json | head -3 ;;
+    offload13:*)
+      S 0.26.0; setup
+      local mode=${t#offload13:}
+      case $mode in
+        plain) timeout ${OFFLOAD_TIMEOUT_S:-240} python3 "$code/bench/gpu_offload.py" $model $dir --engine-run \
+                 --counts $dir/counts.json --raw $dir/raw.json > $dir/run.log 2>&1 ;;
+        vllmopts) timeout ${OFFLOAD_TIMEOUT_S:-240} python3 "$code/bench/gpu_offload.py" $model $dir --engine-run \
+                 --vllm-options --counts $dir/counts.json --raw $dir/raw.json > $dir/run.log 2>&1 ;;
+        kvscope) timeout ${OFFLOAD_TIMEOUT_S:-240} python3 "$code/bench/gpu_offload.py" $model $dir --skip-serve > $dir/run.log 2>&1 ;;
+      esac
+      echo "offload13 $mode: exit $?"
+      grep -E "GPU_OFFLOAD_ENGINE_DONE|recorded|Traceback|AssertionError|assert len|scheduler.py" $dir/run.log | tail -6 | cut -c1-600
+      gpu_clean; [ -f $dir/gpu_h200_offload.kvscope ] && finalize $dir/gpu_h200_offload.kvscope ;;
     *) echo "unknown task $t" ;;
   esac
   gpu_clean

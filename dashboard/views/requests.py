@@ -72,19 +72,24 @@ if data is not None:
         st.title(f"Requests · {escape_markdown(data.name)}")
         reqs = state.requests(data)
         rep, findings = state.report(data)
-        if reqs.empty:
-            if not histogram_latency.show(data):  # attach: the server's histograms
+        pre_steps = rep.get("preemptions")
+        finished = len(reqs) if not reqs.empty else rep.get("requests_finished")
+        cards: list[tuple[str, str, str | None, str | None]] = []
+        if finished:
+            cards.append(("Requests finished", f"{int(finished):,}", None, None))
+        if pre_steps is not None:
+            cards.append(("Preemptions", f"{int(pre_steps):,}", None,
+                          "requests preempted, summed over the engine steps (as on Overview and KV cache)"))
+        if reqs.empty:  # attach: the server's counters and histograms, no request of its own
+            for col, (label, value, delta, helptext) in zip(st.columns(4), cards, strict=False):
+                col.metric(label, value, delta=delta, delta_color="off", delta_arrow="off", help=helptext)
+            if not histogram_latency.show(data):
                 st.info("No finished requests in this session"
                         + (": the engine never served." if not rep.get("steps") else "."),
                         icon=":material/info:")
             st.stop()
 
-        pre_steps = rep.get("preemptions")
         counted = reqs["preemptions"].dropna()
-        cards: list[tuple[str, str, str | None, str | None]] = [("Requests finished", f"{len(reqs):,}", None, None)]
-        if pre_steps is not None:
-            cards.append(("Preemptions", f"{int(pre_steps):,}", None,
-                          "requests preempted, summed over the engine steps (as on Overview and KV cache)"))
         if len(counted):
             cards.append(("Requests preempted", f"{int((counted > 0).sum()):,}",
                           f"of {len(counted):,} with a count", None))

@@ -8,8 +8,10 @@ import streamlit as st
 from dashboard import state
 from dashboard.charts.kv_whole import block_size_chart
 from dashboard.charts.whatif import whatif_chart
+from dashboard.data import tables
 from dashboard.data.kv_whole import block_sizes_memo
 from dashboard.data.session import SessionData
+from profiler import units
 from profiler.analysis.whatif import predictions
 from profiler.units import escape_markdown
 
@@ -68,8 +70,9 @@ def render(data: SessionData) -> None:
         return
     if sizes:
         obj = predictions(w, sizes)
-        st.dataframe(pd.DataFrame(obj["predictions"]).style.format({"hit_rate": "{:.1%}"}),
-                     hide_index=True)
+        # a size the model cannot predict (below the session's, from KV events) reads n/a
+        st.dataframe(tables.shown(pd.DataFrame(obj["predictions"]), {"hit_rate": units.fmt_pct},
+                                  keep=("hit_rate",)), hide_index=True)
         if obj["blocks_for_90pct_of_max"]:
             st.write(f"90% of the unbounded-cache hits need **{obj['blocks_for_90pct_of_max']} blocks** "
                      f"({obj['blocks_for_90pct_of_max'] * c.block_size:,} tokens).")

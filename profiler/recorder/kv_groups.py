@@ -29,25 +29,52 @@ ENV_INTERVAL_MS = "KVSCOPE_KV_GROUP_INTERVAL_MS"
 DEFAULT_INTERVAL_MS = 250.0
 
 
+_rank_engine_id: list[int] = []
+"""A data-parallel rank > 0's engine id, once looked up (see ``engine_id``)."""
+os.register_at_fork(after_in_child=_rank_engine_id.clear)
+_pending_rows: list[KvCacheGroupRow] = []
+"""Group rows of a rank > 0 whose engine the frontend had not described yet at KV-cache start."""
+
+
 def engine_id() -> int | None:
-    """The engine this process's rows belong to (from the frontend's environment)."""
+    """The engine this engine core's rows belong to.
+
+    Without data parallelism, and on DP rank 0, the frontend's pending engine (its environment:
+    ``KVSCOPE_ENGINE_ID``). Every DP rank inherits that environment, so a rank > 0 takes the
+    frontend's ``engines`` row of its own index instead (None until the frontend has written it:
+    on vLLM 0.26 the frontend describes its engines once all of them have started)."""
+    rank = context.dp_rank()
+    if rank:
+        if not _rank_engine_id:
+            eid = context.engine_id_of_this_process()
+            if eid is None:
+                return None
+            _rank_engine_id.append(eid)
+        return _rank_engine_id[0]
     try:
         return int(os.environ[ENV_ENGINE_ID])
     except (KeyError, ValueError):
         return None
 
 
-def kind_of(spec: Any) -> str:
-    """``FullAttentionSpec`` → ``full_attention``, ``SlidingWindowSpec`` → ``sliding_window``, ...
+_WORD_START = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+"""Where a CamelCase word starts: after a lower-case letter or digit, or inside an acronym before
+its last capital when a lower-case letter follows (``MLAAttention`` → ``MLA`` + ``Attention``)."""
 
-    A spec wrapping several same-type layer specs (``UniformTypeKVCacheSpecs``) is named after them.
+
+def kind_of(spec: Any) -> str:
+    """``FullAttentionSpec`` → ``full_attention``, ``SlidingWindowSpec`` → ``sliding_window``,
+    ``MLAAttentionSpec`` → ``mla_attention``, ``MambaSpec`` → ``mamba``, ...
+
+    An acronym stays one word (``SlidingWindowMLASpec`` → ``sliding_window_mla``). A spec wrapping
+    several same-type layer specs (``UniformTypeKVCacheSpecs``) is named after them.
     """
     inner = getattr(spec, "kv_cache_specs", None)
     if isinstance(inner, dict) and inner:
         kinds = {kind_of(s) for s in inner.values()}
         return kinds.pop() if len(kinds) == 1 else "mixed"
     name = type(spec).__name__.removesuffix("Spec")
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+    return _WORD_START.sub("_", name).lower()
 
 
 def _int(value: Any) -> int | None:
@@ -86,10 +113,32 @@ def record_groups(config: Any) -> int:
     w = context.writer()
     if w is None:
         return 0
-    rows = group_rows(config, engine_id(), time.time())
-    for row in rows:
-        w.append("kv_cache_groups", row)
+    eid = engine_id()
+    rows = group_rows(config, eid, time.time())
+    if eid is None and context.dp_rank():  # written once the frontend has described this rank
+        _pending_rows[:] = rows
+        return len(rows)
+    _store(w, rows, eid)
     return len(rows)
+
+
+def _store(w: Any, rows: list[KvCacheGroupRow], eid: int | None) -> None:
+    """The group rows, and this engine's block count on its ``engines`` row (under data
+    parallelism vLLM's frontend only knows the sum over the ranks)."""
+    for row in rows:
+        w.append("kv_cache_groups", row._replace(engine_id=eid))
+    if eid is not None and rows and rows[0].num_blocks is not None:
+        w.execute_now("UPDATE engines SET num_gpu_blocks = ? WHERE engine_id = ?",
+                      (rows[0].num_blocks, eid))
+
+
+def flush_pending(w: Any) -> None:
+    """Write a DP rank's held-back group rows once its engine id is known."""
+    eid = engine_id()
+    if eid is None:
+        return
+    rows, _pending_rows[:] = list(_pending_rows), []
+    _store(w, rows, eid)
 
 
 def blocks_per_group(scheduler: Any) -> list[int] | None:
@@ -126,6 +175,10 @@ def wrap_make_stats(method: Callable[..., Any]) -> Callable[..., Any]:
         stats = method(self, *args, **kwargs)
         if stats is None:
             return stats
+        if _pending_rows:
+            w = context.writer()
+            if w is not None:
+                flush_pending(w)
         managers = getattr(getattr(getattr(self, "kv_cache_manager", None), "coordinator", None),
                            "single_type_managers", None)
         if not isinstance(managers, (tuple, list)) or len(managers) < 2:

@@ -285,6 +285,7 @@ def _patch_engine_core() -> None:
                lambda f: engine_core.wrap_make_stats(kv_groups.wrap_make_stats(f)))
     engine_core.install(_patch)
     _patch(core.EngineCore, "reset_prefix_cache", _wrap_reset_prefix_cache)
+    _patch(core.EngineCore, "shutdown", _wrap_core_shutdown)
     proc = getattr(core, "EngineCoreProc", None)
     if proc is None:
         return
@@ -294,6 +295,23 @@ def _patch_engine_core() -> None:
         if "run_busy_loop" in vars(cls):
             where = "engine core: busy loop" + ("" if cls is proc else f" ({cls.__name__})")
             _patch(cls, "run_busy_loop", lambda f, where=where: observe_failures(f, where))
+
+
+def _wrap_core_shutdown(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Commit the engine core's queued rows when it shuts down: its process then ends through
+    multiprocessing's ``os._exit``, which runs no ``atexit`` hook (vLLM 0.26 on an H200 lost the
+    last 0.2 s of a hybrid model's ``kv_group_usage`` samples that way)."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            w = context.writer()
+            if w is not None:
+                w.flush()
+
+    return wrapper
 
 
 def _subclasses(cls: type) -> list[type]:

@@ -70,9 +70,17 @@ def record_config(writer: Any, vllm_config: Any, engine_id: int | None) -> None:
                  f"{details['num_speculative_tokens']} tokens per draft", engine_id, **details)
 
 
+def drafter_of(runner: Any) -> Any:
+    """The runner's drafter: ``drafter`` on vLLM's GPU model runner (V1) and CPU runner,
+    ``speculator`` on the V2 GPU model runner (``vllm/v1/worker/gpu/model_runner.py``, vLLM's
+    default for dense models from 0.2x on). None: the engine does not speculate."""
+    drafter = getattr(runner, "drafter", None)
+    return drafter if drafter is not None else getattr(runner, "speculator", None)
+
+
 def drafter_weights_bytes(runner: Any) -> int | None:
     """Bytes of the drafter's own parameters (not shared with the target model); None: no drafter."""
-    drafter = getattr(runner, "drafter", None)
+    drafter = drafter_of(runner)
     if drafter is None:
         return None
     model = getattr(drafter, "model", None)
@@ -106,7 +114,7 @@ def wrap_load_model(method: Callable[..., Any]) -> Callable[..., Any]:
                 runner = getattr(self, "model_runner", None)
                 n_bytes = drafter_weights_bytes(runner)
                 if n_bytes is not None:
-                    drafter = type(getattr(runner, "drafter", None)).__name__
+                    drafter = type(drafter_of(runner)).__name__
                     w.event("drafter_loaded", f"drafter {drafter}: {n_bytes} bytes of own weights",
                             drafter=drafter, drafter_weights_bytes=n_bytes,
                             rank=getattr(self, "rank", None))

@@ -71,6 +71,11 @@ _pending_engine_id: int | None = None
 """Row written for engine index 0 before its engine core started (see ``insert_pending_engine``)."""
 
 
+def _data_parallel(vllm_config: Any) -> bool:
+    size = _get(vllm_config, "parallel_config", "data_parallel_size")
+    return isinstance(size, int) and size > 1
+
+
 def insert_engine(writer: Any, row: dict[str, Any]) -> int | None:
     """Insert one ``engines`` row; returns its engine_id."""
     cols = ", ".join(row)
@@ -115,6 +120,8 @@ class KvscopeStatLogger(StatLoggerBase):
         if self.writer is None:
             return
         row = engine_row(vllm_config, engine_index)
+        if _data_parallel(vllm_config):  # vLLM's frontend sums the ranks' blocks: the core
+            row.pop("num_gpu_blocks")     # stores its own (kv_groups.record_groups)
         self.engine_id = adopt_pending_engine(engine_index)
         if self.engine_id is None:
             self.engine_id = insert_engine(self.writer, row)
@@ -224,6 +231,14 @@ class KvscopeStatLogger(StatLoggerBase):
             return
         cache = _get(self.vllm_config, "cache_config")
         blocks = _get(cache, "num_gpu_blocks")
+        if _data_parallel(self.vllm_config):
+            # the sum over the ranks this frontend started (vLLM adds up each engine core's
+            # count): each engine core stores its own count on its engine row
+            self.writer.execute_now("UPDATE engines SET block_size = ? WHERE engine_id = ?",
+                                    (_get(cache, "block_size"), self.engine_id))
+            self.writer.event("engine_start", f"engine ready: {blocks} KV blocks over the "
+                              "data-parallel ranks", self.engine_id, num_gpu_blocks_all_ranks=blocks)
+            return
         self.writer.execute_now(
             "UPDATE engines SET num_gpu_blocks = ?, block_size = ? WHERE engine_id = ?",
             (blocks, _get(cache, "block_size"), self.engine_id),

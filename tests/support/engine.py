@@ -9,9 +9,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKLOAD = ROOT / "tests" / "support" / "workload.py"
@@ -50,14 +52,35 @@ def kvscope(*args: str, timeout_s: float = 600, env: dict[str, str] | None = Non
     )
 
 
+class _CallStderr(io.TextIOBase):
+    """``sys.stderr`` during one in-process CLI call: what the call's own threads write (the caller's
+    and those it starts) is captured; threads alive before it (another test's lingering servers)
+    and HTTP request handlers of the test's fakes write to the real stderr, so a foreign line can
+    never land in the captured output."""
+
+    def __init__(self, real: Any) -> None:
+        self.real, self.buf = real, io.StringIO()
+        self.before = {t.ident for t in threading.enumerate()} - {threading.get_ident()}
+
+    def _mine(self) -> bool:
+        t = threading.current_thread()
+        return t.ident not in self.before and "process_request" not in t.name
+
+    def write(self, text: str) -> int:
+        return (self.buf if self._mine() else self.real).write(text)
+
+    def flush(self) -> None:
+        self.real.flush()
+
+
 def kvscope_here(*args: str) -> subprocess.CompletedProcess[str]:
     """Run the ``kvscope`` CLI's ``main`` in this process (what the console script runs), capturing
-    its output: for the many quick ``report``/``whatif`` runs of the unit tier. An escaped
+    its output: for the many quick ``report``/``whatif``/``attach`` runs of the unit tier. An escaped
     exception fails the test as a traceback would; ``kvscope()`` (a real process, with a timeout)
     is what proves no hang."""
     from profiler.cli import main
 
-    out, err = io.StringIO(), io.StringIO()
+    out, err = io.StringIO(), _CallStderr(sys.stderr)
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}  # attach sets them
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -65,4 +88,4 @@ def kvscope_here(*args: str) -> subprocess.CompletedProcess[str]:
     finally:
         for s, h in handlers.items():
             signal.signal(s, h)
-    return subprocess.CompletedProcess(["kvscope", *args], code, out.getvalue(), err.getvalue())
+    return subprocess.CompletedProcess(["kvscope", *args], code, out.getvalue(), err.buf.getvalue())
