@@ -38,6 +38,7 @@ PAGES: list[tuple[str, str, str]] = [
 def main() -> None:
     """Configure the page, build the navigation, draw the picker, run the chosen page."""
     st.set_page_config(page_title="kvscope", page_icon=":material/memory:", layout="wide")
+    state.keep_widget_state()
     pages = [
         st.Page(PAGES_DIR / name, title=title, icon=icon, default=(name == "sessions.py"))
         for name, title, icon in PAGES if (PAGES_DIR / name).exists()

@@ -76,9 +76,12 @@ def spec_decode_summary(rep: dict[str, Any]) -> None:
                      "drafters have none")
     left, right = st.columns(2)
     rates = position_rates(sd)
-    if rates:
+    if rates and any(r > 0 for r in rates):
         with left:
             state.show(charts.acceptance_by_position_chart(rates), key="spec-positions")
+    elif rates:  # all zero: a chart of empty bars would look like a drawing failure
+        left.caption(f"Acceptance per draft position: the target model accepted no drafted token at "
+                     f"any of the {len(rates)} positions (0% each).")
     by_len = rep.get("spec_decode_by_prompt_length")
     with right:
         if not by_len:
@@ -153,6 +156,10 @@ def kv_groups(data: SessionData, rep: dict[str, Any], view: View) -> None:
         "mean blocks held": fmt(g.get("mean_blocks_used"), "{:,.1f}"),
     } for g in groups])
     st.table(df, hide_index=True)
+    pool = groups[0].get("num_blocks")
+    if pool:
+        st.caption(f"Peak share of pool: of the {int(pool) - 1:,} usable blocks (vLLM keeps one of the "
+                   f"{int(pool):,} for itself; its own KV usage has the same denominator).")
     if len(groups) < 2:
         return
     usage = _group_usage(*file_signature(data.path))

@@ -40,6 +40,8 @@ CHOSEN_KEY = chosen_key(SESSION_KEY)
 
 PAGE_KEY = "kvscope_page"
 PAGE_CHANGED_KEY = "kvscope_page_changed"
+SCROLL_KEY = "kvscope_scroll_to_focus"
+"""Set when a finding is opened (button or link): the Timeline scrolls to its panel once."""
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -133,6 +135,22 @@ def headline(src: SessionSource) -> str:
     except (KvscopeError, sqlite3.DatabaseError, OSError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         return "cannot open: " + (why.splitlines() or [type(exc).__name__])[0]
+
+
+KEPT_WIDGETS = frozenset({
+    "rolling_s", "kv_unit", "kv_episode_gap_s", "prompt_threshold", "preempted-req",
+    "hist_latency_metric", "replay_jump_kind", "replay_speed", "live_refresh_s", "live_window_min",
+    "live_follow"})
+KEPT_PREFIXES = ("cursor::", "sim::", "sim-mem::")
+"""Widget keys (value widgets only: a button's state cannot be set) whose choice outlives a page."""
+
+
+def keep_widget_state() -> None:
+    """Streamlit drops a widget's state in a run that does not draw it (another page, after
+    ``st.switch_page`` too): re-assigning the kept keys at the top of every run keeps the choice."""
+    for k in list(st.session_state.keys()):
+        if k in KEPT_WIDGETS or (isinstance(k, str) and k.startswith(KEPT_PREFIXES)):
+            st.session_state[k] = st.session_state[k]
 
 
 def picker_text(src: SessionSource) -> str:
@@ -305,6 +323,7 @@ def open_finding(data: SessionData, finding: dict[str, Any], page: str = "views/
     pad = max((z - a) * 0.15, 0.5)
     set_focus(data, (a, max(z, a), str(finding.get("code"))))
     set_zoom(data, a - pad, z + pad)
+    st.session_state[SCROLL_KEY] = True
     st.switch_page(page)
 
 
@@ -346,6 +365,7 @@ def apply_link(data: SessionData) -> None:
         if "focus" in qp:
             code, a, b = str(qp["focus"]).rsplit(":", 2)
             set_focus(data, (float(a), float(b), code))
+            st.session_state[SCROLL_KEY] = True
     except ValueError:
         st.warning("Ignored the t0/t1/focus in the address: they are not numbers.")
 

@@ -238,9 +238,9 @@ def test_parser_counter_reset_and_old_names_on_real_text(run: Run) -> None:
 
 def test_dashboard_page_renders_kv_views(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
     at = go(open_app(monkeypatch, run.session), "kv_events")
-    assert at.title[0].value == "KV-cache events"
+    assert at.title[0].value.startswith("KV-cache events · ")
     assert len(at.get("vega_lite_chart")) >= 3
-    assert not any("no KV events" in m.value for m in [*at.markdown, *at.info])
+    assert not any("No KV events" in m.value for m in [*at.markdown, *at.info])
 
 
 def test_bench_serve_while_attached(server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -273,8 +273,8 @@ def test_bench_serve_while_attached(server: Server, tmp_path: Path, monkeypatch:
     # without --kv-events nothing is subscribed and the dashboard page says so
     assert len(s.table("kv_events")) == 0
     at = go(open_app(monkeypatch, session), "kv_events")
-    assert at.title[0].value == "KV-cache events"
-    assert any("no KV events in this session" in m.value for m in [*at.markdown, *at.info])
+    assert at.title[0].value.startswith("KV-cache events · ")
+    assert any("No KV events in this session" in m.value for m in [*at.markdown, *at.info])
 
 
 def test_two_servers_in_one_session(server: Server, tmp_path: Path) -> None:

@@ -15,12 +15,13 @@ pytestmark = pytest.mark.browser
 
 SHOTS_FOR_LEAD = Path("/tmp/kvscope-shots")
 
-# page path -> minimum charts drawn (CPU session, GPU session); "" is the Sessions page
-PAGES: dict[str, tuple[int, int]] = {
-    "": (0, 0), "overview": (2, 2), "timeline": (1, 1), "memory": (1, 6), "kv_cache": (2, 2),
-    "requests": (9, 8), "replay": (3, 3), "compare": (5, 5), "live": (3, 3), "simulate": (0, 0),
+# page path -> minimum charts drawn (CPU session, GPU session, attached server); "" is Sessions
+PAGES: dict[str, tuple[int, int, int]] = {
+    "": (0, 0, 0), "overview": (2, 2, 2), "timeline": (1, 1, 1), "memory": (1, 6, 0),
+    "kv_cache": (2, 2, 1), "requests": (9, 8, 9), "replay": (3, 3, 3), "compare": (5, 5, 5),
+    "live": (3, 3, 3), "simulate": (0, 0, 0),
 }
-SESSIONS = {"kv_saturation": 0, "gpu_h200x2_tp2": 1}
+SESSIONS = {"kv_saturation": 0, "gpu_h200x2_tp2": 1, "kv_forensics": 0, "attach_pressure": 2}
 
 
 
@@ -53,9 +54,9 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         shutil.copy(png, SHOTS_FOR_LEAD / png.name)
 
 
-def open_page(browser: Any, url: str, charts: bool = True) -> Any:
+def open_page(browser: Any, url: str, charts: bool = True, height: int = 2400) -> Any:
     """A new tab on ``url``, once its heading (and, with ``charts``, a chart) is drawn and idle."""
-    page = browser.new_page(viewport={"width": 1400, "height": 2400})
+    page = browser.new_page(viewport={"width": 1400, "height": height})
     page.goto(url)
     page.wait_for_selector("[data-testid='stMain'] :is(h1, h2)", timeout=90_000)
     if charts:
@@ -86,6 +87,10 @@ def test_page_renders(server: str, browser: Any, shots: Path, session: str, path
         assert drawn_charts(page) >= minimum
         if session == "kv_saturation" and path in ("overview", "timeline", "memory"):
             assert page.get_by_text("not measured on this machine (no NVML)").count() >= 1
+        if session == "kv_forensics" and path == "requests":  # each recorded preemption, in black
+            assert page.locator(f"{CHART} svg path[fill='#111111']").count() >= 17
+        if session == "attach_pressure" and path == "replay":  # first step: a line, no table of n/a
+            assert page.get_by_text("first recorded step").count() == 1
         if path == "":  # Sessions: every bundled session with its one line
             assert page.locator("[data-testid='stMain'] button", has_text="Open").count() >= 9
         page.screenshot(path=str(shots / f"{session}-{path or 'sessions'}.png"), full_page=True)
@@ -181,9 +186,9 @@ def test_zoom_survives_page_changes_and_links_and_double_click_resets(server: st
 
 def test_finding_opens_its_panel_and_replay_jumps_and_clicks(server: str, browser: Any, shots: Path) -> None:
     """PREFIX_THRASH's "Open in Timeline" lands on the thrash (not the warm-up second) with the
-    hit-rate panel first; Replay's Next jumps to a preemption and a click on a chart moves the
-    cursor."""
-    page = open_page(browser, f"{server}/overview?session=prefix_thrash")
+    hit-rate panel first and scrolled to the top of a laptop-sized window; Replay's Next jumps to a
+    preemption and a click on a chart moves the cursor."""
+    page = open_page(browser, f"{server}/overview?session=prefix_thrash", height=900)
     try:
         page.get_by_role("button", name="Open in Timeline").first.click()
         page.wait_for_url("**/timeline**", timeout=60_000)
@@ -193,6 +198,13 @@ def test_finding_opens_its_panel_and_replay_jumps_and_clicks(server: str, browse
         assert page.get_by_text("the prefix-cache hit rate panel that shows it is first").count() == 1
         start = float(_showing(page).split("Showing ")[1].split(" –")[0].replace(",", ""))
         assert start > 45.0  # the serving, not the engine's start-up
+        panel = "[data-testid='stVegaLiteChart'] g.role-title"
+        page.wait_for_function(  # scrolled: the hit-rate panel's title near the top of the window
+            f"""() => {{ const t = document.querySelectorAll("{panel}")[1];
+                 if (!t) return false; const y = t.getBoundingClientRect().top;
+                 return t.textContent.startsWith("Prefix-cache hit rate") && y >= 0 && y < 200; }}""",
+            timeout=60_000)
+        assert page.evaluate("document.querySelector(\"[data-testid='stMain']\").scrollTop") > 300
         page.screenshot(path=str(shots / "prefix_thrash-timeline-focus.png"), full_page=True)
     finally:
         page.close()

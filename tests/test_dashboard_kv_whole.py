@@ -39,12 +39,19 @@ def test_preemptions_page_counts_equal_the_overview_and_the_report(monkeypatch: 
     assert metric(at, "Preemptions") == f"{p['count']:,}"
     assert metric(at, "Requests preempted") == f"{p['requests']:,}"
     assert metric(at, "Tokens prefilled again") == f"{p['recomputed_tokens']:,}"
-    assert metric(at, "Worst request") == p["worst_request"]["request_id"]
+    assert metric(at, "Costliest request") == p["worst_request"]["request_id"]
     table = at.dataframe[0].value
     assert len(table) == p["count"]
     assert {"computed_tokens", "blocks_freed", "kv_usage_before_frac", "kv_usage_after_frac",
             "recomputed_tokens", "reason"} <= set(table.columns)
     assert any(b.label == "Preemptions CSV" for b in at.get("download_button"))
+
+
+def test_preemptions_page_without_a_record_names_no_arbitrary_worst(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kv_saturation has vLLM's per-request counts only, every one 1: no request is the worst."""
+    at = go(open_app(monkeypatch, SESSIONS / "kv_saturation.kvscope"), "preemptions")
+    assert metric(at, "Most preempted request") == "none twice"
+    assert not [m for m in at.metric if m.label == "Costliest request"]
 
 
 def test_timeline_marks_every_recorded_preemption(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,13 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dashboard.charts import requests as cr
 from dashboard.charts import timeline as tl
+from dashboard.data import compare, derive, summary, tables
 from dashboard.data import marks as mk
-from dashboard.data import summary, tables
 from dashboard.data.attribution import device_attribution, shown_devices
+from dashboard.data.kv_whole import forensics_memo, preemption_times, with_recorded_preemptions
 from dashboard.data.reports import report_memo
 from dashboard.data.session import load_session_memo
-from dashboard.data.swimlanes import NO_PREFIX, prefix_groups, request_spans
+from dashboard.data.steps import View
+from dashboard.data.swimlanes import NO_PREFIX, prefix_groups, request_spans, session_spans
 from profiler.analysis import simulate as sim
 from profiler.analysis.fixes import diff_text, flag_changes, flags_line, same_fix_as
 from profiler.analysis.kv_size import kv_cache_size
@@ -157,6 +160,62 @@ def test_swimlanes_lay_out_queue_prefill_decode_and_shared_prefixes() -> None:
     assert spans["lane"].nunique() == len(reqs) and spans.attrs["hidden"] == 0
 
 
+@pytest.mark.parametrize("name", ["kv_forensics", "prefix_below_block"])
+def test_swimlanes_draw_each_recorded_preemption_until_its_resume(name: str) -> None:
+    """One black span per preemption the engine core recorded, on its request's lane, from the
+    preemption to the resume: as many as the report's (and Overview's) preemption count."""
+    data = load_session_memo(S[name])
+    reqs = data.requests()
+    rep, _ = report_memo(S[name])
+    table = forensics_memo(S[name]).table
+    spans = session_spans(data, reqs, 0.0, data.duration_s)
+    pre = spans[spans["phase"] == "preempted"].sort_values("t_s").reset_index(drop=True)
+    assert len(pre) == len(table) == rep["preemptions"] == int(reqs["preemptions"].sum()) > 0
+    assert list(pre["request_id"]) == list(table["request_key"].astype(str))
+    assert np.allclose(pre["t_s"], table["t_s"]) and np.allclose(pre["t_end_s"], table["resumed_s"])
+    lanes = spans[spans["phase"] != "preempted"].groupby("request_id").agg(
+        lane=("lane", "first"), lo=("t_s", "min"), hi=("t_end_s", "max"))
+    mine = lanes.loc[pre["request_id"]]
+    assert (mine["lane"].to_numpy() == pre["lane"].to_numpy()).all()
+    assert ((pre["t_s"].to_numpy() >= mine["lo"].to_numpy() - 0.01)
+            & (pre["t_end_s"].to_numpy() <= mine["hi"].to_numpy() + 0.01)).all()
+    chart = cr.swimlane_chart(spans, View(0.0, data.duration_s, 400)).to_dict()
+    black = [layer for layer in chart["layer"] if layer["mark"].get("color") == "#111111"]
+    assert len(black) == 1 and len(chart["datasets"][black[0]["data"]["name"]]) == len(table)
+    assert "preempted until resumed" in chart["title"]["subtitle"]
+
+
+def test_timeline_and_episodes_place_recorded_preemptions_at_their_own_time() -> None:
+    """vLLM's step counter counts a preemption when the request next returns output (kv_forensics:
+    the first at 127.55 s, 0.37 s after the engine core preempted it at 127.18 s). With each
+    preemption recorded, the Timeline's rate panel and the KV cache episodes use the record."""
+    path = S["kv_forensics"]
+    data = load_session_memo(path)
+    f = forensics_memo(path)
+    steps = data.preempting_steps()
+    assert steps["t_s"].min() > f.table["t_s"].min() + 0.3  # the counter trails the preemption
+    view = View(*data.serving_range(), 400)
+    b = with_recorded_preemptions(data.buckets(view), f, view)
+    ticks = derive.preemption_markers(b)
+    assert b["preemptions"].sum() == len(f.table) == 17
+    assert abs(ticks["t_s"].min() - f.table["t_s"].min()) <= view.width_s
+    times = preemption_times(f, steps)
+    assert list(times["t_s"]) == sorted(f.table["t_s"]) and times["waiting"].notna().all()
+    ep = derive.preemption_episodes(times, 1.0)
+    assert ep["t_start_s"].iloc[0] == f.table["t_s"].min() and ep["preemptions"].sum() == 17
+    nf = forensics_memo(S["kv_saturation"])  # not recorded: vLLM's steps, unchanged
+    bare = load_session_memo(S["kv_saturation"]).preempting_steps()
+    assert not nf.recorded and preemption_times(nf, bare).equals(bare) and len(bare) > 0
+
+
+def test_swimlanes_without_a_per_preemption_record_draw_no_preempted_span() -> None:
+    data = load_session_memo(S["kv_saturation"])
+    reqs = data.requests()
+    spans = session_spans(data, reqs, 0.0, data.duration_s)
+    assert (spans["phase"] == "preempted").sum() == 0
+    assert spans.loc[spans["preemptions"].fillna(0) > 0, "request_id"].nunique() == int((reqs["preemptions"] > 0).sum()) > 0
+
+
 def test_tables_show_not_measured_as_na() -> None:
     reqs = load_session_memo(S["gpu_h200_kv_pressure"]).requests()
     shown = tables.shown(reqs)
@@ -242,3 +301,38 @@ def test_the_thrash_fix_re_run_at_the_models_size_keeps_the_prefixes() -> None:
     assert p.model_hit_rate == pytest.approx(rep_b["prefix_cache"]["hit_rate"], abs=0.01)  # 87.1 % both
     assert p.peak_kv_usage_frac == pytest.approx(rep_b["kv_cache"]["peak_usage_frac"], abs=0.03)
     assert p.preemptions == rep_b["preemptions"] == 0
+
+
+def test_hit_rate_card_names_the_tiers_the_headline_counts() -> None:
+    """gpu_h200_offload: the headline's 32.5 % counts the CPU tier's hits; the card's 7.5 % is the
+    GPU cache alone and says so, with the same 32.5 % beside it."""
+    rep, _ = report_memo(S["gpu_h200_offload"])
+    card = next(n for n in summary.key_numbers(rep) if n.key == "hit_rate")
+    assert card.value == "7.5%" and card.detail == "GPU only; 32.5% with CPU"
+    assert "hit rate 32.5%" in rep["headline"]
+    plain = next(n for n in summary.key_numbers(report_memo(S["kv_forensics"])[0]) if n.key == "hit_rate")
+    assert plain.detail == ""  # no tier behind the GPU: nothing to add
+
+
+def test_compare_throughput_of_a_scraped_session_is_a_rate_not_one_scrape_per_bucket() -> None:
+    """attach_pressure scrapes every 0.25 s: one scrape's tokens in a 31 ms bucket read as 5,460
+    tokens/s; the rolling 1 s rate peaks at 380 and still adds up to every generated token."""
+    data = load_session_memo(S["attach_pressure"])
+    view = View(0.0, data.duration_s, 400)
+    b = data.buckets(view)
+    gen = compare.aligned_series(b, view, 0.0, "A", 1.0)["generation"]
+    assert gen["per_s"].max() < 500
+    assert gen["per_s"].sum() * view.width_s == pytest.approx(b["generation_tokens"].sum())
+
+
+def test_swimlane_prefixes_each_get_their_own_colour() -> None:
+    """prefix_thrash has 16 shared prefixes: the theme's palette repeated after 10 (prefix K drew
+    as prefix A); each now has its own colour, and requests without one are grey."""
+    data = load_session_memo(S["prefix_thrash"])
+    with data.open() as s:
+        groups = prefix_groups(s.table("prompt_blocks"))
+    spans = request_spans(data.requests(), groups, 0.0, data.duration_s)
+    scale = cr.prefix_color(spans["prefix"]).to_dict()["scale"]
+    shared = [(d, c) for d, c in zip(scale["domain"], scale["range"], strict=True) if d.startswith("prefix ")]
+    assert len(shared) == 16 and len({c for _, c in shared}) == 16
+    assert scale["domain"][:3] == ["prefix A", "prefix B", "prefix C"]

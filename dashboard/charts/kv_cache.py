@@ -16,7 +16,7 @@ def with_episodes(chart: alt.Chart | alt.LayerChart, episodes: pd.DataFrame,
     if episodes.empty:
         return alt.layer(chart)
     ep = episodes.copy()
-    pad = view.width_s
+    pad = max(view.width_s, (view.t1_s - view.t0_s) / 150)  # a one-step episode stays visible
     ep["x0"] = ep["t_start_s"] - pad / 2
     ep["x1"] = ep["t_end_s"] + pad / 2
     bands = alt.Chart(ep).mark_rect(color=COLORS["preempt"], opacity=0.15, clip=True).encode(

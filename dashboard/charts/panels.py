@@ -104,7 +104,7 @@ def kv_usage_panel(buckets: pd.DataFrame, view: View, num_blocks: int | None = N
     df = derive.kv_series(buckets)
     if df.empty:
         return empty_panel("no engine steps in this range", view, height, "KV cache usage")
-    cap = f" of {num_blocks} blocks" if num_blocks else ""
+    cap = f" of {num_blocks:,} blocks" if num_blocks else ""
     multi = _multi_engine(df)
 
     def draw(d: dict[str, Source]) -> alt.LayerChart:
@@ -160,9 +160,10 @@ def queue_chart(buckets: pd.DataFrame, view: View, cursor_s: float | None = None
 
 
 def preemption_panel(buckets: pd.DataFrame, view: View, cursor_s: float | None = None,
-                     height: int = PANEL_HEIGHT, smooth_s: float = 0.0) -> Panel:
+                     height: int = PANEL_HEIGHT, smooth_s: float = 0.0, recorded: bool = False) -> Panel:
     """Preemptions per second (area, averaged over ``smooth_s``) with a tick at every bucket that
-    preempted."""
+    preempted; ``recorded``: the counts are the engine core's, at each preemption's own time (else
+    vLLM's step counters, which count a preemption when the request next returns output)."""
     rate = derive.rate_series(buckets, view, {"preemptions": "preemptions/s"}, smooth_s)
     if rate.empty:
         return empty_panel("no engine steps in this range", view, height, "Preemptions per second")
@@ -179,12 +180,13 @@ def preemption_panel(buckets: pd.DataFrame, view: View, cursor_s: float | None =
             x=time_x(view), y=alt.value(4),
             tooltip=[alt.Tooltip("t_s:Q", format=".3f", title="t (s)"), "preemptions:Q"],
         )
+        what = ("at the engine core's times; ticks mark them" if recorded else
+                "vLLM's step counters; ticks mark the steps that counted them")
         return alt.layer(area, ticks).properties(
-            title=f"Preemptions per second{_smooth_note(smooth_s)} (ticks mark the preempting steps)",
-            height=height)
+            title=f"Preemptions per second{_smooth_note(smooth_s)} ({what})", height=height)
 
     panel = Panel({"rate": rate, "marks": derive.preemption_markers(buckets)},
-                  ("preempt", smooth_s, height), draw)
+                  ("preempt", smooth_s, height, recorded), draw)
     return _with_cursor(panel, cursor_s, view)
 
 

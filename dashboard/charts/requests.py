@@ -90,7 +90,7 @@ def prompt_scatter(requests: pd.DataFrame, max_points: int = 5000, height: int =
         tooltip.append(alt.Tooltip("preemptions:Q", title="preempted"))
     elif groups:
         df["prefix"] = df["request_id"].astype(str).map(lambda r: groups.get(r, "prefix not recorded"))
-        color = alt.Color("prefix:N", title="starts with", legend=alt.Legend(orient="top", labelLimit=200))
+        color = prefix_color(df["prefix"])
         tooltip.append(alt.Tooltip("prefix:N"))
     else:
         color = alt.value("#4c78a8")
@@ -104,12 +104,30 @@ def prompt_scatter(requests: pd.DataFrame, max_points: int = 5000, height: int =
 
 
 PHASE_OPACITY = {"queued": 0.25, "prefill": 1.0, "decode": 0.6, "in system": 0.6, "preempted": 1.0}
+TABLEAU20 = ["#4c78a8", "#9ecae9", "#f58518", "#ffbf79", "#54a24b", "#88d27a", "#b79a20", "#f2cf5b",
+             "#439894", "#83bcb6", "#e45756", "#ff9d98", "#79706e", "#bab0ac", "#d67195", "#fcbfd2",
+             "#b279a2", "#d6a5c9", "#9e765f", "#d8b5a5"]
+"""Vega's tableau20: 20 colours, so up to 20 prefixes never share one (the theme's repeats after 10)."""
+
+
+def prefix_color(values: pd.Series, title: str = "starts with") -> alt.Color:
+    """A colour per shared prefix (in "prefix A", "prefix B" ... order; beyond 20 they repeat),
+    grey for requests without a shared prefix or whose prefix was not recorded."""
+    names = sorted({str(v) for v in values.dropna()}, key=lambda n: (len(n), n))
+    plain = [n for n in names if not n.startswith("prefix ")]
+    shared = [n for n in names if n.startswith("prefix ")]
+    domain = shared + plain
+    rng = [TABLEAU20[i % len(TABLEAU20)] for i in range(len(shared))] + ["#c7c7c7"] * len(plain)
+    return alt.Color("prefix:N", title=title, scale=alt.Scale(domain=domain, range=rng),
+                     legend=alt.Legend(orient="top", labelLimit=200, columns=10))
 
 
 def swimlane_chart(spans: pd.DataFrame, view: View, evictions: pd.DataFrame | None = None) -> alt.LayerChart:
     """One lane per request (arrival order): queued (faint), prefill (solid) and decode (half)
-    spans coloured by the shared prompt prefix the request starts with; preempted spans in black;
-    a red dot ends the lane of a request preempted N times; evictions (KV events) as grey ticks."""
+    spans coloured by the shared prompt prefix the request starts with; each recorded preemption
+    in black, from the preemption to its resume (a black tick where the resume was not recorded);
+    a red dot ends the lane of a request vLLM counted as preempted when the session did not record
+    when; evictions (KV events) as grey ticks."""
     lanes = int(spans["lane"].max()) + 1 if not spans.empty else 1
     height = int(min(max(lanes * 5, 160), 900))
     y = alt.Y("lane:O", title=f"requests ({lanes}, by arrival)", axis=alt.Axis(labels=False, ticks=False,
@@ -120,15 +138,24 @@ def swimlane_chart(spans: pd.DataFrame, view: View, evictions: pd.DataFrame | No
     base = base.assign(alpha=base["phase"].map(PHASE_OPACITY).fillna(0.6))
     bars = alt.Chart(base).mark_bar(height={"band": 0.9}, clip=True).encode(
         x=time_x(view), x2="t_end_s:Q", y=y,
-        color=alt.Color("prefix:N", title="starts with", legend=alt.Legend(orient="top", labelLimit=200)),
+        color=prefix_color(base["prefix"]),
         opacity=alt.Opacity("alpha:Q", scale=None, legend=None),
         tooltip=tip)
     layers: list[alt.Chart] = [bars]
     pre = spans[spans["phase"] == "preempted"]
-    if not pre.empty:
-        layers.append(alt.Chart(pre).mark_bar(height={"band": 0.9}, color="#111111", clip=True).encode(
-            x=time_x(view), x2="t_end_s:Q", y=y, tooltip=tip))
-    counted = spans[spans["preemptions"].fillna(0) > 0].groupby("lane", as_index=False).agg(
+    spanned = pre[pre["t_end_s"].notna()]
+    if not spanned.empty:
+        layers.append(alt.Chart(spanned).mark_bar(height={"band": 0.9}, color="#111111", clip=True).encode(
+            x=time_x(view), x2="t_end_s:Q", y=y,
+            tooltip=[*tip[:3], alt.Tooltip("t_s:Q", format=".3f", title="preempted at (s)"),
+                     alt.Tooltip("t_end_s:Q", format=".3f", title="resumed at (s)")]))
+    open_ended = pre[pre["t_end_s"].isna()]
+    if not open_ended.empty:
+        layers.append(alt.Chart(open_ended).mark_tick(color="#111111", thickness=2, clip=True).encode(
+            x=time_x(view), y=y,
+            tooltip=[*tip[:3], alt.Tooltip("t_s:Q", format=".3f", title="preempted at (s; resume not recorded)")]))
+    counted = spans[(spans["preemptions"].fillna(0) > 0) & ~spans["lane"].isin(pre["lane"])]
+    counted = counted.groupby("lane", as_index=False).agg(
         t_end_s=("t_end_s", "max"), preemptions=("preemptions", "first"), request_id=("request_id", "first"))
     if not counted.empty:
         layers.append(alt.Chart(counted).mark_point(color="#d62728", filled=True, size=30, clip=True).encode(
@@ -140,6 +167,10 @@ def swimlane_chart(spans: pd.DataFrame, view: View, evictions: pd.DataFrame | No
             x=time_x(view), y=alt.value(4),
             tooltip=[alt.Tooltip("t_s:Q", format=".2f", title="t (s)"),
                      alt.Tooltip("evictions_per_s:Q", format=",.0f", title="evictions / s")]))
-    return alt.layer(*layers).properties(
-        title="Requests over time: queued (faint), prefill (solid), decode (half), coloured by shared prefix",
-        height=height)
+    sub = "queued (faint), prefill (solid), decode (half), coloured by shared prefix"
+    if not pre.empty:
+        sub += "; preempted until resumed (black)"
+    elif not counted.empty:
+        sub += "; red dot: preempted (when was not recorded)"
+    return alt.layer(*layers).properties(title=alt.TitleParams("Requests over time", subtitle=sub),
+                                         height=height)

@@ -16,7 +16,7 @@ from dashboard.charts import memory as chart_memory
 from dashboard.charts import panels as charts
 from dashboard.data import marks as mk
 from dashboard.data.attribution import device_attribution, shown_devices
-from dashboard.data.kv_whole import forensics_memo
+from dashboard.data.kv_whole import forensics_memo, with_recorded_preemptions
 from dashboard.data.session import SessionData
 from dashboard.data.steps import View
 
@@ -98,12 +98,13 @@ def linked_chart(data: SessionData, view: View, buckets: pd.DataFrame, whole_buc
                 df, view, f"GPU {dev} ({name}) memory by owner (NVML used; engine processes split by "
                 "the start-up profile and the KV cache they held)", total)))
     if data.steps.total_steps:
+        forensics = forensics_memo(data.path)
         keyed += [
             ("kv", charts.kv_usage_panel(buckets, view, data.num_blocks())),
             ("queue", charts.queue_panel(buckets, view)),
-            ("preempt", charts.preemption_panel(buckets, view, smooth_s=rolling_s)),
+            ("preempt", charts.preemption_panel(with_recorded_preemptions(buckets, forensics, view),
+                                                view, smooth_s=rolling_s, recorded=forensics.recorded)),
         ]
-        forensics = forensics_memo(data.path)
         if forensics.recorded:  # each preemption the engine core recorded, with what it cost
             keyed.append(("preempt_each", kv_whole.preemption_marks_panel(forensics.table, view)))
         keyed += [

@@ -24,7 +24,7 @@ import pandas as pd
 from dashboard.data import derive
 from dashboard.data.session import SessionData
 from dashboard.data.steps import View
-from profiler.units import fmt_gib, fmt_pct, fmt_s, is_number
+from profiler.units import fmt_bytes, fmt_gib, fmt_pct, fmt_s, is_number
 
 HIT_RATE_NOISE = 0.02
 """Prefix hit rates closer than 2 points read as the same."""
@@ -117,7 +117,7 @@ ROWS: tuple[Row, ...] = (
     ("end-to-end p95", _lat("e2e_s", "e2e_p95"), fmt_s, "latency:e2e_s:0.95"),
     ("peak KV usage", lambda s: s.report["kv_cache"].get("peak_usage_frac"), fmt_pct, ""),
     ("KV blocks", lambda s: s.report["engine"].get("num_gpu_blocks"), lambda v: f"{int(v):,}", ""),
-    ("KV cache held", lambda s: s.report["kv_cache"].get("size_bytes"), fmt_gib, ""),
+    ("KV cache held", lambda s: s.report["kv_cache"].get("size_bytes"), fmt_bytes, ""),
     ("peak GPU memory", _gpu_peak, fmt_gib, ""),
 )
 
@@ -130,8 +130,8 @@ def _delta(label: str, va: Any, vb: Any, fmt: Callable[[Any], str], kind: str) -
         return f"{d * 100:+.1f} pts"
     if fmt is fmt_s:
         return ("+" if d >= 0 else "−") + fmt_s(abs(d))
-    if fmt is fmt_gib:
-        return ("+" if d >= 0 else "−") + fmt_gib(abs(d))
+    if fmt is fmt_gib or fmt is fmt_bytes:
+        return ("+" if d >= 0 else "−") + fmt(abs(d))
     rel = f" ({d / float(va):+.0%})" if float(va) else ""
     return f"{d:+,.0f}{rel}"
 
@@ -240,7 +240,7 @@ def aligned_series(buckets: pd.DataFrame, view: View, first_step_s: float, label
     q = derive.queue_series(buckets)
     waiting = q[q["state"] == "waiting"].rename(columns={"value": "waiting"})
     running = q[q["state"] == "running"].rename(columns={"value": "running"})
-    rates = derive.rate_series(buckets, view, {"generation_tokens": "generation"})
+    rates = derive.rate_series(buckets, view, {"generation_tokens": "generation"}, rolling_s)  # a scrape's delta in one bucket is no rate
     hits = derive.hit_rate_series(buckets, view, rolling_s)
     hits = hits[hits["series"].str.startswith("rolling")] if not hits.empty else hits
     for name, df in (("kv", kv), ("waiting", waiting), ("running", running), ("generation", rates),

@@ -8,9 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from dashboard.data.session import FileMemo
+from dashboard.data.steps import View
 from profiler.analysis import preemption, residency, tiers, whatif
 from profiler.analysis.occupancy import engine_occupancy
 from profiler.errors import NotAnalysable
@@ -42,7 +44,63 @@ def compute_forensics(path: str | Path) -> Forensics:
         t0 = _start(session)
         table.insert(0, "t_s", pd.to_numeric(table["t_unix_s"], errors="coerce") - t0)
         table["resumed_s"] = pd.to_numeric(table["resumed_unix_s"], errors="coerce") - t0
+        table["waiting"] = _waiting_at(session, table) if len(table) else pd.Series(dtype=float)
         return Forensics(s.as_json(), table, s.prefill_tokens_per_s, bool(len(table)))
+
+
+def _waiting_at(session: Any, table: pd.DataFrame) -> np.ndarray:
+    """Requests waiting at each preemption: the engine's last step at or before it (NaN: none)."""
+    steps = pd.read_sql_query("SELECT engine_id, t_unix_s, waiting FROM steps WHERE t_unix_s IS NOT NULL "
+                              "ORDER BY t_unix_s", session.db)
+    left = pd.DataFrame({"t_unix_s": pd.to_numeric(table["t_unix_s"], errors="coerce"),
+                         "engine_id": table["engine_id"], "i": np.arange(len(table))})
+    ok = left["t_unix_s"].notna()
+    out = np.full(len(table), np.nan)
+    if steps.empty or not ok.any():
+        return out
+    m = pd.merge_asof(left[ok].sort_values("t_unix_s"), steps, on="t_unix_s", by="engine_id",
+                      direction="backward")
+    out[m["i"].to_numpy()] = pd.to_numeric(m["waiting"], errors="coerce").to_numpy(dtype=float)
+    return out
+
+
+def preemption_times(forensics: Forensics, preempting: pd.DataFrame) -> pd.DataFrame:
+    """When preemptions happened (``t_s``, ``engine_id``, ``preemptions``, ``waiting``): one row
+    per preemption at the engine core's time where the session recorded each, else vLLM's
+    preempting steps. vLLM counts a preemption when the preempted request next returns output
+    (after it resumed), so its steps trail the preemptions by the time they were preempted."""
+    if not forensics.recorded:
+        return preempting
+    t = forensics.table
+    return pd.DataFrame({"t_s": pd.to_numeric(t["t_s"], errors="coerce"), "engine_id": t["engine_id"],
+                         "preemptions": 1, "waiting": t["waiting"],
+                         "kv_usage_frac": t["kv_usage_before_frac"]}).sort_values(
+        "t_s", kind="stable").reset_index(drop=True)
+
+
+def with_recorded_preemptions(buckets: pd.DataFrame, forensics: Forensics, view: View) -> pd.DataFrame:
+    """``buckets`` with ``preemptions`` counted from the engine core's record (in the bucket of
+    each preemption's own time) instead of vLLM's step counters; unchanged when not recorded."""
+    if not forensics.recorded or buckets.empty:
+        return buckets
+    t = forensics.table
+    idx = np.floor((pd.to_numeric(t["t_s"], errors="coerce") - view.t0_s) / view.width_s)
+    inside = idx.notna() & (idx >= 0) & (idx < view.buckets)
+    counts = pd.DataFrame({"engine_id": t.loc[inside, "engine_id"].to_numpy(),
+                           "bucket": idx[inside].astype(int).to_numpy()}).value_counts()
+    b = buckets.copy()
+    b["preemptions"] = 0.0
+    key = pd.MultiIndex.from_arrays([b["engine_id"], b["bucket"].astype(int)])
+    b["preemptions"] = counts.reindex(key).fillna(0.0).to_numpy(dtype=float)
+    missing = counts[~counts.index.isin(key)]
+    if len(missing):
+        extra = pd.DataFrame({"engine_id": [e for e, _ in missing.index],
+                              "bucket": [k for _, k in missing.index], "n_steps": 0,
+                              "preemptions": missing.to_numpy(dtype=float)})
+        extra["t_lo_s"] = view.t0_s + extra["bucket"] * view.width_s
+        extra["t_hi_s"] = extra["t_lo_s"]
+        b = pd.concat([b, extra], ignore_index=True).sort_values(["engine_id", "bucket"], kind="stable")
+    return b.reset_index(drop=True)
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,19 @@ class KeyNumber:
     value: str
     help: str = ""
     detail: str = ""
+    full: str = ""
+    """The value in full where the card shortens it (``text`` and ``card_detail`` use it)."""
 
     @property
     def text(self) -> str:
         """Value and detail on one line ("TP=2, 2 workers", "600 blocks, 1.17 GiB")."""
-        return f"{self.value}, {self.detail}" if self.detail else self.value
+        value = self.full or self.value
+        return f"{value}, {self.detail}" if self.detail else value
+
+    @property
+    def card_detail(self) -> str:
+        """What a card shows under its value: the full value (where shortened) and the detail."""
+        return " · ".join(x for x in (self.full, self.detail) if x)
 
 
 def engine_gpus(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -55,19 +63,32 @@ def key_numbers(report: dict[str, Any]) -> list[KeyNumber]:
         out.append(KeyNumber("preemptions", "Preemptions", f"{int(report['preemptions']):,}",
                              "requests preempted, summed over the engine steps"))
     if e.get("num_gpu_blocks") is not None:
-        size = fmt_gib(kv["size_bytes"]) if kv.get("size_bytes") is not None else ""
+        size = fmt_bytes(kv["size_bytes"]) if kv.get("size_bytes") is not None else ""
         per = " per worker" if size and (report.get("workers") or 0) > 1 else ""
-        out.append(KeyNumber("kv_size", "KV cache", f"{int(e['num_gpu_blocks']):,} blocks",
+        n = int(e["num_gpu_blocks"])
+        # a card fits about nine characters: 55,521 blocks shows as "55.5k", "55,521 blocks" beneath
+        short = f"{n:,} blocks" if n < 1_000 else f"{n / 1000:.1f}k"
+        out.append(KeyNumber("kv_size", "KV cache", short,
                              "what the cache held: blocks × bytes per block"
                              + (f" ({fmt_bytes(kv['bytes_per_block'])} per block, "
                                 f"{int(e['block_size'] or 0)} tokens each)" if kv.get("bytes_per_block") else
-                                "; bytes per block not recorded by this session"), size + per))
+                                "; bytes per block not recorded by this session"),
+                             size + per, f"{n:,} blocks" if n >= 1_000 else ""))
     if kv.get("peak_usage_frac") is not None:
         out.append(KeyNumber("kv_peak", "Peak KV usage", fmt_pct(kv["peak_usage_frac"])))
         out.append(KeyNumber("kv_mean", "Mean KV usage", fmt_pct(kv["mean_usage_frac"])))
     if pc.get("hit_rate") is not None:
-        out.append(KeyNumber("hit_rate", "Prefix hit rate", fmt_pct(pc["hit_rate"]),
-                             f"{pc['hits_tokens']:,} of {pc['queries_tokens']:,} queried prompt tokens hit"))
+        behind = [t for t in report.get("kv_tiers") or [] if t.get("medium") != "GPU"
+                  and is_number(t.get("hits_tokens"))]
+        helptext = f"{pc['hits_tokens']:,} of {pc['queries_tokens']:,} queried prompt tokens hit the GPU prefix cache"
+        tiered = ""
+        if behind and pc.get("queries_tokens"):
+            more = sum(int(t["hits_tokens"]) for t in behind)
+            names = " + ".join(str(t["medium"]) for t in behind)
+            total = fmt_pct((pc["hits_tokens"] + more) / pc["queries_tokens"])
+            tiered = f"GPU only; {total} with {names}"
+            helptext += f"; the {names} tier behind it hit {more:,} more: {total} in all"
+        out.append(KeyNumber("hit_rate", "Prefix hit rate", fmt_pct(pc["hit_rate"]), helptext, tiered))
     if lat.get("ttft_p95") is not None:
         out.append(KeyNumber("ttft_p95", "TTFT p95", fmt_s(lat["ttft_p95"])))
     if lat.get("e2e_p95") is not None:

@@ -4,8 +4,9 @@ them), its preemptions, and the shared prompt prefix it starts with.
 vLLM gives per request ``queued_s`` (arrival to first scheduled), ``prefill_s`` (to the first
 token) and ``decode_s`` (first to last token); the frontend measured ``e2e_s``. A span the version
 does not report is left out, and a request with none of them is one "in system" span. Preempted
-spans are drawn where a source gives their times (``PREEMPTED_SOURCES``); otherwise a request's
-preemption count marks its lane.
+spans are drawn where a source gives their times (``PREEMPTED_SOURCES``: the engine core's record
+of each preemption, from the preemption until vLLM looked the request up again to resume it);
+otherwise a request's preemption count marks its lane.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
+from dashboard.data.kv_whole import forensics_memo
 from dashboard.data.session import SessionData
 
 PHASES = ["queued", "prefill", "decode", "in system", "preempted"]
@@ -29,9 +31,23 @@ _SUFFIX = re.compile(r"-[0-9a-f]{8}$")
 """vLLM appends ``-<8 hex>`` to a request id internally (prompt-block rows carry it)."""
 
 PreemptedSource = Callable[[SessionData], pd.DataFrame]
-PREEMPTED_SOURCES: list[PreemptedSource] = []
+
+
+def recorded_preemptions(data: SessionData) -> pd.DataFrame:
+    """Each preemption the engine core recorded: ``request_id`` (as in ``requests``), ``t_s`` (the
+    preemption) and ``t_end_s`` (the resume: vLLM's prefix-cache lookup for the request; NaN where
+    none was counted, e.g. prefix caching off). Empty without a per-preemption record."""
+    table = forensics_memo(data.path).table
+    if table.empty:
+        return pd.DataFrame(columns=["request_id", "t_s", "t_end_s"])
+    return pd.DataFrame({"request_id": table["request_key"].astype(str),
+                         "t_s": pd.to_numeric(table["t_s"], errors="coerce"),
+                         "t_end_s": pd.to_numeric(table["resumed_s"], errors="coerce")})
+
+
+PREEMPTED_SOURCES: list[PreemptedSource] = [recorded_preemptions]
 """Sources of preempted spans: frames with ``request_id``, ``t_s``, ``t_end_s`` (s from session
-start). Register one where the session records when each preemption happened."""
+start; ``t_end_s`` NaN: the resume was not recorded)."""
 
 
 def prefix_groups(prompt_blocks: pd.DataFrame) -> dict[str, str]:

@@ -67,9 +67,10 @@ if len(srcs) < 2:
     st.stop()
 current = state.current_source()
 ia = srcs.index(current) if current in srcs else 0
-left, mid, right = st.columns([10, 1, 10], vertical_alignment="bottom")
+left, mid, right = st.columns([10, 1.2, 10], vertical_alignment="bottom")
 src_a = state.pick_session(left, key="compare_a", label="Session A", default_index=ia)
-mid.button(":material/swap_horiz:", key="compare_swap", on_click=_swap, help="swap A and B")
+mid.button("", icon=":material/swap_horiz:", key="compare_swap", on_click=_swap, help="swap A and B",
+           width="stretch")
 src_b = state.pick_session(right, key="compare_b", label="Session B", default_index=(ia + 1) % len(srcs))
 add_session_box()
 if src_a is None or src_b is None:
@@ -94,7 +95,8 @@ deltas = compare.key_number_deltas(side_a, side_b)
 why = deltas.attrs.get("why_no_verdict")
 if why:
     st.info(f"No verdicts: the two sessions are not comparable ({escape_markdown(why)}).", icon=":material/info:")
-st.table(deltas.rename(columns={"A": f"A: {src_a.label}", "B": f"B: {src_b.label}"}), hide_index=True)
+shown = deltas if (deltas["B is"] != "").any() else deltas.drop(columns=["B is"])  # no empty verdict column
+st.table(shown.rename(columns={"A": f"A: {src_a.label}", "B": f"B: {src_b.label}"}), hide_index=True)
 st.caption("Verdicts only for outcomes and only beyond noise: latency percentiles whose bootstrap 95 % "
            f"intervals do not overlap, a hit rate moved by ≥ {compare.HIT_RATE_NOISE * 100:.0f} points, "
            f"counts and rates by ≥ {compare.REL_NOISE:.0%}. Serving time runs from the first to the last "
@@ -165,7 +167,7 @@ spec = [
     ("kv", "kv_usage_frac", "KV cache usage", "KV usage", "%"),
     ("waiting", "waiting", "Waiting requests", "requests", None),
     ("running", "running", "Running requests", "requests", None),
-    ("generation", "per_s", "Generation throughput", "tokens / s", ",.0f"),
+    ("generation", "per_s", f"Generation throughput (rolling {rolling_s:g} s)", "tokens / s", ",.0f"),
     ("hit_rate", "hit_rate_frac", f"Prefix-cache hit rate (rolling {rolling_s:g} s)", "hit rate", "%"),
 ]
 cols = st.columns(2)

@@ -11,7 +11,7 @@ from dashboard.charts import kv_whole as charts_whole
 from dashboard.charts import marks as chart_marks
 from dashboard.data import derive, tables
 from dashboard.data import marks as mk
-from dashboard.data.kv_whole import occupancy_memo, tiers_memo
+from dashboard.data.kv_whole import forensics_memo, occupancy_memo, preemption_times, tiers_memo
 from dashboard.data.session import SessionData
 from dashboard.data.steps import View
 from profiler import units
@@ -61,7 +61,7 @@ if data is not None:
         c[0].metric("Capacity (blocks)", f"{blocks:,}", delta=f"{blocks * block_size:,} tokens ({block_size} each)",
                     delta_color="off", delta_arrow="off")
         held = kv.get("size_bytes")
-        c[1].metric("KV cache held", units.fmt_gib(held),
+        c[1].metric("KV cache held", units.fmt_bytes(held),
                     delta=f"{units.fmt_bytes(kv['bytes_per_block'])} per block" if held is not None else
                     "bytes per block not recorded", delta_color="off", delta_arrow="off",
                     help="blocks × bytes per block (one worker); start-up's own measurement is on Memory")
@@ -73,7 +73,7 @@ if data is not None:
         room = rep["memory"].get("kv_cache_bytes")
         if held is not None and room is not None and room > held * 1.02:
             st.caption(f"Start-up measured room for {units.fmt_gib(room)} of KV; the cache held "
-                       f"{units.fmt_gib(held)} ({blocks:,} blocks, num_gpu_blocks_override).")
+                       f"{units.fmt_bytes(held)} ({blocks:,} blocks, num_gpu_blocks_override).")
         if not data.steps.total_steps:
             st.info("No engine step completed in this session: no KV usage to show.", icon=":material/info:")
             st.stop()
@@ -82,7 +82,10 @@ if data is not None:
 
         gap_s = float(c[3].select_slider("Merge preemptions closer than (s)", [0.05, 0.25, 1.0, 5.0, 30.0],
                                          value=1.0, key="kv_episode_gap_s"))
-        episodes = derive.preemption_episodes(preempting, gap_s)
+        forensics = forensics_memo(data.path)
+        episodes = derive.preemption_episodes(preemption_times(forensics, preempting), gap_s)
+        if forensics.recorded:  # one row per preemption: "steps" would repeat "preemptions"
+            episodes = episodes.drop(columns=["steps"])
         in_view = episodes[(episodes["t_end_s"] >= t0) & (episodes["t_start_s"] <= t1)]
         marks = mk.session_marks(data, findings, state.get_focus(data))
 
@@ -93,7 +96,10 @@ if data is not None:
 
         reqs = state.requests(data)
         if reqs.empty:
-            st.caption("KV demand: no finished requests to estimate it from.")
+            st.caption("KV demand: n/a (" + (
+                f"{rep['requests_finished']:,} requests finished, but this session has no per-request "
+                "rows to estimate it from: attach reads the server's /metrics)" if rep.get("requests_finished")
+                else "no finished requests to estimate it from)") + ".")
         else:
             demand = derive.kv_demand(reqs, view)
             state.show(chart_marks.with_marks(charts_kv.kv_demand_chart(demand, view, blocks * block_size, in_view),
@@ -109,8 +115,12 @@ if data is not None:
         if episodes.empty:
             st.success("No preemptions in this session.", icon=":material/check_circle:")
         else:
-            st.caption(f"{len(episodes):,} episodes of {int(episodes['preemptions'].sum()):,} preemptions: "
-                       f"preempting steps less than {gap_s:g} s apart form one episode.")
+            n_ep, n_pre = len(episodes), int(episodes["preemptions"].sum())
+            st.caption(f"{n_ep:,} episode{'s' if n_ep != 1 else ''} of {n_pre:,} preemption{'s' if n_pre != 1 else ''}: "
+                       + (f"preemptions less than {gap_s:g} s apart (the engine core's times) form one episode."
+                          if forensics.recorded else
+                          f"preempting steps less than {gap_s:g} s apart form one episode (vLLM's step "
+                          "counters: a preemption counts when the request next returns output)."))
             st.dataframe(tables.shown(episodes), hide_index=True, width="stretch", column_config={
                 "t_start_s": st.column_config.NumberColumn("start (s)", format="%.3f"),
                 "t_end_s": st.column_config.NumberColumn("end (s)", format="%.3f"),

@@ -10,17 +10,19 @@ from dashboard.charts import marks as chart_marks
 from dashboard.data import marks as mk
 from dashboard.data.session import SessionData
 from dashboard.data.steps import View
+from profiler.units import escape_markdown
 
 
 def render(data: SessionData) -> None:
     """Draw the page for ``data``."""
-    st.title("KV-cache events")
+    st.title(f"KV-cache events · {escape_markdown(data.name)}")
     summary = state.kv_events(data)
     engines = data.engines
     t0 = data.start_unix_s
     if not summary.has_events:
-        st.info("no KV events in this session. Record them with `kvscope attach URL "
-                "--kv-events auto` on a server started with `--kv-events-config`.")
+        st.info("No KV events in this session. Record them with `kvscope record --kv-events`, or "
+                "`kvscope attach URL --kv-events auto` on a server started with `--kv-events-config`.",
+                icon=":material/info:")
         return
     cols = st.columns(6)
     for col, (label, value, help_text) in zip(cols, kv.headline(summary), strict=True):

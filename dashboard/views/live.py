@@ -37,8 +37,8 @@ START_HINT = {
           "record one with `kvscope record --session FILE -- COMMAND`, and open it here.",
 }
 
-st.title("Live")
 src = state.current_source()
+st.title(f"Live · {escape_markdown(src.label)}" if src is not None else "Live")
 if src is None:
     st.info("No session selected.")
     st.stop()
@@ -137,9 +137,13 @@ def live_panel(source: SessionSource, window_s: float) -> None:
     finding_cards(data, w.forecasts + w.findings, key="live-finding")
 
     b = fine
-    state.show(charts.kv_usage_chart(b, view, data.num_blocks(), height=140), key="live-kv")
-    state.show(charts.queue_chart(b, view, height=140), key="live-queue")
-    state.show(charts.throughput_chart(b, view, height=140, smooth_s=1.0), key="live-tput")
+    if b.empty:  # three empty panels would only say the same thing three times
+        st.info("No engine step in this window: no KV, queue or throughput to draw"
+                + (" (GPU memory below)." if not data.gpu_samples.empty else "."), icon=":material/info:")
+    else:
+        state.show(charts.kv_usage_chart(b, view, data.num_blocks(), height=140), key="live-kv")
+        state.show(charts.queue_chart(b, view, height=140), key="live-queue")
+        state.show(charts.throughput_chart(b, view, height=140, smooth_s=1.0), key="live-tput")
     gpu = data.gpu_samples
     for dev, g in (gpu.groupby("device_index") if not gpu.empty else ()):
         total = float(g["total_bytes"].max()) if g["total_bytes"].notna().any() else None

@@ -83,7 +83,7 @@ if data is not None:
         for start in range(0, len(numbers), CARDS_PER_ROW):
             cols = st.columns(CARDS_PER_ROW)
             for col, n in zip(cols, numbers[start:start + CARDS_PER_ROW], strict=False):
-                col.metric(n.label, n.value, delta=n.detail or None, delta_color="off",
+                col.metric(n.label, n.value, delta=n.card_detail or None, delta_color="off",
                            delta_arrow="off", help=n.help or None)
         missing = summary.not_measured(rep)
         if missing:

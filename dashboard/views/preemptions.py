@@ -40,9 +40,22 @@ if data is not None:
         c[2].metric("Tokens prefilled again", fmt(s["recomputed_tokens"], "{:,}"))
         c[3].metric("Recompute (est.)", fmt(s["recompute_s_est"], "{:.3f} s"))
         worst = s["worst_request"]
-        c[4].metric("Worst request", escape_markdown(worst["request_id"]) if worst else NOT_MEASURED,
-                    delta=(f"{worst['preemptions']}× preempted" if worst else None),
-                    delta_color="off")
+        most = (f.table["request_key"].astype(str).value_counts() if f.recorded else None)
+        if worst is None:
+            c[4].metric("Costliest request", NOT_MEASURED)
+        elif worst.get("recomputed_tokens") is not None:  # ranked by the tokens prefilled again
+            c[4].metric("Costliest request", escape_markdown(worst["request_id"]),
+                        delta=f"{worst['preemptions']}× preempted, {worst['recomputed_tokens']:,} tokens again",
+                        delta_color="off", delta_arrow="off",
+                        help="the request whose preemptions made the engine prefill the most tokens again"
+                        + (f"; the most preempted was {escape_markdown(str(most.index[0]))} "
+                           f"({int(most.iloc[0])}×)" if most is not None and len(most) else ""))
+        elif worst["preemptions"] > 1:  # vLLM's per-request counts only: no cost to rank by
+            c[4].metric("Most preempted request", escape_markdown(worst["request_id"]),
+                        delta=f"{worst['preemptions']}× preempted", delta_color="off", delta_arrow="off")
+        else:
+            c[4].metric("Most preempted request", "none twice", delta="each preempted once",
+                        delta_color="off", delta_arrow="off")
         rate = f.prefill_tokens_per_s
         st.caption("Recompute seconds are estimated from this session's own prefill rate "
                    + (f"({rate:,.0f} prompt tokens/s while prefilling)." if rate else

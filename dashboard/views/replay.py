@@ -24,6 +24,9 @@ BUCKETS = 400
 SPEEDS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)  # session s per wall s: 60 = a minute a second
 PICK = "pick"  # the click selection on the Replay charts (a click moves the cursor there)
 JUMPS = {"preemption": "preemption", "OOM": mk.OOM, "finding": mk.FINDING, "engine start": mk.ENGINE_START}
+# a preemption mark is a step that counted preemptions (one step can count several: the number
+# beside it is of steps, not of the preemptions Overview counts)
+JUMP_LABELS = {"preemption": "preempting step"}
 
 
 
@@ -100,7 +103,7 @@ if data is not None:
                 st.info("No engine step yet at this time: move the cursor right.")
             n = cs.now
             blocks = data.num_blocks()
-            m = st.columns(6)
+            m = st.columns([1.5, 1, 1, 1, 1.2, 1])  # a step time such as "126.9181 s" needs the room
             m[0].metric("Step time", "n/a" if cs.t_s is None else f"{cs.t_s:.4f} s",
                         help="the engine step at or before the cursor")
             m[1].metric("Running", _count(n.get("running")), delta=_delta(cs, "running"))
@@ -123,11 +126,15 @@ if data is not None:
                 st.markdown("**What changed since the previous step**"
                             + (f" ({(cs.t_s - cs.prev_t_s) * 1000:.2f} ms earlier)"
                                if cs.prev_t_s is not None and cs.t_s is not None else ""))
-                ch = replay.changes(cs)
-                st.dataframe(tables.shown(ch, {c: _num for c in ("previous", "now", "change")},
-                                          keep=("previous", "now", "change")),
-                             hide_index=True, width="stretch")
-                state.csv_download(ch, f"{data.name}-step-{cs.t_s or 0:.4f}", "Changes CSV")
+                if cs.previous is None:
+                    st.caption("This is the session's first recorded step: nothing before it to compare "
+                               "with." if cs.t_s is not None else "No engine step at the cursor yet.")
+                else:
+                    ch = replay.changes(cs)
+                    st.dataframe(tables.shown(ch, {c: _num for c in ("previous", "now", "change")},
+                                              keep=("previous", "now", "change")),
+                                 hide_index=True, width="stretch")
+                    state.csv_download(ch, f"{data.name}-step-{cs.t_s or 0:.4f}", "Changes CSV")
                 reqs = state.requests(data)
                 if cs.prev_t_s is not None and cs.t_s is not None and not reqs.empty:
                     done = reqs[(reqs["t_finished_s"] > cs.prev_t_s) & (reqs["t_finished_s"] <= cs.t_s)]
@@ -194,10 +201,10 @@ if data is not None:
                            help="previous engine step")
         controls[3].button("Step", icon=":material/skip_next:", on_click=step, args=(1,), help="next engine step")
         counts = {k: int((jump_marks["kind"] == v).sum()) for k, v in JUMPS.items()}
-        j = st.columns([3, 1, 1, 3])
+        j = st.columns([4.5, 1, 1, 1.5])  # room for "preempting step (14)  finding (2)  engine start (1)"
         j[0].segmented_control("Jump to", [k for k in JUMPS if counts[k]], key="replay_jump_kind",
                                default=next((k for k in JUMPS if counts[k]), None),
-                               format_func=lambda k: f"{k} ({counts[k]:,})")
+                               format_func=lambda k: f"{JUMP_LABELS.get(k, k)} ({counts[k]:,})")
         j[1].button("Previous", icon=":material/first_page:", on_click=jump, args=(-1,),
                     disabled=not any(counts.values()))
         j[2].button("Next", icon=":material/last_page:", on_click=jump, args=(1,), disabled=not any(counts.values()))

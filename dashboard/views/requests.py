@@ -98,11 +98,11 @@ if data is not None:
         for col, (label, value, delta, helptext) in zip(st.columns(4), cards, strict=False):
             col.metric(label, value, delta=delta, delta_color="off", delta_arrow="off", help=helptext)
 
-        st.subheader("Requests over time")
         z0, z1 = state.get_zoom(data)
         view = View(z0, z1, 400)
         spans = session_spans(data, reqs, view.t0_s, view.t1_s)
-        if spans.empty:
+        if spans.empty:  # the chart carries the title otherwise
+            st.subheader("Requests over time")
             st.info("No finished request overlaps the range shown (change the zoom on the Timeline).")
         else:
             kv = state.kv_events(data) if data.steps.total_steps else None
@@ -110,10 +110,22 @@ if data is not None:
             state.show(chart_marks.with_marks(cr.swimlane_chart(spans, view, evictions(kv, data.start_unix_s)),
                                               marks, view), key="swimlanes")
             hidden = spans.attrs.get("hidden", 0)
+            pre = spans[spans["phase"] == "preempted"]
+            if not pre.empty:
+                unended = int(pre["t_end_s"].isna().sum())
+                how = (f"; the {len(pre):,} preemptions of these requests in black, from the preemption "
+                       "to vLLM's lookup of the request to resume it"
+                       + (f" ({unended:,} with no resume recorded: a black tick)" if unended else ""))
+            elif (reqs["preemptions"].fillna(0) > 0).any():
+                how = ("; when each preemption happened was not recorded by this session, so a red dot "
+                       "ends the lane of a preempted request")
+            elif pre_steps:
+                how = (f"; the session's {int(pre_steps):,} preemptions are not drawn: it recorded neither "
+                       "when each happened nor which request it hit (only vLLM's per-step count)")
+            else:
+                how = ""
             st.caption(f"Range {z0:,.2f}–{z1:,.2f} s (the Timeline's zoom). Spans are vLLM's per-request "
-                       "queue, prefill and decode times laid end to end from arrival"
-                       + ("; preempted spans are not recorded by this session, so a red dot ends the lane "
-                          "of a preempted request" if (reqs["preemptions"].fillna(0) > 0).any() else "")
+                       "queue, prefill and decode times laid end to end from arrival" + how
                        + (f". {hidden:,} later requests in the range are not drawn." if hidden else "."))
 
         st.subheader("Latency percentiles")

@@ -12,6 +12,24 @@ from dashboard.charts import timeline as tl
 from dashboard.data.steps import View
 from profiler.units import escape_markdown
 
+SCROLL_TO_FOCUS_JS = """<script>
+(() => {  // once Vega has drawn the timeline, scroll its first panel (the finding's) to the top
+  const started = Date.now();
+  const go = () => {
+    const chart = document.querySelector("[data-testid='stMain'] [data-testid='stVegaLiteChart']");
+    const titles = chart ? chart.querySelectorAll("g.role-title") : [];
+    if (titles.length >= 2) {
+      titles[1].scrollIntoView({block: "start"});
+      const main = document.querySelector("[data-testid='stMain']");
+      if (main) main.scrollBy(0, -70);  // below Streamlit's header bar
+      return;
+    }
+    if (Date.now() - started < 30000) setTimeout(go, 200);
+  };
+  go();
+})();
+</script>"""  # scrolls to the panel after the navigator: with a finding opened, the one that shows it
+
 data = state.current_session()
 if data is not None:
     with state.session_errors(data.name):
@@ -75,3 +93,5 @@ if data is not None:
         st.caption(chart_marks.LEGEND_TEXT + " Double-click the top strip to show the whole session.")
         st.vega_lite_chart(linked.spec(), key=nav_key, on_select=on_brush,
                            selection_mode=[charts.ZOOM_PARAM, charts.RESET_PARAM], width="stretch")
+        if focus is not None and st.session_state.pop(state.SCROLL_KEY, False):
+            st.html(SCROLL_TO_FOCUS_JS, unsafe_allow_javascript=True)

@@ -35,6 +35,8 @@ PAGES = ("", "overview", "timeline", "memory", "kv_cache", "requests", "replay",
          "kv_events", "whatif", "simulate", "preemptions", "tiers")
 """URL paths of the pages ("" is the Sessions page, the one the dashboard opens on)."""
 BARE = re.compile(r"(?<![\w.])(None|NaN|nan)(?![\w.])")
+MAX_SHOT_HEIGHT = 9000
+"""Pixels: a longer page is shot down to here."""
 
 
 @contextmanager
@@ -86,6 +88,13 @@ def shoot(browser: Any, url: str, path: Path) -> dict[str, Any]:
             if n != last:
                 last, stable_since = n, time.monotonic()
             page.wait_for_timeout(200)
+        # the page scrolls inside stMain, so a full-page shot stops at the window: grow the window
+        # to the page's height (charts re-lay out at the new size) and shoot the whole of it
+        tall = int(page.evaluate("(document.querySelector(\"[data-testid='stMain']\") || "
+                                 "document.body).scrollHeight"))
+        if tall > 1800:
+            page.set_viewport_size({"width": 1400, "height": min(tall + 40, MAX_SHOT_HEIGHT)})
+            page.wait_for_timeout(1500)
         page.screenshot(path=str(path), full_page=True)
         text = page.locator("[data-testid='stMain']").inner_text()
         return {"charts": last,

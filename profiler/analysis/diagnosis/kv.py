@@ -176,7 +176,9 @@ def preemption_storm(view: EngineView, session: Session) -> list[Finding]:
         n_requests = len(r)
         frac = preempted_reqs / n_requests
         storm = frac >= th.PREEMPTED_REQUESTS_FRAC or worst >= th.PREEMPTION_REPEAT_COUNT
-        who = f"hit {preempted_reqs} of {n_requests} requests ({frac:.0%}), one of them {worst}×"
+        n_worst = int((pre == worst).sum())
+        who = f"hit {preempted_reqs} of {n_requests} requests ({frac:.0%})" + (
+            f", {'one' if n_worst == 1 else n_worst} of them {worst}×" if worst > 1 else "")
     if not storm:
         return []
     recomputed = int((s["preempted_prefix_queries_tokens"].fillna(0)
@@ -403,7 +405,7 @@ def queueing(view: EngineView, session: Session) -> list[Finding]:
                f"≤ {float(hit['kv_usage_frac'].max()):.0%} for {sp.busy_frac:.0%} of busy time "
                f"({sp.steps} steps, up to {int(hit['waiting'].max())} waiting){wait}")
         rec = (f"the scheduler, not memory, is the limit: at ~{per_seq:.1f} blocks per running "
-               f"sequence the cache of {view.num_blocks} blocks holds ~{fit} at "
+               f"sequence the cache of {view.num_blocks:,} blocks holds ~{fit:,} at "
                f"{th.KV_TARGET_FRAC:.0%}: --max-num-seqs {int(max_seqs)} → {target}"
                if per_seq else f"raise --max-num-seqs above {int(max_seqs)}")
         settings = {"max_num_seqs": target}
@@ -439,13 +441,13 @@ def kv_overprovisioned(view: EngineView, session: Session) -> list[Finding]:
     busy = s[loaded_mask]
     in_system = int((busy["running"] + busy["waiting"]).max())
     msg = (f"under load ({loaded.busy_frac:.0%} of busy time with requests waiting or the batch full) "
-           f"KV usage peaked at {peak:.0%} ({peak_blocks} of {n} blocks)")
+           f"KV usage peaked at {peak:.0%} ({peak_blocks:,} of {n:,} blocks)")
     parts = []
     settings: dict[str, Any] = {}
     batch = int(max_seqs) if max_seqs != math.inf else int(s["running"].max())
     if fit and max_seqs != math.inf and min(fit, in_system) > max_seqs:
         batch = min(fit, in_system)
-        parts.append(f"the cache holds ~{fit} sequences at {per_seq:.1f} blocks each and up to "
+        parts.append(f"the cache holds ~{fit:,} sequences at {per_seq:.1f} blocks each and up to "
                      f"{in_system} requests were in the system: --max-num-seqs {int(max_seqs)} → {batch}")
         settings["max_num_seqs"] = batch
     mem = startup_row(session)
