@@ -62,13 +62,14 @@ def report_and_findings(session: Session, quiet: bool = False) -> Report:
             report["session"]["path"] = str(session.path)
             return report, report["findings"]
     started = time.perf_counter()
-    if ready and not quiet:
+    store = version is not None and is_large(session)  # a small session is never written to
+    if store and not quiet:
         print(printable(f"kvscope: {session.path.name}: diagnosing "
                         f"{summaries.max_rowid(session.db, 'steps'):,} steps (once; stored)"),
               file=sys.stderr, flush=True)
     findings = [f.as_dict() for f in diagnose(session)]
     report = build_report(session, findings=findings)
-    if version is not None:
+    if store:
         stored = summaries.store_cached(str(session.path), CACHE_NAME, version,
                                         json.dumps(report, allow_nan=False))
         if stored and not quiet:
@@ -108,7 +109,7 @@ def whatif(session: Session) -> WhatIf:
             return WhatIf(o["engine_id"], None, curve, SessionPoint(a["num_blocks"], a["hit_rate"]),
                           counts)  # type: ignore[arg-type]
     w = analyse(session)
-    if version is not None:
+    if version is not None and is_large(session):  # a small session is never written to
         c = w.curve
         obj = {"engine_id": w.engine_id,
                "counts": [w.request_count, w.access_count] if w.request_count is not None else None,
