@@ -44,9 +44,10 @@ test: lint
 	$(PY) -m pytest -x -q tests
 	$(PY) -m tests.support.compat --versions $(CI_OLDEST) --json compat-ci.json
 
-# The unit tier spread over 4 workers: its attach fault cases mostly wait on their servers.
-test-unit: lint
-	$(PY) -m pytest -x -q -m unit -n 4 tests
+# The unit tier alone (`make lint` is its own target; `make test` runs both), spread over 6
+# workers on 2 cores: its attach fault cases mostly wait on their fake servers.
+test-unit: $(VENV)/.test-installed
+	$(PY) -m pytest -x -q -m unit -n 6 tests
 
 # ruff, and the architecture contract (pyproject's [tool.importlinter]: no cycles, layers, the
 # dashboard reads sessions only).

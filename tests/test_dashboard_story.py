@@ -81,7 +81,9 @@ def test_only_the_gpus_that_matter_are_shown() -> None:
 
 
 def test_headlines_name_what_happened() -> None:
-    lines = {p.stem: report_memo(p)[0]["headline"] for p in SESSIONS}
+    lines = {n: report_memo(S[n])[0]["headline"] for n in (
+        "gpu_h200_fragmentation", "gpu_h200_oom_startup", "gpu_h200_oom_runtime", "gpu_h200_kv_pressure",
+        "healthy")}
     assert lines["gpu_h200_fragmentation"].startswith("no vLLM engine")
     assert "fragmentation" in lines["gpu_h200_fragmentation"]
     assert lines["gpu_h200_oom_startup"] == "the engine never started; out of memory at start-up"

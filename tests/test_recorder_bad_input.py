@@ -1,4 +1,8 @@
-"""Bad session files and bad commands give one clear line and a non-zero exit, never a traceback."""
+"""Bad session files and bad commands give one clear line and a non-zero exit, never a traceback.
+
+``report`` runs in this process (an escaped exception fails the test as a traceback would), except
+on the cut file, where a real process with a timeout proves it cannot hang; ``record`` runs its
+program for real."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from pathlib import Path
 
 from profiler.session.schema import SCHEMA_VERSION
 from profiler.session.writer import SessionWriter
-from tests.support.engine import kvscope
+from tests.support.engine import kvscope, kvscope_here
 
 
 def _small_session(path: Path) -> Path:
@@ -31,13 +35,13 @@ def _assert_one_line_error(proc, needle: str) -> None:
 
 
 def test_report_on_missing_file(tmp_path: Path) -> None:
-    _assert_one_line_error(kvscope("report", str(tmp_path / "nope.kvscope")), "no such session file")
+    _assert_one_line_error(kvscope_here("report", str(tmp_path / "nope.kvscope")), "no such session file")
 
 
 def test_report_on_garbage_file(tmp_path: Path) -> None:
     p = tmp_path / "garbage.kvscope"
     p.write_bytes(b"this is not sqlite at all, just some bytes\n" * 100)
-    _assert_one_line_error(kvscope("report", str(p)), "not an SQLite file")
+    _assert_one_line_error(kvscope_here("report", str(p)), "not an SQLite file")
 
 
 def test_report_on_truncated_session(tmp_path: Path) -> None:
@@ -54,7 +58,7 @@ def test_report_on_corrupted_pages(tmp_path: Path) -> None:
     for i in range(4096, len(data), 97):  # leave the header page, scramble every b-tree page
         data[i] ^= 0x5A
     p.write_bytes(bytes(data))
-    _assert_one_line_error(kvscope("report", str(p)), "damaged session file")
+    _assert_one_line_error(kvscope_here("report", str(p)), "damaged session file")
 
 
 def test_report_refuses_newer_schema(tmp_path: Path) -> None:
@@ -62,13 +66,13 @@ def test_report_refuses_newer_schema(tmp_path: Path) -> None:
     conn = sqlite3.connect(p)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     conn.close()
-    _assert_one_line_error(kvscope("report", str(p)), "newer than this kvscope reads")
+    _assert_one_line_error(kvscope_here("report", str(p)), "newer than this kvscope reads")
 
 
 def test_report_json_on_session_without_engine(tmp_path: Path) -> None:
     """A session that recorded no engine reports nulls, not invented numbers."""
     p = _small_session(tmp_path / "s.kvscope")
-    out = kvscope("report", "--json", str(p))
+    out = kvscope_here("report", "--json", str(p))
     assert out.returncode == 0, out.stderr
     rep = json.loads(out.stdout)
     assert rep["steps"] == 2000
@@ -82,7 +86,7 @@ def test_record_passes_exit_code_through(tmp_path: Path) -> None:
     p = tmp_path / "exit.kvscope"
     out = kvscope("record", "--session", str(p), "--", sys.executable, "-c", "import sys; sys.exit(3)")
     assert out.returncode == 3
-    rep = json.loads(kvscope("report", "--json", str(p)).stdout)
+    rep = json.loads(kvscope_here("report", "--json", str(p)).stdout)
     assert rep["session"]["complete"] is True
     assert rep["events"]["exit"] == 1
 
