@@ -15,6 +15,7 @@ import streamlit as st
 
 from dashboard import state
 from dashboard.data.session import SessionData
+from profiler import units
 from profiler.analysis.fixes import diff_text, flag_changes, flags_line, same_fix_as
 from profiler.units import escape_markdown, is_number
 
@@ -43,7 +44,7 @@ def tracebacks(data: SessionData, finding: dict[str, Any]) -> list[tuple[str, st
         details = details if isinstance(details, dict) else {}
         tb = details.get("traceback")
         where = details.get("where")
-        pid = f"pid {int(r.pid)}" if is_number(r.pid) else "pid n/a"
+        pid = units.fmt_pid(r.pid)
         title = f"{r.kind} at {r.t_s:.2f} s in {pid}" + (f" ({where})" if isinstance(where, str) else "")
         text = str(r.message or "")
         if isinstance(tb, str) and tb.strip():

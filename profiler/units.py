@@ -81,6 +81,19 @@ def fmt_gib(n_bytes: float | None) -> str:
     return fmt(None if finite_or_none(n_bytes) is None else n_bytes / GIB, "{:,.2f} GiB")
 
 
+PID_STRIDE = 10_000_000
+"""A multi-node session's later shards read their pids as ``shard × PID_STRIDE + pid``
+(``profiler/session/shards.py``): above Linux's largest pid, so the remainder is the real pid."""
+
+
+def fmt_pid(pid: Any) -> str:
+    """``pid 22416``, or ``pid 22416 (shard 2)`` for a later shard's pid of a multi-node session."""
+    if not is_number(pid):
+        return "pid n/a"
+    shard, real = divmod(int(pid), PID_STRIDE)
+    return f"pid {real}" + (f" (shard {shard + 1})" if shard else "")
+
+
 def fmt_pct(frac: float | None, digits: int = 1) -> str:
     """A fraction as a percentage, ``12.3%`` (n/a when unknown)."""
     return fmt(frac, f"{{:.{digits}%}}")

@@ -20,6 +20,7 @@ import pandas as pd
 
 from dashboard.data.downsample import minmax_indices
 from dashboard.data.session import SessionData
+from profiler import units
 from profiler.analysis.devices import device_reasons
 from profiler.units import GIB, is_number
 
@@ -86,13 +87,13 @@ def _startup_by_pid(data: SessionData) -> dict[int, pd.Series]:
 def _label(data: SessionData, pid: int) -> str:
     rows = data.processes[data.processes["pid"] == pid] if not data.processes.empty else data.processes
     if rows.empty:
-        return f"pid {pid}"
+        return units.fmt_pid(pid)
     workers = rows[rows["role"] == "worker"]
     r = workers.iloc[0] if not workers.empty else rows.iloc[0]
     role = str(r["role"])
     if role == "worker" and is_number(r.get("rank")):
         role = f"worker {int(r['rank'])}"
-    return f"{role} (pid {pid})"
+    return f"{role} ({units.fmt_pid(pid)})"
 
 
 def device_attribution(data: SessionData, device: int, t0_s: float, t1_s: float, buckets: int,

@@ -22,6 +22,7 @@ from dashboard.data.steps import (
     steps_around,
     summarize,
 )
+from profiler import units
 from profiler.analysis.summarized import prepare
 from profiler.errors import SessionFormatError
 from profiler.session.reader import Session, open_session
@@ -217,7 +218,7 @@ def _load(session: Session) -> SessionData:
     alloc = _relative(session.table("allocator_samples"), "t_unix_s", start)
     roles = _role_labels(processes)
     gps["process"] = gps["pid"].map(roles).fillna(gps["pid"].map(lambda p: f"other pid {p}"))
-    alloc["process"] = alloc["pid"].map(roles).fillna(alloc["pid"].map(lambda p: f"pid {p}"))
+    alloc["process"] = alloc["pid"].map(roles).fillna(alloc["pid"].map(units.fmt_pid))
     return SessionData(
         path=session.path, meta=meta, start_unix_s=start, duration_s=duration_s,
         engines=session.table("engines"), processes=processes,
@@ -247,7 +248,7 @@ def _role_labels(processes: pd.DataFrame) -> dict[int, str]:
         pid = int(p["pid"])
         if pid in out and out[pid].startswith("worker"):
             continue  # one process in two roles (an engine core that is its own worker): the worker
-        out[pid] = f"{role} (pid {pid})"
+        out[pid] = f"{role} ({units.fmt_pid(pid)})"
     return out
 
 

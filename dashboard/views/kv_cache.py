@@ -25,8 +25,10 @@ def kv_tier_section(data: SessionData, t0: float, t1: float) -> None:
     occ = occupancy_memo(data.path)
     st.subheader("Tokens, not only blocks")
     if occ.empty:
-        st.caption("Token occupancy: n/a (recorded by kvscope's engine-core hook; this session "
-                   "predates it or was attached).")
+        groups = len(state.report(data)[0]["kv_cache"].get("groups") or [])
+        why = (f"measured for a KV cache of one group; this one has {groups}" if groups > 1 else
+               "recorded by kvscope's engine-core hook; this session predates it or was attached")
+        st.caption(f"Token occupancy: n/a ({why}).")
     else:
         state.show(charts_whole.occupancy_chart(occ, t0, t1), key="kv-occupancy")
         st.caption("Blocks in use (vLLM's KV usage) against the token slots that actually hold "

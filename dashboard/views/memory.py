@@ -52,7 +52,7 @@ def waterfalls(data: SessionData, rep: dict[str, Any]) -> None:
         gpu = worker_device(data, pid)
         rank = f"rank {int(row['rank'])}" if is_number(row.get("rank")) else "rank n/a"
         on = f"GPU {gpu}" if gpu is not None else device
-        title = f"Worker {rank} (pid {pid}, {on}): {where} → gpu_memory_utilization budget → consumers"
+        title = f"Worker {rank} ({units.fmt_pid(pid)}, {on}): {where} → gpu_memory_utilization budget → consumers"
         if wf.empty:
             st.info(f"{title}: nothing reported.")
             continue

@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from profiler.analysis.diagnosis import thresholds as th
+from profiler.units import fmt_pid
 
 MOVED_BYTES = 2**30
 """A device whose NVML used memory varied by at least this much during the session is shown."""
@@ -40,7 +41,7 @@ def device_reasons(gpus: pd.DataFrame, gpu_samples: pd.DataFrame, process_sample
         for (d, pid), g in foreign.groupby(["device_index", "pid"]):
             peak = g["used_bytes"].max()
             if pd.notna(peak) and peak >= th.FOREIGN_PROCESS_MIN_BYTES and int(d) not in out:
-                out[int(d)] = f"pid {int(pid)} outside the session used memory on it"
+                out[int(d)] = f"{fmt_pid(pid)} outside the session used memory on it"
     if not allocator_samples.empty and "device_index" in allocator_samples:
         al = allocator_samples.dropna(subset=["device_index"])
         al = al[al["pid"].isin(own_pids)] if "pid" in al else al

@@ -28,7 +28,7 @@ from profiler.analysis.diagnosis.findings import (
     startup_row,
 )
 from profiler.session.reader import Session, open_session
-from profiler.units import fmt_bytes
+from profiler.units import fmt_bytes, fmt_pid
 
 FIT_S = 60.0
 """Forecasts fit the samples of the last this-many seconds of the window."""
@@ -198,7 +198,7 @@ def oom_forecast(session: Session) -> list[Finding]:
                                f"{fmt_bytes(need)} more, as much as grew in the last "
                                f"{tr.span_s:.0f} s (enough only if the growth levels off)")
         if top == "other processes":
-            options.insert(0, f"move {', '.join(f'pid {x}' for x in foreign_pids) or 'the other processes'} "
+            options.insert(0, f"move {', '.join(fmt_pid(x) for x in foreign_pids) or 'the other processes'} "
                               "off this GPU")
         elif top == "the PyTorch allocator":
             options.append("lower --max-num-batched-tokens (activations) and set "

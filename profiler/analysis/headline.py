@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import PurePath
 from typing import Any
 
-from profiler.units import fmt_bytes, fmt_pct, fmt_s, is_number
+from profiler.units import fmt_bytes, fmt_pct, fmt_pid, fmt_s, is_number
 
 SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
 
@@ -36,14 +36,14 @@ def finding_phrase(f: dict[str, Any]) -> str:
         when = f" at {t:.1f} s" if is_number(t) else ""
         foreign = _m(f, "foreign_processes") or []
         if _m(f, "cause") == "other processes" and foreign:
-            who = ", ".join(f"pid {p.get('pid')}" for p in foreign if isinstance(p, dict))
+            who = ", ".join(fmt_pid(p.get("pid")) for p in foreign if isinstance(p, dict))
             return f"out of memory while serving{when}: {who} took the headroom"
         return f"out of memory while serving{when}"
     if code == "GPU_MEMORY_PRESSURE":
         if _m(f, "max_slack_bytes") is not None:
             return f"allocator fragmentation, up to {fmt_bytes(_m(f, 'max_slack_bytes'))} reserved but unused"
         if _m(f, "pid") is not None:
-            return f"pid {_m(f, 'pid')} used {fmt_bytes(_m(f, 'peak_used_bytes'))} of the engine's GPU"
+            return f"{fmt_pid(_m(f, 'pid'))} used {fmt_bytes(_m(f, 'peak_used_bytes'))} of the engine's GPU"
         return f"GPU {_m(f, 'device_index')} memory nearly full"
     if code == "KV_SATURATION":
         return f"KV cache full with requests waiting for {fmt_pct(_m(f, 'busy_frac'), 0)} of busy time"

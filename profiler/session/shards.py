@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from profiler import units
 from profiler.session.schema import TABLES, create_or_check, ddl
 
 SHARD_SUFFIX = ".kvscope"
@@ -32,7 +33,7 @@ SHARDS_KEY = "shards"
 """Meta key of a merged session: one object per shard, in ``ShardInfo`` fields."""
 SHARD_NOTES_KEY = "shard_notes"
 """Meta key of a merged session: the shards' own reader notes, each prefixed with its file."""
-PID_STRIDE = 10_000_000
+PID_STRIDE = units.PID_STRIDE
 """A shard's pids read as ``pid_offset + pid``; offsets are multiples of this (above Linux's
 largest pid, 4,194,304), so the real pid is the remainder and two hosts' pids never collide."""
 GAP_SOURCE = "shard"

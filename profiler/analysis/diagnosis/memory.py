@@ -20,7 +20,7 @@ from profiler.analysis.diagnosis.findings import (
 )
 from profiler.session.reader import Session
 from profiler.session.schema import BYTES_MAX
-from profiler.units import fmt_bytes, plausible
+from profiler.units import fmt_bytes, fmt_pid, plausible
 
 _KV_TOO_SMALL = re.compile(
     r"max seq len \((?P<len>\d+)\), \((?P<need>[\d.]+) GiB KV cache is needed, which is larger "
@@ -289,7 +289,7 @@ def _startup_device_oom(session: Session, ev: OomEvent, t0: float) -> Finding:
     if foreign:
         held = sum(b for _, b in foreign)
         rec = (f"other processes hold {fmt_bytes(held)} of this GPU "
-               f"({', '.join(f'pid {p}' for p, _ in foreign)}): free it before starting the engine")
+               f"({', '.join(fmt_pid(p) for p, _ in foreign)}): free it before starting the engine")
         metrics["foreign_processes"] = [{"pid": p, "used_bytes": b} for p, b in foreign]
     msg = f"engine ran out of device memory while {part}{state}{_oom_text_details(session, ev.message)}"
     rel = ev.t_unix_s - t0
@@ -332,7 +332,7 @@ def oom_runtime(session: Session) -> list[Finding]:
         lower = (f"lower gpu_memory_utilization {float(util):.2f} → {settings['gpu_memory_utilization']:.2f}"
                  if settings else "lower gpu_memory_utilization")
         if top == "other processes":
-            who = ", ".join(f"pid {p} ({fmt_bytes(b)})" for p, b in foreign) or "another process"
+            who = ", ".join(f"{fmt_pid(p)} ({fmt_bytes(b)})" for p, b in foreign) or "another process"
             rec = (f"{who} took {fmt_bytes(amount)} of this GPU after the engine sized its memory: "
                    f"{lower} to leave it room (or run it on another GPU)")
         elif top == "non-torch":
@@ -366,7 +366,7 @@ def _oom_text_details(session: Session, message: str) -> str:
     parts = []
     foreign = _foreign_at_oom(session, message)
     if foreign:
-        parts.append("other processes on the GPU: " + ", ".join(f"pid {p} {fmt_bytes(b)}" for p, b in foreign))
+        parts.append("other processes on the GPU: " + ", ".join(f"{fmt_pid(p)} {fmt_bytes(b)}" for p, b in foreign))
     slack = _TORCH_OOM_SLACK.search(message)
     if slack:
         parts.append(f"{fmt_bytes(_bytes(slack['slack'], slack['slack_u']))} reserved by PyTorch but "
@@ -458,7 +458,7 @@ def _foreign_processes(session: Session, t0: float) -> list[Finding]:
             "GPU_MEMORY_PRESSURE", WARNING, float(g["t_unix_s"].min() - t0), float(g["t_unix_s"].max() - t0),
             f"GPU {int(dev)}: process {int(pid)} outside this session used up to {fmt_bytes(float(peak))} "
             "on the engine's GPU",
-            f"move pid {int(pid)} to another GPU or lower gpu_memory_utilization by "
+            f"move {fmt_pid(pid)} to another GPU or lower gpu_memory_utilization by "
             f"≥ {fmt_bytes(float(peak))} of the device", None,
             {"device_index": int(dev), "pid": int(pid), "peak_used_bytes": float(peak)}))
     return out
