@@ -138,11 +138,12 @@ def headline(src: SessionSource) -> str:
 
 
 KEPT_WIDGETS = frozenset({
-    "rolling_s", "kv_unit", "kv_episode_gap_s", "prompt_threshold", "preempted-req",
+    "rolling_s", "kv_unit", "kv_episode_gap_s",
     "hist_latency_metric", "replay_jump_kind", "replay_speed", "live_refresh_s", "live_window_min",
     "live_follow"})
-KEPT_PREFIXES = ("cursor::", "sim::", "sim-mem::")
-"""Widget keys (value widgets only: a button's state cannot be set) whose choice outlives a page."""
+KEPT_PREFIXES = ("cursor::", "sim::", "sim-mem::", "prompt_threshold::", "preempted-req::")
+"""Widget keys (value widgets only: a button's state cannot be set) whose choice outlives a page;
+a choice within one session's range (a prompt length, a request) is keyed by that session."""
 
 
 def keep_widget_state() -> None:

@@ -51,7 +51,7 @@ def request_preemptions_section(data: SessionData, reqs: pd.DataFrame) -> None:
     counts = forensics.table["request_key"].astype(str).value_counts()
     ids.sort(key=lambda r: -int(counts.get(r, 0)))
     rid = st.selectbox(f"{len(ids):,} requests were preempted (most first)", ids,
-                       format_func=lambda r: f"{r} ({int(counts.get(r, 0))}×)", key="preempted-req")
+                       format_func=lambda r: f"{r} ({int(counts.get(r, 0))}×)", key=f"preempted-req::{data.path}")
     rows = request_preemptions(forensics, rid)
     st.dataframe(rows[[c for c in PREEMPTION_COLUMNS if c in rows]], hide_index=True,
                  width="stretch", column_config=PREEMPTION_COLUMNS)
@@ -160,7 +160,7 @@ if data is not None:
         median = int(reqs["prompt_tokens"].median())
         if hi > lo:
             threshold = st.slider("Long prompt = at least this many tokens", lo + 1, hi, min(max(median, lo + 1), hi),
-                                  key="prompt_threshold")
+                                  key=f"prompt_threshold::{data.path}")
         else:
             threshold = hi + 1
             st.caption(f"Every prompt has {hi} tokens: nothing to split.")
