@@ -32,6 +32,12 @@ PREEMPTION_COLUMNS = {
 }
 
 
+def _metrics(cards: list[tuple[str, str, str | None, str | None]]) -> None:
+    """The page's key numbers, four to a row: (label, value, delta, help)."""
+    for col, (label, value, delta, helptext) in zip(st.columns(4), cards, strict=False):
+        col.metric(label, value, delta=delta, delta_color="off", delta_arrow="off", help=helptext)
+
+
 def request_preemptions_section(data: SessionData, reqs: pd.DataFrame) -> None:
     """Each preempted request's preemptions (the engine core's record), one request at a time."""
     forensics = forensics_memo(data.path)
@@ -81,8 +87,7 @@ if data is not None:
             cards.append(("Preemptions", f"{int(pre_steps):,}", None,
                           "requests preempted, summed over the engine steps (as on Overview and KV cache)"))
         if reqs.empty:  # attach: the server's counters and histograms, no request of its own
-            for col, (label, value, delta, helptext) in zip(st.columns(4), cards, strict=False):
-                col.metric(label, value, delta=delta, delta_color="off", delta_arrow="off", help=helptext)
+            _metrics(cards)
             if not histogram_latency.show(data):
                 st.info("No finished requests in this session"
                         + (": the engine never served." if not rep.get("steps") else "."),
@@ -95,8 +100,7 @@ if data is not None:
                           f"of {len(counted):,} with a count", None))
         if rep["latency_s"].get("ttft_p95") is not None:
             cards.append(("TTFT p95", units.fmt_s(rep["latency_s"]["ttft_p95"]), None, None))
-        for col, (label, value, delta, helptext) in zip(st.columns(4), cards, strict=False):
-            col.metric(label, value, delta=delta, delta_color="off", delta_arrow="off", help=helptext)
+        _metrics(cards)
 
         z0, z1 = state.get_zoom(data)
         view = View(z0, z1, 400)

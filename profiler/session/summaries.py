@@ -377,29 +377,26 @@ def _writable(path: str) -> sqlite3.Connection | None:
 def build_and_store(path: str, progress: Progress | None = None) -> bool:
     """Bring the summaries of the session at ``path`` up to date and store them in it, in one
     transaction; False when the file cannot be written (they are then used from memory)."""
-    conn = _writable(path)
-    if conn is None:
-        return False
-    try:
-        catch_up(conn, progress)
-        conn.execute("COMMIT")
-        return True
-    except sqlite3.Error:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        return False
-    finally:
-        conn.close()
+    return _write(path, lambda conn: catch_up(conn, progress))
 
 
 def store_cached(path: str, name: str, version: str, value: str) -> bool:
     """Store ``value`` as ``name`` computed at ``version``; False when the file cannot be written."""
+    def store(conn: sqlite3.Connection) -> None:
+        ensure(conn)
+        conn.execute(f"INSERT OR REPLACE INTO {CACHE} VALUES (?, ?, ?)", (name, version, value))
+
+    return _write(path, store)
+
+
+def _write(path: str, work: Callable[[sqlite3.Connection], object]) -> bool:
+    """Run ``work`` in one committed transaction on the session at ``path``; False when the file
+    cannot be written (rolled back on an SQLite error)."""
     conn = _writable(path)
     if conn is None:
         return False
     try:
-        ensure(conn)
-        conn.execute(f"INSERT OR REPLACE INTO {CACHE} VALUES (?, ?, ?)", (name, version, value))
+        work(conn)
         conn.execute("COMMIT")
         return True
     except sqlite3.Error:
