@@ -28,7 +28,7 @@ tp2)
   wait; cat $OUT/nvml_bench.json; fin ;;
 bench)
   export CUDA_VISIBLE_DEVICES=0
-  timeout 560 python3 bench/bench_overhead.py $MODEL --repeats 2 --json $OUT/overhead_gpu.json --load-format dummy --blocks 0 --gpu-memory-utilization 0.85 --max-model-len 4096 --requests 512 --prefixes 4 --prefix-len 1000 --max-tokens 128 --max-num-seqs 256 ;;
+  timeout 560 python3 bench/bench_overhead.py $MODEL --pairs 8 --json $OUT/overhead_gpu.json --load-format dummy --blocks 0 --gpu-memory-utilization 0.42 --max-model-len 4096 --requests 512 --prefixes 4 --prefix-len 1000 --max-tokens 128 --max-num-seqs 256 ;;
 esac
 # the device returns at most 8 files: pack logs and JSON into one archive
 (cd $OUT && tar czf logs_${1:-single}.tgz --remove-files $(ls *.log *.json 2>/dev/null))

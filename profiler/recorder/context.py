@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from profiler.recorder import ray_shards
 from profiler.session.heartbeat import Heartbeat
 from profiler.session.rows import ProcessRow
 from profiler.session.writer import SessionWriter, get_writer
@@ -88,8 +89,6 @@ def session_path() -> str | None:
         if path.endswith(("/", os.sep)) or os.path.isdir(path):
             path = _start_shard(path)
         _checked_path[0] = path
-    from profiler.recorder import ray_shards
-
     return ray_shards.local_shard(path) or path
 
 
@@ -112,12 +111,25 @@ def _start_shard(folder: str) -> str:
     return path
 
 
+_cached: list[tuple[tuple[str | None, str | None], SessionWriter]] = []
+"""((``KVSCOPE_SESSION``, the Ray driver node), writer) once the shard this process writes is
+settled: the hot path (every step's rows) then costs two environment reads instead of resolving
+the path each time."""
+os.register_at_fork(after_in_child=_cached.clear)
+
+
 def writer() -> SessionWriter | None:
     """This process's writer for the active session (None when recording is off)."""
+    key = (os.environ.get(ENV_SESSION), os.environ.get(ray_shards.ENV_DRIVER_NODE))
+    if _cached and _cached[0][0] == key and not _cached[0][1].closed:
+        return _cached[0][1]
     path = session_path()
     if path is None:
         return None
-    return get_writer(path)
+    w = get_writer(path)
+    key = (os.environ.get(ENV_SESSION), key[1])  # a folder session named its shard
+    _cached[:] = [(key, w)] if ray_shards.settled() else []
+    return w
 
 
 def interval_s(env_name: str) -> float:

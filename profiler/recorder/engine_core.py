@@ -218,12 +218,15 @@ def occupancy(scheduler: Any) -> tuple[int, int] | None:
     if not isinstance(bs, int) or bs <= 0 or per_request is None or requests is None:
         return None
     used = (total - 1) - int(pool.get_num_free_blocks())  # vLLM's null block never holds KV
+    # runs every step in the engine core's loop: plain arithmetic, no per-request getattr
     slack = 0
+    get = requests.get
     for rid, blocks in list(per_request.items()):
-        req = requests.get(rid)
-        computed = getattr(req, "num_computed_tokens", 0) if req is not None else 0
         slots = len(blocks) * bs
-        slack += max(slots - min(int(computed or 0), slots), 0)
+        req = get(rid)
+        computed = req.num_computed_tokens if req is not None else 0
+        if computed < slots:
+            slack += slots - computed
     return used, max(used * bs - slack, 0)
 
 

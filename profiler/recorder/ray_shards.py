@@ -40,6 +40,12 @@ def _forget_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_after_fork)
 
 
+def settled() -> bool:
+    """Whether ``local_shard``'s answer can no longer change in this process: it has decided, or
+    this process is not a Ray worker of a kvscope driver."""
+    return _decided or not os.environ.get(ENV_DRIVER_NODE)
+
+
 def local_shard(session: str) -> str | None:
     """The local shard this process records into instead of ``session``: only in a Ray worker on
     another node than its driver (None otherwise, and while Ray is not connected)."""
