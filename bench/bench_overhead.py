@@ -120,16 +120,18 @@ def main() -> int:
     a, extra = ap.parse_known_args()
     with tempfile.TemporaryDirectory() as tmp:
         session = Path(tmp) / "recorded.kvscope"
-        plain = _start(a.model, extra, None)
-        recorded = _start(a.model, extra, None if a.vllm_stats_only else session,
-                          log_stats=a.vllm_stats_only)
-        engines = {"plain": plain, "recorded": recorded}
+        engines: dict[str, subprocess.Popen[str]] = {}
         label = "vLLM stats on" if a.vllm_stats_only else "recorded"
         try:
-            for proc in engines.values():  # start-ups one after the other
+            # one start-up after the other (on a GPU, vLLM's memory profiling must not see the
+            # other engine allocating), each engine stopped once ready
+            for name, kept in (("plain", None), ("recorded", session)):
+                proc = engines[name] = _start(a.model, extra, None if a.vllm_stats_only else kept,
+                                              log_stats=a.vllm_stats_only and kept is not None)
                 assert proc.stdout is not None
                 _answer(proc.stdout)
                 os.killpg(proc.pid, signal.SIGSTOP)
+            plain, recorded = engines["plain"], engines["recorded"]
             _round(plain, 0)  # warm-up round each (first-call costs), not counted
             _round(recorded, 0)
             rows = []
