@@ -240,7 +240,7 @@ def _trace(session: Session, engine_id: int, bs: int, blocks: pd.DataFrame,
     n_full = blocks["_hashes"].map(len).to_numpy()
 
     def per_request(col: str) -> np.ndarray:
-        known = reqs[col]
+        known = pd.to_numeric(reqs[col], errors="coerce")  # float, so the fill matches (pandas 4)
         return rid.map(known).fillna(base_id.map(known)).to_numpy(dtype=float)
 
     prompt = per_request("prompt_tokens")
