@@ -125,9 +125,9 @@ def main() -> int:
         try:
             # one start-up after the other (on a GPU, vLLM's memory profiling must not see the
             # other engine allocating), each engine stopped once ready
-            for name, kept in (("plain", None), ("recorded", session)):
-                proc = engines[name] = _start(a.model, extra, None if a.vllm_stats_only else kept,
-                                              log_stats=a.vllm_stats_only and kept is not None)
+            second = (None, True) if a.vllm_stats_only else (session, False)
+            for name, (recorded_into, log_stats) in (("plain", (None, False)), ("recorded", second)):
+                proc = engines[name] = _start(a.model, extra, recorded_into, log_stats)
                 assert proc.stdout is not None
                 _answer(proc.stdout)
                 os.killpg(proc.pid, signal.SIGSTOP)
