@@ -117,15 +117,19 @@ def main() -> int:
     ap.add_argument("--vllm-stats-only", action="store_true",
                     help="the second engine runs with vLLM's own stats on and no kvscope: what "
                          "vLLM's per-step stats alone cost (kvscope switches them on)")
+    ap.add_argument("--same", action="store_true",
+                    help="both engines plain: the ratio this method reads when nothing differs")
     a, extra = ap.parse_known_args()
     with tempfile.TemporaryDirectory() as tmp:
         session = Path(tmp) / "recorded.kvscope"
         engines: dict[str, subprocess.Popen[str]] = {}
-        label = "vLLM stats on" if a.vllm_stats_only else "recorded"
+        label = ("vLLM stats on" if a.vllm_stats_only else "plain too" if a.same
+                 else "recorded")
         try:
             # one start-up after the other (on a GPU, vLLM's memory profiling must not see the
             # other engine allocating), each engine stopped once ready
-            second = (None, True) if a.vllm_stats_only else (session, False)
+            second = ((None, True) if a.vllm_stats_only else (None, False) if a.same
+                      else (session, False))
             for name, (recorded_into, log_stats) in (("plain", (None, False)), ("recorded", second)):
                 proc = engines[name] = _start(a.model, extra, recorded_into, log_stats)
                 assert proc.stdout is not None

@@ -89,6 +89,10 @@ def test_record_llm_class_without_user_stats(tiny_model: Path, tmp_path: Path) -
                        str(tiny_model), "--engine", "llm", *PRESSURE)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Avg prompt throughput" not in proc.stdout + proc.stderr  # vLLM's own logger stays off
+    with sqlite3.connect(session) as conn:
+        (start,) = conn.execute(
+            "SELECT details_json FROM events WHERE kind = 'engine_start'").fetchone()
+    assert json.loads(start)["step_counts"] == "kvscope"  # vLLM's frontend stats stay off
     rep = _report(session)
     assert rep["requests_finished"] == 64
     assert rep["steps"] > 64 and rep["preemptions"] > 0
@@ -183,3 +187,48 @@ def test_forked_engine_processes_each_record_once(tiny_model: Path, tmp_path: Pa
         "SELECT details_json FROM events WHERE kind = 'kv_cache_config'").fetchone()[0])
     assert kv["num_blocks"] == 24 and kv["bytes_per_block"] > 0
     _assert_matches_counts(_report(session), json.loads(counts.read_text()))
+
+
+@pytest.mark.parametrize("engine", ["llmengine", "async"])
+def test_kvscope_output_counts_equal_vllms_in_the_same_run(engine: str, tiny_model: Path,
+                                                           tmp_path: Path) -> None:
+    """A program with vLLM's stats off is recorded without them: kvscope counts the engine core's
+    outputs itself (``lean_stats``). Here vLLM's stats are on too (the workload's independent
+    logger) and kvscope is asked to count anyway: every step and every finished request it stored
+    must equal what vLLM's own IterationStats said, in the same run."""
+    session, counts_path = tmp_path / "lean.kvscope", tmp_path / "counts.json"
+    args = [str(WORKLOAD), str(tiny_model), "--engine", engine, "--counts", str(counts_path),
+            *PRESSURE]
+    env = engine_env(KVSCOPE_COUNT_OUTPUTS="1")
+    with engine_lock():
+        if engine == "async":
+            proc = subprocess.run([sys.executable, *args, "--api-session", str(session)],
+                                  capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+        else:
+            proc = kvscope("record", "--session", str(session), "--", sys.executable, *args, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = json.loads(counts_path.read_text())
+    _assert_matches_counts(_report(session), counts)
+    conn = sqlite3.connect(session)
+    steps = [list(r) if r[0] is not None else None for r in conn.execute(
+        "SELECT prompt_tokens, generation_tokens, preemptions, finished FROM steps ORDER BY rowid")]
+    assert steps == counts["step_counts"]
+    cols = ("queued_s", "prefill_s", "decode_s", "inference_s", "e2e_s", "prompt_tokens",
+            "generation_tokens", "cached_tokens", "preemptions", "finish_reason")
+    rows = {r[0]: dict(zip(cols, r[1:], strict=True)) for r in conn.execute(
+        f"SELECT request_id, {', '.join(cols)} FROM requests")}
+    ttfts = dict(conn.execute("SELECT request_id, ttft_s FROM requests"))
+    (start,) = conn.execute("SELECT details_json FROM events WHERE kind = 'engine_start'").fetchone()
+    conn.close()
+    assert json.loads(start)["step_counts"] == "kvscope"  # kvscope's counts, not vLLM's stats
+    assert rows.keys() == counts["requests"].keys() and len(rows) == 64
+    for rid, vllm in counts["requests"].items():
+        ours = rows[rid]
+        for col in ("prompt_tokens", "generation_tokens", "cached_tokens", "preemptions",
+                    "finish_reason"):
+            assert ours[col] == vllm[col], (rid, col)
+        for col in ("queued_s", "prefill_s", "decode_s", "inference_s"):  # engine-core clocks
+            assert ours[col] == pytest.approx(vllm[col], abs=1e-9), (rid, col)
+        # arrival to the finishing batch: vLLM's clock read and kvscope's, around one batch
+        assert ours["e2e_s"] == pytest.approx(vllm["e2e_s"], abs=0.05), rid
+        assert 0 < ttfts[rid] <= ours["e2e_s"]

@@ -114,7 +114,14 @@ def _patch_frontend() -> None:
     _patch(stats.IterationStats, "update_from_finished_request", _wrap_finished_request)
     output_processor = sys.modules.get("vllm.v1.engine.output_processor")
     if output_processor is not None:
-        _patch(output_processor.OutputProcessor, "add_request", _wrap_add_request)
+        from profiler.recorder import lean_stats
+
+        _patch(output_processor.OutputProcessor, "add_request",
+               lambda f: lean_stats.wrap_add_request(_wrap_add_request(f)))
+        _patch(output_processor.OutputProcessor, "process_outputs",
+               lean_stats.wrap_process_outputs)
+        _patch(output_processor.OutputProcessor, "update_scheduler_stats",
+               lean_stats.wrap_update_scheduler_stats)
         # AsyncLLM's output handler hands every error after start-up (EngineDeadError when an
         # engine core dies) to propagate_error before the requests fail with it
         _patch(output_processor.OutputProcessor, "propagate_error", _wrap_propagate_error)
@@ -140,15 +147,19 @@ def _wrap_engine_init(init: Callable[..., Any]) -> Callable[..., Any]:
         _record_vllm_version()
         bound = sig.bind(self, *args, **kwargs)
         user_log_stats = bound.arguments.get("log_stats", True)
-        if "log_stats" in sig.parameters:
+        vllm_config = bound.arguments.get("vllm_config")
+        # stats off: kvscope counts the outputs itself (lean_stats), only the engine core's stats on
+        from profiler.recorder import lean_stats
+
+        lean = lean_stats.wanted(user_log_stats) and _lean_possible(vllm_config)
+        if "log_stats" in sig.parameters and not lean:
             bound.arguments["log_stats"] = True
-        if "stat_loggers" in sig.parameters:
+        if "stat_loggers" in sig.parameters and not lean:
             from profiler.recorder.stat_logger import KvscopeStatLogger
 
             loggers = list(bound.arguments.get("stat_loggers") or [])
             loggers.append(KvscopeStatLogger)
             bound.arguments["stat_loggers"] = loggers
-        vllm_config = bound.arguments.get("vllm_config")
         w = context.writer()
         if vllm_config is not None and w is not None:
             from profiler.recorder import options
@@ -158,6 +169,9 @@ def _wrap_engine_init(init: Callable[..., Any]) -> Callable[..., Any]:
             insert_pending_engine(w, vllm_config)
         # The user turned stats off: keep vLLM's own periodic log lines off too.
         _suppress_default_loggers.on = not user_log_stats
+        core_stats_before = os.environ.get(lean_stats.ENV_CORE_STATS)
+        if lean:
+            os.environ[lean_stats.ENV_CORE_STATS] = "1"  # the engine core it starts reads it
         try:
             init(*bound.args, **bound.kwargs)
         except BaseException as exc:
@@ -166,8 +180,38 @@ def _wrap_engine_init(init: Callable[..., Any]) -> Callable[..., Any]:
             raise
         finally:
             _suppress_default_loggers.on = False
+            if core_stats_before is None:
+                os.environ.pop(lean_stats.ENV_CORE_STATS, None)
+            else:
+                os.environ[lean_stats.ENV_CORE_STATS] = core_stats_before
+        if lean and vllm_config is not None:
+            _count_outputs(self, vllm_config)
 
     return __init__
+
+
+def _lean_possible(vllm_config: Any) -> bool:
+    """True when kvscope can count this engine's outputs itself: one engine behind the frontend
+    (data parallelism keeps vLLM's per-engine stats path) and an output processor it knows."""
+    from profiler.recorder import lean_stats
+    from profiler.recorder.stat_logger import data_parallel
+
+    processor = sys.modules.get("vllm.v1.engine.output_processor")
+    return (vllm_config is not None and not data_parallel(vllm_config) and processor is not None
+            and lean_stats.supported(processor.OutputProcessor))
+
+
+def _count_outputs(engine: Any, vllm_config: Any) -> None:
+    """The stat logger vLLM would have created, fed by kvscope's own output counts."""
+    from profiler.recorder import lean_stats
+    from profiler.recorder.stat_logger import KvscopeStatLogger
+
+    logger = KvscopeStatLogger(vllm_config, 0)
+    logger.step_counts = "kvscope"
+    logger.log_engine_initialized()
+    if not lean_stats.attach(engine, logger) and logger.writer is not None:
+        logger.writer.event("error", "kvscope cannot count this vLLM's outputs: no step rows",
+                            logger.engine_id)
 
 
 def _record_vllm_version() -> None:
@@ -327,6 +371,13 @@ def _subclasses(cls: type) -> list[type]:
 def _wrap_initialize_kv_caches(method: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        from profiler.recorder import lean_stats
+
+        if lean_stats.core_stats_forced():
+            # the frontend counts outputs itself (lean_stats): this core's stats go on before its
+            # scheduler is built from ``self.log_stats`` (plugins load inside EngineCore.__init__,
+            # too late to change its argument)
+            self.log_stats = True
         dp_rank = _dp_rank(self)
         context.set_dp_rank(dp_rank)
         context.register_process("engine_core", rank=dp_rank)

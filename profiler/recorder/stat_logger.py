@@ -15,6 +15,7 @@ from typing import Any
 from vllm.v1.metrics.loggers import StatLoggerBase
 
 from profiler.recorder import context, kv_groups, prompt_blocks, spec_decode, tiers
+from profiler.recorder.lean_stats import StepCounts
 from profiler.session.rows import KvEvictionRow, RequestRow, StepRow
 
 
@@ -71,7 +72,7 @@ _pending_engine_id: int | None = None
 """Row written for engine index 0 before its engine core started (see ``insert_pending_engine``)."""
 
 
-def _data_parallel(vllm_config: Any) -> bool:
+def data_parallel(vllm_config: Any) -> bool:
     size = _get(vllm_config, "parallel_config", "data_parallel_size")
     return isinstance(size, int) and size > 1
 
@@ -109,6 +110,14 @@ def _name(value: Any) -> str | None:
     return getattr(value, "name", None) or str(value)
 
 
+def request_row(engine_id: int | None, request_id: Any, t_finished_unix_s: float,
+                finish_reason: Any, **values: Any) -> RequestRow:
+    """One ``requests`` row (``values``: its measured fields; a finish reason enum by name)."""
+    return RequestRow(engine_id=engine_id, request_id=request_id,
+                      t_finished_unix_s=t_finished_unix_s, finish_reason=_name(finish_reason),
+                      **values)
+
+
 class KvscopeStatLogger(StatLoggerBase):
     """Writes one ``steps`` row per record() and one ``requests`` row per finished request."""
 
@@ -116,11 +125,14 @@ class KvscopeStatLogger(StatLoggerBase):
         self.vllm_config = vllm_config
         self.writer = context.writer()
         self.engine_id: int | None = None
+        self.step_counts = "vllm"
+        """Where step and request counts come from: vLLM's IterationStats (``vllm``), or kvscope's
+        own count of the outputs (``kvscope``: ``lean_stats``); stored in ``engine_start``."""
         self.tier_medium = tiers.connector_medium(vllm_config)
         if self.writer is None:
             return
         row = engine_row(vllm_config, engine_index)
-        if _data_parallel(vllm_config):  # vLLM's frontend sums the ranks' blocks: the core
+        if data_parallel(vllm_config):  # vLLM's frontend sums the ranks' blocks: the core
             row.pop("num_gpu_blocks")     # stores its own (kv_groups.record_groups)
         self.engine_id = adopt_pending_engine(engine_index)
         if self.engine_id is None:
@@ -151,18 +163,32 @@ class KvscopeStatLogger(StatLoggerBase):
 
     def record(self, scheduler_stats: Any, iteration_stats: Any, *args: Any, **kwargs: Any) -> None:
         """Append this step's row; never raises into the engine."""
-        w = self.writer
-        if w is None:
+        if self.writer is None:
             return
         try:
-            self._record(w, scheduler_stats, iteration_stats)
+            counts = None if iteration_stats is None else self._counts(iteration_stats)
         except Exception as exc:
-            w.event("error", f"kvscope could not read vLLM stats: {exc!r}", self.engine_id)
-            self.writer = None  # stop after the first failure rather than flood events
-
-    def _record(self, w: Any, s: Any, it: Any) -> None:
-        if s is None and it is None:
+            self._stop(exc)
             return
+        self.write(scheduler_stats, counts)
+
+    def write(self, scheduler_stats: Any, counts: StepCounts | None) -> None:
+        """Append one step: the engine core's scheduler stats and the step's output counts (None:
+        the step had no outputs); never raises into the engine."""
+        w = self.writer
+        if w is None or (scheduler_stats is None and counts is None):
+            return
+        try:
+            self._write(w, scheduler_stats, counts)
+        except Exception as exc:
+            self._stop(exc)
+
+    def _stop(self, exc: BaseException) -> None:
+        if self.writer is not None:
+            self.writer.event("error", f"kvscope could not read vLLM stats: {exc!r}", self.engine_id)
+        self.writer = None  # stop after the first failure rather than flood events
+
+    def _write(self, w: Any, s: Any, counts: StepCounts | None) -> None:
         t = time.time()
         running = waiting = kv = pq = ph = ppq = pph = None
         spec = spec_decode.step_row(self.engine_id, t, getattr(s, "spec_decoding_stats", None))
@@ -189,14 +215,11 @@ class KvscopeStatLogger(StatLoggerBase):
             for row in tiers.tier_rows(s, self.engine_id, t, self.tier_medium):
                 w.append("tier_samples", row)
         pre = prompt = gen = fin = None
-        if it is not None:
-            pre = getattr(it, "num_preempted_reqs", None)
-            prompt = getattr(it, "num_prompt_tokens", None)
-            gen = getattr(it, "num_generation_tokens", None)
-            finished = getattr(it, "finished_requests", None) or ()
-            fin = len(finished)
-            if finished:
-                self._finished(w, it, finished)
+        if counts is not None:
+            pre, prompt, gen = counts.preemptions, counts.prompt_tokens, counts.generation_tokens
+            fin = len(counts.finished)
+            for row in counts.finished:
+                w.append("requests", row)
         w.append("steps", StepRow(
             engine_id=self.engine_id, t_unix_s=t, running=running, waiting=waiting, kv_usage_frac=kv,
             prefix_queries_tokens=pq, prefix_hits_tokens=ph, preempted_prefix_queries_tokens=ppq,
@@ -207,23 +230,26 @@ class KvscopeStatLogger(StatLoggerBase):
             # The engine just drained: make the run durable now, programs often exit right after.
             w.flush()
 
-    def _finished(self, w: Any, it: Any, finished: Any) -> None:
+    def _counts(self, it: Any) -> StepCounts:
+        """vLLM's IterationStats as kvscope's step counts (fields read defensively)."""
         ttfts: dict[str, float] = getattr(it, "_kvscope_ttft_s", None) or {}
         now = time.time()
-        for f in finished:
-            rid = getattr(f, "request_id", None)
-            w.append("requests", RequestRow(
-                engine_id=self.engine_id, request_id=rid, t_finished_unix_s=now,
+        finished = [
+            request_row(
+                self.engine_id, getattr(f, "request_id", None), now, getattr(f, "finish_reason", None),
                 queued_s=getattr(f, "queued_time", None), prefill_s=getattr(f, "prefill_time", None),
-                decode_s=getattr(f, "decode_time", None), inference_s=getattr(f, "inference_time", None),
+                decode_s=getattr(f, "decode_time", None),
+                inference_s=getattr(f, "inference_time", None),
                 e2e_s=getattr(f, "e2e_latency", None),
-                ttft_s=ttfts.get(rid) if rid is not None else None,
+                ttft_s=ttfts.get(getattr(f, "request_id", None)),
                 prompt_tokens=getattr(f, "num_prompt_tokens", None),
                 generation_tokens=getattr(f, "num_generation_tokens", None),
                 cached_tokens=getattr(f, "num_cached_tokens", None),
-                preemptions=getattr(f, "num_preemptions", None),
-                finish_reason=_name(getattr(f, "finish_reason", None)),
-            ))
+                preemptions=getattr(f, "num_preemptions", None))
+            for f in getattr(it, "finished_requests", None) or ()]
+        return StepCounts(getattr(it, "num_preempted_reqs", None),
+                          getattr(it, "num_prompt_tokens", None),
+                          getattr(it, "num_generation_tokens", None), finished)
 
     def log_engine_initialized(self) -> None:
         """Store the KV cache size the engine settled on and an ``engine_start`` event."""
@@ -231,21 +257,22 @@ class KvscopeStatLogger(StatLoggerBase):
             return
         cache = _get(self.vllm_config, "cache_config")
         blocks = _get(cache, "num_gpu_blocks")
-        if _data_parallel(self.vllm_config):
+        if data_parallel(self.vllm_config):
             # the sum over the ranks this frontend started (vLLM adds up each engine core's
             # count): each engine core stores its own count on its engine row
             self.writer.execute_now("UPDATE engines SET block_size = ? WHERE engine_id = ?",
                                     (_get(cache, "block_size"), self.engine_id))
             self.writer.event("engine_start", f"engine ready: {blocks} KV blocks over the "
-                              "data-parallel ranks", self.engine_id, num_gpu_blocks_all_ranks=blocks)
+                              "data-parallel ranks", self.engine_id, num_gpu_blocks_all_ranks=blocks,
+                              step_counts=self.step_counts)
             return
         self.writer.execute_now(
             "UPDATE engines SET num_gpu_blocks = ?, block_size = ? WHERE engine_id = ?",
             (blocks, _get(cache, "block_size"), self.engine_id),
         )
         self.writer.event(
-            "engine_start", f"engine ready: {blocks} KV blocks", self.engine_id, num_gpu_blocks=blocks
-        )
+            "engine_start", f"engine ready: {blocks} KV blocks", self.engine_id, num_gpu_blocks=blocks,
+            step_counts=self.step_counts)
 
     def log(self) -> None:
         """vLLM's periodic log hook: kvscope writes continuously, nothing to do."""

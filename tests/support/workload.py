@@ -70,7 +70,7 @@ def counter_class() -> tuple[type, dict[str, Any]]:
                               "kv_usage": [], "finished_requests": [], "preempted_queries": 0,
                               "preempted_hits": 0, "connector_queries": 0, "connector_hits": 0,
                               "eviction_events": 0, "eviction_lifetime_sum_s": 0.0,
-                              "request_preemptions": {}}
+                              "request_preemptions": {}, "step_counts": [], "requests": {}}
 
     class Counter(StatLoggerBase):
         def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
@@ -103,6 +103,10 @@ def counter_class() -> tuple[type, dict[str, Any]]:
                         if i == len(per_pos):
                             per_pos.append(0)
                         per_pos[i] += n
+            if scheduler_stats is not None or iteration_stats is not None:  # a kvscope step row
+                counts["step_counts"].append(None if iteration_stats is None else [
+                    iteration_stats.num_prompt_tokens, iteration_stats.num_generation_tokens,
+                    iteration_stats.num_preempted_reqs, len(iteration_stats.finished_requests)])
             if iteration_stats is not None:
                 counts["preemptions"] += iteration_stats.num_preempted_reqs
                 counts["finished"] += len(iteration_stats.finished_requests)
@@ -112,6 +116,14 @@ def counter_class() -> tuple[type, dict[str, Any]]:
                         "prefill_s": f.prefill_time, "decode_s": f.decode_time,
                         "prompt_tokens": f.num_prompt_tokens,
                         "generation_tokens": f.num_generation_tokens})
+                    counts["requests"][str(f.request_id)] = {
+                        "queued_s": f.queued_time, "prefill_s": f.prefill_time,
+                        "decode_s": f.decode_time, "inference_s": f.inference_time,
+                        "e2e_s": f.e2e_latency, "prompt_tokens": f.num_prompt_tokens,
+                        "generation_tokens": f.num_generation_tokens,
+                        "cached_tokens": getattr(f, "num_cached_tokens", None),
+                        "preemptions": getattr(f, "num_preemptions", None),
+                        "finish_reason": f.finish_reason.name}
                 counts["generation_tokens"] += iteration_stats.num_generation_tokens
                 counts["prompt_tokens"] += iteration_stats.num_prompt_tokens
 
