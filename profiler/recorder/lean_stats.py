@@ -4,7 +4,7 @@ Such a program (``vllm.LLM``'s default) pays nothing for stats. vLLM's stats pat
 makes the frontend build an ``IterationStats`` and a ``RequestStateStats`` per output, keep LoRA
 states and run a logger manager: work that, on a small machine, takes CPU from the engine core
 that shares the frontend's core. So kvscope leaves the frontend's stats off and switches on only
-the engine core's (``ENV_CORE_STATS``: its ``SchedulerStats`` and request events ride on the
+the engine core's (``options.ENV_CORE_STATS``: its ``SchedulerStats`` and request events ride on the
 outputs it sends anyway), and counts what it stores from each output batch itself, with vLLM's
 definitions (``vllm/v1/metrics/stats.py``, the same in 0.29–0.33):
 
@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-ENV_CORE_STATS = "KVSCOPE_CORE_STATS"
-"""Set while a lean frontend starts its engine core: that core runs with its stats on."""
+from profiler.recorder.stat_logger import StepCounts, request_row
+
 ENV_COUNT_OUTPUTS = "KVSCOPE_COUNT_OUTPUTS"
 """``1``: kvscope counts outputs itself even for a program with vLLM's stats on (the tests compare
 its counts with vLLM's own, in the same run)."""
@@ -50,16 +50,6 @@ class _Request:
     preemptions: int = 0
 
 
-@dataclass(slots=True)
-class StepCounts:
-    """One engine step's output counts and the requests it finished (rows ready to store)."""
-
-    preemptions: int | None = 0
-    prompt_tokens: int | None = 0
-    generation_tokens: int | None = 0
-    finished: list[Any] = field(default_factory=list)
-
-
 def supported(output_processor_cls: type) -> bool:
     """True when this vLLM's output processor has the methods the lean path hooks."""
     return all(callable(getattr(output_processor_cls, name, None))
@@ -72,9 +62,6 @@ class LeanStats:
     def __init__(self, logger: Any) -> None:
         from vllm.v1.engine import EngineCoreEventType, FinishReason
 
-        from profiler.recorder.stat_logger import request_row
-
-        self._row = request_row
         self.logger = logger
         self._queued = EngineCoreEventType.QUEUED
         self._scheduled = EngineCoreEventType.SCHEDULED
@@ -134,7 +121,7 @@ class LeanStats:
             if states.get(out.request_id) is state:
                 continue
             req: _Request = getattr(state, _ATTR)
-            step.finished.append(self._row(
+            step.finished.append(request_row(
                 self.logger.engine_id, getattr(state, "external_req_id", None) or out.request_id,
                 now, out.finish_reason if out.finish_reason is not None else self._stop,
                 e2e_s=now - req.arrival_unix_s, ttft_s=req.ttft_s,
@@ -244,8 +231,3 @@ def wanted(user_log_stats: bool) -> bool:
     """True when kvscope should count outputs itself: the program runs with stats off (or
     ``ENV_COUNT_OUTPUTS`` asks for it)."""
     return not user_log_stats or os.environ.get(ENV_COUNT_OUTPUTS) == "1"
-
-
-def core_stats_forced() -> bool:
-    """True in an engine core whose frontend counts outputs itself (its stats must be on)."""
-    return os.environ.get(ENV_CORE_STATS) == "1"

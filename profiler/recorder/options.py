@@ -16,6 +16,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
+ENV_CORE_STATS = "KVSCOPE_CORE_STATS"
+"""Set while a frontend that counts its outputs itself (``lean_stats``) starts its engine core: that
+core runs with vLLM's stats on (its SchedulerStats and request events ride on its outputs)."""
 ENV_KV_EVENTS = "KVSCOPE_KV_EVENTS"
 ENV_KV_CACHE_METRICS = "KVSCOPE_KV_CACHE_METRICS"
 
@@ -55,3 +58,8 @@ def apply(vllm_config: Any) -> list[str]:
         except Exception:
             pass
     return changed
+
+
+def core_stats_forced() -> bool:
+    """True in an engine core whose frontend counts outputs itself (its stats must be on)."""
+    return os.environ.get(ENV_CORE_STATS) == "1"

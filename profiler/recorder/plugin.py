@@ -169,9 +169,11 @@ def _wrap_engine_init(init: Callable[..., Any]) -> Callable[..., Any]:
             insert_pending_engine(w, vllm_config)
         # The user turned stats off: keep vLLM's own periodic log lines off too.
         _suppress_default_loggers.on = not user_log_stats
-        core_stats_before = os.environ.get(lean_stats.ENV_CORE_STATS)
+        from profiler.recorder.options import ENV_CORE_STATS
+
+        core_stats_before = os.environ.get(ENV_CORE_STATS)
         if lean:
-            os.environ[lean_stats.ENV_CORE_STATS] = "1"  # the engine core it starts reads it
+            os.environ[ENV_CORE_STATS] = "1"  # the engine core it starts reads it
         try:
             init(*bound.args, **bound.kwargs)
         except BaseException as exc:
@@ -181,9 +183,9 @@ def _wrap_engine_init(init: Callable[..., Any]) -> Callable[..., Any]:
         finally:
             _suppress_default_loggers.on = False
             if core_stats_before is None:
-                os.environ.pop(lean_stats.ENV_CORE_STATS, None)
+                os.environ.pop(ENV_CORE_STATS, None)
             else:
-                os.environ[lean_stats.ENV_CORE_STATS] = core_stats_before
+                os.environ[ENV_CORE_STATS] = core_stats_before
         if lean and vllm_config is not None:
             _count_outputs(self, vllm_config)
 
@@ -371,9 +373,9 @@ def _subclasses(cls: type) -> list[type]:
 def _wrap_initialize_kv_caches(method: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        from profiler.recorder import lean_stats
+        from profiler.recorder import options
 
-        if lean_stats.core_stats_forced():
+        if options.core_stats_forced():
             # the frontend counts outputs itself (lean_stats): this core's stats go on before its
             # scheduler is built from ``self.log_stats`` (plugins load inside EngineCore.__init__,
             # too late to change its argument)

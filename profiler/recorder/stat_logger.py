@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from vllm.v1.metrics.loggers import StatLoggerBase
 
 from profiler.recorder import context, kv_groups, prompt_blocks, spec_decode, tiers
-from profiler.recorder.lean_stats import StepCounts
 from profiler.session.rows import KvEvictionRow, RequestRow, StepRow
 
 
@@ -116,6 +116,16 @@ def request_row(engine_id: int | None, request_id: Any, t_finished_unix_s: float
     return RequestRow(engine_id=engine_id, request_id=request_id,
                       t_finished_unix_s=t_finished_unix_s, finish_reason=_name(finish_reason),
                       **values)
+
+
+@dataclass(slots=True)
+class StepCounts:
+    """One engine step's output counts and the requests it finished (rows ready to store)."""
+
+    preemptions: int | None = 0
+    prompt_tokens: int | None = 0
+    generation_tokens: int | None = 0
+    finished: list[Any] = field(default_factory=list)
 
 
 class KvscopeStatLogger(StatLoggerBase):
