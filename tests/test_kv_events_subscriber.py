@@ -162,3 +162,47 @@ def test_publisher_restart_clears_the_cache(publisher: Publisher, tmp_path: Path
     # block 100 was evicted at batch 2 but the restart cleared the cache: not a re-store
     assert summary.restored_blocks == 0 and summary.clears == 1
     assert summary.resident["resident_blocks"].iloc[-1] == 1
+
+
+def test_one_hub_thread_serves_every_publisher(tmp_path: Path) -> None:
+    """A fleet's publishers share one subscriber thread (KvEventHub): each stream is kept apart
+    (its own rows, sequence and counts) and one stop drains them all."""
+    import threading
+
+    from profiler.attach.kv_events import KvEventHub
+
+    pubs = [Publisher(100) for _ in range(3)]
+    try:
+        path = tmp_path / "s.kvscope"
+        w = SessionWriter(path)
+        subs = [KvEventSubscriber(w, p.source(), lambda rank, i=i: i + 1, f"server {i}",
+                                  history=False) for i, p in enumerate(pubs)]
+        hub = KvEventHub(subs)
+        hub.start()
+        assert [t.name for t in threading.enumerate()].count("kvscope-kv-events") == 1
+        for p, sub in zip(pubs, subs, strict=True):  # past ZeroMQ's slow joiner, one at a time
+            while sub.stats.batches == 0:
+                p.publish(1)
+                try:
+                    wait_until(lambda sub=sub: sub.stats.batches > 0, 0.5, "a first batch")
+                except AssertionError:
+                    assert len(p.sent) < 50, "the subscriber never heard the publisher"
+        for i, p in enumerate(pubs):
+            p.publish(i + 2)
+        for p, sub in zip(pubs, subs, strict=True):  # the next batch it expects: the next sent
+            wait_until(lambda p=p, sub=sub: sub._expected == len(p.sent), 10, "every batch")
+        hub.stop()
+        w.close()
+        s = open_session(path)
+        kv = s.table("kv_events")
+        for i, (p, sub) in enumerate(zip(pubs, subs, strict=True)):
+            mine = kv[kv["engine_id"] == i + 1]
+            first_heard = len(p.sent) - sub.stats.batches  # earlier ones: before it joined
+            assert sorted(set(mine["seq"])) == list(range(first_heard, len(p.sent)))
+            assert sub.stats.batches >= i + 3
+            assert sub.stats.lost_batches == 0
+        summaries = s.table("events").query("kind == 'kv_events_summary'")
+        assert len(summaries) == 3
+    finally:
+        for p in pubs:
+            p.pub.shutdown()

@@ -1,4 +1,4 @@
-"""KV-cache event stream: endpoint discovery, a ZMQ subscriber thread, replay of missed batches.
+"""KV-cache event streams: endpoint discovery, one ZMQ subscriber thread for all, replay of missed batches.
 
 vLLM's ZmqEventPublisher sends ``(topic, seq, payload)`` on a PUB socket and serves past batches
 on a ROUTER "replay" socket: a client sends ``(b"", start_seq)`` and gets every buffered batch with
@@ -180,7 +180,9 @@ def discover(server_url: str, timeout_s: float) -> list[KvSource]:
 
 
 class KvEventSubscriber:
-    """Subscribes to one publisher on a thread and appends ``kv_events`` rows to the session."""
+    """One publisher's stream: appends its ``kv_events`` rows to the session (sequence kept,
+    holes replayed, gaps recorded). Its socket is served by a ``KvEventHub``; ``start``/``stop``
+    run a hub of its own."""
 
     def __init__(
         self,
@@ -196,41 +198,29 @@ class KvEventSubscriber:
         self.label = label
         self.history = history
         self.stats = SubscriberStats()
-        self._stop = threading.Event()
-        self._ctx = zmq.Context()
+        self._ctx: zmq.Context | None = None
         self._expected: int | None = None
         self._last_ts: float | None = None
-        self._thread = threading.Thread(target=self._run, name="kvscope-kv-events", daemon=True)
-        self._ready = threading.Event()
+        self._hub: KvEventHub | None = None
         self.setup_error: str | None = None
         """Why the socket could not be bound or connected (None: it was)."""
         self.last_batch_unix_s: float | None = None
         """When the last batch arrived (this host's clock)."""
 
     def start(self, timeout_s: float = 2.0) -> None:
-        """Start the thread and wait until its socket is bound or connected."""
-        self._thread.start()
-        self._ready.wait(timeout_s)
-        if self.setup_error:
-            print(f"kvscope: {self.label}: {self.setup_error}", file=sys.stderr)
-            self.writer.event("kv_event_error", self.setup_error, self.engine_id_for(self.source.dp_rank))
+        """Serve this subscriber alone (a hub of its own); returns once its socket is set up."""
+        self._hub = KvEventHub([self])
+        self._hub.start(timeout_s)
 
     def stop(self, drain_s: float = 0.3) -> None:
-        """Read what is still in flight for ``drain_s``, then stop and record the counts."""
-        time.sleep(drain_s)
-        self._stop.set()
-        self._thread.join(timeout=REPLAY_TIMEOUT_S + 2.0)
-        s = self.stats
-        self.writer.event(
-            "kv_events_summary",
-            f"{self.source.endpoint}: {s.batches} batches, {s.rows} rows, {s.lost_batches} lost, "
-            f"{s.malformed} malformed",
-            self.engine_id_for(self.source.dp_rank), **vars(s),
-        )
-        self._ctx.term()
+        """Stop the hub ``start`` made (after reading what is in flight for ``drain_s``)."""
+        if self._hub is not None:
+            self._hub.stop(drain_s)
 
-    def _run(self) -> None:
-        sub = self._ctx.socket(zmq.SUB)
+    def open(self, ctx: zmq.Context) -> zmq.Socket | None:
+        """Its SUB socket, bound or connected (None, with ``setup_error`` set, when it cannot be)."""
+        self._ctx = ctx
+        sub = ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.RCVHWM, 1_000_000)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
@@ -243,25 +233,35 @@ class KvEventSubscriber:
             verb = "listen on" if self.source.bind else "connect to"
             self.setup_error = (f"cannot {verb} {self.source.endpoint} for KV events ({exc}); "
                                 "no KV events in this session")
-            self._ready.set()
             sub.close(linger=0)
-            return
-        self._ready.set()
+            return None
+        return sub
+
+    def said_setup(self) -> None:
+        """Tell (stderr and an event) why the socket could not be set up, if it could not."""
+        if self.setup_error:
+            print(f"kvscope: {self.label}: {self.setup_error}", file=sys.stderr)
+            self.writer.event("kv_event_error", self.setup_error, self.engine_id_for(self.source.dp_rank))
+
+    def receive(self, parts: list[bytes]) -> None:
+        """One frame from its socket."""
         try:
-            while not self._stop.is_set():
-                if not sub.poll(int(POLL_S * 1000)):
-                    continue
-                parts = sub.recv_multipart()
-                try:
-                    batch = decode_frame(parts)
-                except KvDecodeError as exc:
-                    self._malformed(str(exc))
-                    continue
-                self._on_batch(batch, "live")
-        except Exception as exc:  # the subscriber must not take the attach down
-            self.writer.event("error", f"KV-event subscriber stopped: {exc!r}", None)
-        finally:
-            sub.close(linger=0)
+            batch = decode_frame(parts)
+        except KvDecodeError as exc:
+            self._malformed(str(exc))
+            return
+        self._on_batch(batch, "live")
+
+    def summarize(self) -> None:
+        """Record its counts (an event), once the hub stopped."""
+        s = self.stats
+        self.writer.event(
+            "kv_events_summary",
+            f"{self.source.endpoint}: {s.batches} batches, {s.rows} rows, {s.lost_batches} lost, "
+            f"{s.malformed} malformed",
+            self.engine_id_for(self.source.dp_rank), **vars(s),
+        )
+
 
     def _on_batch(self, batch: KvBatch, source: str) -> None:
         if self._expected is None:
@@ -345,6 +345,8 @@ class KvEventSubscriber:
     def _replay(self, start: int, stop: int) -> tuple[list[KvBatch], str]:
         """Ask the replay socket for batches ``start <= seq < stop``; returns them and a reason."""
         assert self.source.replay_endpoint is not None
+        if self._ctx is None:  # batches handed over directly (tests): a context of its own
+            self._ctx = zmq.Context.instance()
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         out: list[KvBatch] = []
@@ -391,3 +393,57 @@ class KvEventSubscriber:
         if self.stats.malformed == 1:
             print(f"kvscope: {self.label}: malformed KV-event frame: {message}", file=sys.stderr)
             self.writer.event("kv_event_error", f"malformed KV-event frame: {message}", None)
+
+
+class KvEventHub:
+    """Every subscriber of an attach on one thread: one ZMQ context, one poller over their
+    sockets (a fleet of servers costs one thread, and stopping drains them all at once)."""
+
+    def __init__(self, subscribers: list[KvEventSubscriber]) -> None:
+        self.subscribers = subscribers
+        self._ctx = zmq.Context()
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="kvscope-kv-events", daemon=True)
+
+    def start(self, timeout_s: float = 2.0) -> None:
+        """Start the thread; returns once every socket is set up (each failure said once)."""
+        self._thread.start()
+        self._ready.wait(timeout_s)
+        for sub in self.subscribers:
+            sub.said_setup()
+
+    def stop(self, drain_s: float = 0.3) -> None:
+        """Read what is still in flight for ``drain_s``, then stop and record each one's counts."""
+        if self._thread.is_alive():
+            time.sleep(drain_s)
+        self._stop.set()
+        self._thread.join(timeout=REPLAY_TIMEOUT_S + 2.0)
+        for sub in self.subscribers:
+            sub.summarize()
+        self._ctx.term()
+
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        owners: dict[zmq.Socket, KvEventSubscriber] = {}
+        for sub in self.subscribers:
+            sock = sub.open(self._ctx)
+            if sock is not None:
+                owners[sock] = sub
+                poller.register(sock, zmq.POLLIN)
+        self._ready.set()
+        try:
+            while not self._stop.is_set() and owners:
+                for sock, _ in poller.poll(int(POLL_S * 1000)):
+                    owner = owners[sock]
+                    try:
+                        owner.receive(sock.recv_multipart())
+                    except Exception as exc:  # one stream's surprise stops that stream only
+                        owner.writer.event("error", f"KV-event subscriber of {owner.label} "
+                                           f"stopped: {exc!r}", None)
+                        poller.unregister(sock)
+                        sock.close(linger=0)
+                        del owners[sock]
+        finally:
+            for sock in owners:
+                sock.close(linger=0)

@@ -1,7 +1,7 @@
 """One attach run: probe the servers, then scrape, subscribe and sample until told to stop.
 
-Each server gets a scrape thread (``ServerAttachment``); each KV-event publisher a subscriber
-thread; NVML runs when a server is on this host. Failures are retried with backoff and recorded
+Every server's scrape loop runs on one event loop (``fleet.py``); every KV-event publisher's
+subscriber on one thread (``KvEventHub``); NVML runs when a server is on this host. Failures are retried with backoff and recorded
 as ``gaps``; a server that stays unreachable for ``give_up_s`` is *lost*: the session keeps what
 was recorded, gets ``incomplete_reason`` and no ``ended_unix_s``.
 """
@@ -25,6 +25,7 @@ from profiler.attach.fetch import FILTERED_PATH, fetch_async, filtered_url
 from profiler.attach.fleet import Fleet
 from profiler.attach.histograms import WANTED_NAMES, HistogramTracker, bucket_rows
 from profiler.attach.kv_events import (
+    KvEventHub,
     KvEventsConfigError,
     KvEventSubscriber,
     KvSource,
@@ -584,9 +585,10 @@ def run_attach(opts: AttachOptions, stop: threading.Event | None = None) -> Atta
     for server, srcs in zip(servers, sources, strict=True):
         for src in srcs:
             sub = KvEventSubscriber(writer, src, server.engine_id_for_rank, server.url)
-            sub.start()
             subscribers.append(sub)
             watchdogs.append(KvWatchdog(writer, server, sub))
+    hub = KvEventHub(subscribers)
+    hub.start()
     for server in servers:
         if server._watcher is not None:
             server._watcher.poll()
@@ -619,8 +621,7 @@ def run_attach(opts: AttachOptions, stop: threading.Event | None = None) -> Atta
         fleet.stop()
         fleet.join(opts.timeout_s + 5.0)
         heartbeat.stop()
-        for sub in subscribers:
-            sub.stop()
+        hub.stop()
         for dog in watchdogs:
             dog.check()
             dog.close(time.time())
