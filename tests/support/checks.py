@@ -7,6 +7,7 @@ can ``assert x is True, x``).
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -54,4 +55,48 @@ def group_blocks_match_usage(session: Path, counts: dict[str, Any], num_blocks: 
     for i, ((_, blocks, _), usage) in enumerate(zip(rows, want, strict=False)):
         if abs(blocks / (num_blocks - 1) - usage) > 1e-9:
             return f"step {i}: groups hold {blocks} blocks = {blocks / (num_blocks - 1):.6f}, vLLM usage {usage:.6f}"
+    return True
+
+
+def own_counts_match(session: Path, counts: dict[str, Any]) -> Check:
+    """kvscope's own output counts (``profiler/recorder/lean_stats.py``) against vLLM's
+    ``IterationStats`` of the same run (``workload.py --counts`` with ``KVSCOPE_COUNT_OUTPUTS=1``):
+    the session says it holds kvscope's counts; every step has the same prompt and generated tokens,
+    preemptions and finished requests; every finished request the same tokens, cached tokens,
+    preemptions and finish reason, the same engine-core intervals (queued, prefill, decode,
+    inference), an end-to-end time within 50 ms of vLLM's (two clock reads around one batch) and a
+    TTFT within it."""
+    cols = ("queued_s", "prefill_s", "decode_s", "inference_s", "e2e_s", "prompt_tokens",
+            "generation_tokens", "cached_tokens", "preemptions", "finish_reason")
+    with sqlite3.connect(f"file:{session}?mode=ro", uri=True) as c:
+        start = c.execute("SELECT details_json FROM events WHERE kind = 'engine_start'").fetchone()
+        steps = [list(r) if r[0] is not None else None for r in c.execute(
+            "SELECT prompt_tokens, generation_tokens, preemptions, finished FROM steps "
+            "ORDER BY rowid")]
+        rows = {r[0]: dict(zip(("ttft_s", *cols), r[1:], strict=True)) for r in c.execute(
+            f"SELECT request_id, ttft_s, {', '.join(cols)} FROM requests")}
+    source = json.loads(start[0]).get("step_counts") if start and start[0] else None
+    if source != "kvscope":
+        return f"the session holds {source!r} counts, not kvscope's own"
+    if steps != counts["step_counts"]:
+        diff = next(i for i, (a, b) in enumerate(zip(steps, counts["step_counts"], strict=False))
+                    if a != b) if len(steps) == len(counts["step_counts"]) else None
+        return (f"steps differ ({len(steps)} vs vLLM's {len(counts['step_counts'])}"
+                + (f"; first at {diff}: {steps[diff]} vs {counts['step_counts'][diff]}"
+                   if diff is not None else "") + ")")
+    if rows.keys() != counts["requests"].keys():
+        return f"{len(rows)} finished requests vs vLLM's {len(counts['requests'])}"
+    for rid, vllm in counts["requests"].items():
+        ours = rows[rid]
+        for col in ("prompt_tokens", "generation_tokens", "cached_tokens", "preemptions",
+                    "finish_reason"):
+            if ours[col] != vllm[col]:
+                return f"request {rid} {col}: {ours[col]} vs vLLM's {vllm[col]}"
+        for col in ("queued_s", "prefill_s", "decode_s", "inference_s"):
+            if ours[col] is None or abs(ours[col] - vllm[col]) > 1e-9:
+                return f"request {rid} {col}: {ours[col]} vs vLLM's {vllm[col]}"
+        if ours["e2e_s"] is None or abs(ours["e2e_s"] - vllm["e2e_s"]) > 0.05:
+            return f"request {rid} e2e_s: {ours['e2e_s']} vs vLLM's {vllm['e2e_s']}"
+        if ours["ttft_s"] is None or not 0 < ours["ttft_s"] <= ours["e2e_s"]:
+            return f"request {rid} ttft_s {ours['ttft_s']} outside (0, e2e]"
     return True

