@@ -118,10 +118,11 @@ def _patch_frontend() -> None:
 
         _patch(output_processor.OutputProcessor, "add_request",
                lambda f: lean_stats.wrap_add_request(_wrap_add_request(f)))
-        _patch(output_processor.OutputProcessor, "process_outputs",
-               lean_stats.wrap_process_outputs)
-        _patch(output_processor.OutputProcessor, "update_scheduler_stats",
-               lean_stats.wrap_update_scheduler_stats)
+        for name, wrap in (("process_outputs", lean_stats.wrap_process_outputs),
+                           ("update_scheduler_stats", lean_stats.wrap_update_scheduler_stats),
+                           ("_finish_request", lean_stats.wrap_finish_request),
+                           ("abort_requests", lean_stats.wrap_abort_requests)):
+            _patch(output_processor.OutputProcessor, name, wrap)
         # AsyncLLM's output handler hands every error after start-up (EngineDeadError when an
         # engine core dies) to propagate_error before the requests fail with it
         _patch(output_processor.OutputProcessor, "propagate_error", _wrap_propagate_error)

@@ -61,9 +61,10 @@ def group_blocks_match_usage(session: Path, counts: dict[str, Any], num_blocks: 
 def own_counts_match(session: Path, counts: dict[str, Any]) -> Check:
     """kvscope's own output counts (``profiler/recorder/lean_stats.py``) against vLLM's
     ``IterationStats`` of the same run (``workload.py --counts`` with ``KVSCOPE_COUNT_OUTPUTS=1``):
-    the session says it holds kvscope's counts; every step has the same prompt and generated tokens,
-    preemptions and finished requests; every finished request the same tokens, cached tokens,
-    preemptions and finish reason, the same engine-core intervals (queued, prefill, decode,
+    the session says it holds kvscope's counts; every step with outputs has the same prompt and
+    generated tokens, preemptions and finished requests (kvscope also keeps the steps without
+    outputs, which vLLM 0.2x's LLMEngine does not log); every finished request the same tokens,
+    cached tokens, preemptions (where that vLLM reports them) and finish reason, the same engine-core intervals (queued, prefill, decode,
     inference), an end-to-end time within 50 ms of vLLM's (two clock reads around one batch) and a
     TTFT within it."""
     cols = ("queued_s", "prefill_s", "decode_s", "inference_s", "e2e_s", "prompt_tokens",
@@ -78,19 +79,20 @@ def own_counts_match(session: Path, counts: dict[str, Any]) -> Check:
     source = json.loads(start[0]).get("step_counts") if start and start[0] else None
     if source != "kvscope":
         return f"the session holds {source!r} counts, not kvscope's own"
-    if steps != counts["step_counts"]:
-        diff = next(i for i, (a, b) in enumerate(zip(steps, counts["step_counts"], strict=False))
-                    if a != b) if len(steps) == len(counts["step_counts"]) else None
-        return (f"steps differ ({len(steps)} vs vLLM's {len(counts['step_counts'])}"
-                + (f"; first at {diff}: {steps[diff]} vs {counts['step_counts'][diff]}"
-                   if diff is not None else "") + ")")
+    # steps without outputs have no counts: vLLM 0.2x's LLMEngine logs none of them, 0.3x all
+    ours, theirs = [s for s in steps if s], [s for s in counts["step_counts"] if s]
+    if ours != theirs or len(steps) < len(counts["step_counts"]):
+        first = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b),
+                     min(len(ours), len(theirs)))
+        return (f"steps differ ({len(ours)} with outputs vs vLLM's {len(theirs)}; first at "
+                f"{first}: {ours[first:first + 1]} vs {theirs[first:first + 1]})")
     if rows.keys() != counts["requests"].keys():
         return f"{len(rows)} finished requests vs vLLM's {len(counts['requests'])}"
     for rid, vllm in counts["requests"].items():
         ours = rows[rid]
         for col in ("prompt_tokens", "generation_tokens", "cached_tokens", "preemptions",
                     "finish_reason"):
-            if ours[col] != vllm[col]:
+            if vllm[col] is not None and ours[col] != vllm[col]:  # None: that vLLM lacks it
                 return f"request {rid} {col}: {ours[col]} vs vLLM's {vllm[col]}"
         for col in ("queued_s", "prefill_s", "decode_s", "inference_s"):
             if ours[col] is None or abs(ours[col] - vllm[col]) > 1e-9:
