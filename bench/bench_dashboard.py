@@ -173,12 +173,12 @@ def measure(sessions: dict[str, Path], big: Path, repeats: int = 2) -> dict[str,
                 floor.append(first_chart_s(browser, url, ""))
         results[("one-chart Streamlit page (floor)", "floor")] = floor
         for label, session in sessions.items():
-            for page_path in ("", "timeline"):
+            for page_path in ("overview", "timeline"):
                 cold = []
                 for _ in range(repeats):
                     with ui_server([session]) as url:
                         cold.append(first_chart_s(browser, url, page_path))
-                results[(label, page_path or "overview")] = cold
+                results[(label, page_path)] = cold
             results[("ready", label)] = READY_S[-2 * repeats:]
         with ui_server([big]) as url:
             first_chart_s(browser, url, "timeline")
