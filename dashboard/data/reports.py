@@ -9,10 +9,11 @@ from typing import Any
 from dashboard.data.session import FileMemo
 from profiler.analysis.kv_events import KvEventSummary, kv_event_summary
 from profiler.analysis.simulate import Model, model
-from profiler.analysis.summarized import report_and_findings
+from profiler.analysis.summarized import CACHE_NAME, report_and_findings
 from profiler.analysis.summarized import whatif as summarized_whatif
 from profiler.analysis.whatif import WhatIf
 from profiler.session.reader import open_session
+from profiler.session.summaries import must_compute
 
 Report = tuple[dict[str, Any], list[dict[str, Any]]]
 
@@ -44,6 +45,15 @@ def compute_model(path: str | Path) -> Model:
 
 report_memo = FileMemo(compute_report, size=64)
 """``compute_report`` remembered per (path, size, mtime) in this process (filled at start)."""
+
+
+def report_pending(path: str | Path) -> bool:
+    """True while the report of the session at ``path`` is not at hand: a large session whose
+    stored report is missing or stale (new rows, or another kvscope's code) and that this process
+    has not diagnosed yet; getting it means diagnosing every step (minutes on millions)."""
+    return report_memo.peek(path) is None and must_compute(str(path), CACHE_NAME)
+
+
 whatif_memo = FileMemo(compute_whatif)
 kv_events_memo = FileMemo(compute_kv_events)
 model_memo = FileMemo(compute_model)

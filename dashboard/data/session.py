@@ -171,8 +171,9 @@ def _relative(df: pd.DataFrame, col: str, start: float, out: str = "t_s") -> pd.
 class FileMemo(Generic[T]):
     """Values computed from a session file, remembered per (path, size, mtime) in this process.
 
-    The lock is held while computing, so two script threads opening the same big session compute
-    it once; the oldest entry goes once ``size`` are held.
+    A lock per file is held while computing, so two script threads opening the same big session
+    compute it once, while another file's value is computed (or read) meanwhile; the oldest entry
+    goes once ``size`` are held.
     """
 
     def __init__(self, compute: Callable[[str | Path], T], size: int = 8) -> None:
@@ -180,15 +181,28 @@ class FileMemo(Generic[T]):
         self._size = size
         self._memo: dict[tuple[str, int, float], T] = {}
         self._lock = threading.Lock()
+        self._computing: dict[tuple[str, int, float], threading.Lock] = {}
+
+    def peek(self, path: str | Path) -> T | None:
+        """The value remembered for the file as it is now, or None (never computes)."""
+        return self._memo.get(file_signature(path))
 
     def __call__(self, path: str | Path) -> T:
         key = file_signature(path)
+        hit = self._memo.get(key)
+        if hit is not None:
+            return hit
         with self._lock:
+            lock = self._computing.setdefault(key, threading.Lock())
+        with lock:
             hit = self._memo.get(key)
             if hit is None:
-                hit = self._memo[key] = self._compute(path)
-                while len(self._memo) > self._size:
-                    self._memo.pop(next(iter(self._memo)))
+                hit = self._compute(path)
+                with self._lock:
+                    self._memo[key] = hit
+                    self._computing.pop(key, None)
+                    while len(self._memo) > self._size:
+                        self._memo.pop(next(iter(self._memo)))
             return hit
 
 
