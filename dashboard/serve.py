@@ -105,7 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     warm(paths, timeline=False)
     print(f"kvscope: {len(paths)} session(s) ready in {time.perf_counter() - started:.1f} s; "
           f"serving on http://{a.host}:{a.port}", flush=True)
+    import streamlit.delta_generator
     from streamlit.web import cli as stcli
+
+    # The first element a Streamlit process draws runs its "not under `streamlit run`?" check,
+    # inspect.stack(), which resolves the file of every module loaded: 0.3-0.6 s of the first
+    # page on a fresh server. This process is `streamlit run`: that warning is never due.
+    streamlit.delta_generator._use_warning_has_been_displayed = True
 
     # Streamlit runs a full gc.collect() after every script run (runner.postScriptGC). Moving what
     # start-up built (modules, warm summaries) out of the collector's reach keeps that pass short:
