@@ -26,6 +26,7 @@ from profiler import units
 from profiler.analysis.summarized import prepare
 from profiler.errors import SessionFormatError
 from profiler.session.reader import Session, open_session
+from profiler.session.summaries import max_rowid
 
 T = TypeVar("T")
 
@@ -71,6 +72,9 @@ class SessionData:
     events: pd.DataFrame
     notes: dict[str, str] = field(default_factory=dict)
     """Why something was not measured, by topic (``nvml``, ``allocator``), from the events."""
+    preemption_record: bool = False
+    """The engine core recorded preemptions (rows in ``preemptions``; else vLLM's counters only:
+    the forensics, stored or computed, are then not needed to draw the Timeline)."""
 
     @property
     def name(self) -> str:
@@ -240,6 +244,7 @@ def _load(session: Session) -> SessionData:
         gpu_samples=gpu_samples, gpu_process_samples=gps, allocator_samples=alloc,
         startup_memory=_relative(session.table("startup_memory"), "t_unix_s", start),
         events=events, notes=_notes(events),
+        preemption_record=max_rowid(session.db, "preemptions") > 0,
     )
 
 

@@ -81,9 +81,9 @@ if data is not None:
         pending = state.report_pending(data.path)
         rep, findings = ({}, []) if pending else state.report(data)
         if pending:
-            st.info(state.diagnosing_text(data) + " The key numbers and findings appear here when "
-                    "it is done; the charts are drawn from the stored summaries meanwhile.",
-                    icon=":material/hourglass_top:")
+            st.info("This session is being diagnosed (below): its key numbers and findings appear "
+                    "here when that is done; meanwhile the charts are drawn from its stored "
+                    "summaries.", icon=":material/hourglass_top:")
         else:
             st.markdown(f"**{escape_markdown(rep['headline'])}**")
             numbers = summary.key_numbers(rep)

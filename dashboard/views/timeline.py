@@ -91,8 +91,8 @@ if data is not None:
         if not data.has_gpu_samples:
             state.not_measured("GPU memory per device", data, "nvml")
         if pending:
-            st.info(state.diagnosing_text(data) + " Finding ranges are marked when it is done.",
-                    icon=":material/hourglass_top:")
+            st.info("This session is being diagnosed (below the chart): its findings' ranges are "
+                    "marked when that is done.", icon=":material/hourglass_top:")
         linked = tl.linked_chart(data, view, b, state.buckets(data, whole), state.brush_value(data),
                                  float(rolling_s), analysis=analysis, focus=focus)
         st.caption(chart_marks.LEGEND_TEXT + " Double-click the top strip to show the whole session.")
