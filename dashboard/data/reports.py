@@ -3,9 +3,12 @@ computed once per file version and remembered in this process (``FileMemo``)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import profiler
 from dashboard.data.session import FileMemo
 from profiler.analysis.kv_events import KvEventSummary, kv_event_summary
 from profiler.analysis.simulate import Model, model
@@ -18,8 +21,27 @@ from profiler.session.summaries import must_compute
 Report = tuple[dict[str, Any], list[dict[str, Any]]]
 
 
+_DIAGNOSE = """import sys
+from profiler.analysis.summarized import report_and_findings
+from profiler.session.reader import open_session
+with open_session(sys.argv[1]) as session:
+    report_and_findings(session, quiet=True)
+"""
+"""A child process's script: diagnose the session and store the report in it."""
+
+
 def compute_report(path: str | Path) -> Report:
-    """``profiler.analysis.report.build_report`` of a session plus its diagnosis findings (as dicts)."""
+    """``profiler.analysis.report.build_report`` of a session plus its diagnosis findings (as dicts).
+
+    A large session that must be diagnosed first (minutes) is diagnosed by a child process, which
+    stores the report in the file: the dashboard's page threads keep Python's GIL meanwhile (in
+    this process the diagnosis slowed every page of the server, first charts included). Where it
+    cannot be stored, it is computed here."""
+    if must_compute(str(path), CACHE_NAME):
+        root = Path(profiler.__file__).resolve().parent.parent  # where `profiler` imports from
+        subprocess.run([sys.executable, "-c", _DIAGNOSE, str(path)], cwd=root, check=False,
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
     with open_session(path) as session:
         return report_and_findings(session)
 
