@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import profiler
 from dashboard.data.session import FileMemo
 from profiler.analysis.kv_events import KvEventSummary, kv_event_summary
 from profiler.analysis.simulate import Model, model
@@ -38,7 +37,7 @@ def compute_report(path: str | Path) -> Report:
     this process the diagnosis slowed every page of the server, first charts included). Where it
     cannot be stored, it is computed here."""
     if must_compute(str(path), CACHE_NAME):
-        root = Path(profiler.__file__).resolve().parent.parent  # where `profiler` imports from
+        root = Path(__file__).resolve().parents[2]  # where `profiler` imports from, as `dashboard`
         subprocess.run([sys.executable, "-c", _DIAGNOSE, str(path)], cwd=root, check=False,
                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
