@@ -267,10 +267,14 @@ def show(chart: Any, key: str, **kwargs: Any) -> Any:
     """Draw an Altair chart across the page width, keeping each panel's own height.
 
     Marks carry no per-point ARIA attributes: with hundreds of points each they only slow the
-    drawing (axes and titles keep theirs)."""
-    fitted = chart.properties(autosize=alt.AutoSizeParams(type="fit-x", contains="padding")
-                              ).configure_mark(aria=False)
-    return st.altair_chart(fitted, key=key, width="stretch", **kwargs)
+    drawing (axes and titles keep theirs). Both are set on ``chart`` itself (the pages pass one
+    they just built): Altair's ``properties``/``configure_mark`` copy a layered chart whole, a
+    fifth of the first chart's time on a fresh server."""
+    chart.autosize = alt.AutoSizeParams(type="fit-x", contains="padding")
+    if chart.config is alt.Undefined:
+        chart.config = alt.Config()
+    chart.config.mark = alt.MarkConfig(aria=False)  # as configure_mark(aria=False) sets it
+    return st.altair_chart(chart, key=key, width="stretch", **kwargs)
 
 
 def csv_download(df: pd.DataFrame, name: str, label: str = "Download CSV") -> None:
