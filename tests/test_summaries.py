@@ -217,3 +217,94 @@ def test_stored_whatif_curve_equals_the_replay(tmp_path: Path) -> None:
     assert stored.access_count == replayed.trace.accesses
     out = kvscope_here("whatif", str(path), "--blocks", *map(str, sizes), "--json")
     assert out.returncode == 0 and json.loads(out.stdout) == json.loads(json.dumps(want))
+
+
+@pytest.mark.parametrize("name", ["kv_forensics", "kv_saturation"])
+def test_stored_preemption_forensics_equal_fresh_ones(tmp_path: Path, name: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large session's forensics are stored (the table as Parquet) and read back with exactly
+    the numbers, rows and dtypes computed from its rows; the dashboard's forensics and the report's
+    ``preemption`` are those numbers. kv_forensics has the engine core's record, kv_saturation
+    vLLM's counters only."""
+    from dashboard.data.kv_whole import compute_forensics
+    from profiler.analysis import preemption
+    from profiler.analysis.summarized import PREEMPTION_CACHE, preemptions
+
+    path = tmp_path / f"{name}.kvscope"
+    shutil.copy(SESSIONS / f"{name}.kvscope", path)
+    with open_session(path) as s:  # computed from the rows, never stored
+        fresh = preemption.summarize(s, s.scalar("SELECT SUM(preemptions) FROM steps"))
+        fresh_waiting = preemption.waiting_at(s, fresh.table)
+    fresh_forensics = compute_forensics(path)
+    monkeypatch.setattr(sm, "STORE_MIN_STEPS", 1)  # now a "large" session: stored once
+    assert sm.must_compute(str(path), PREEMPTION_CACHE)
+    with open_session(path) as s:
+        computed = preemptions(s)
+    assert not sm.must_compute(str(path), PREEMPTION_CACHE)
+    with open_session(path) as s:
+        stored = preemptions(s)
+        report, _ = report_and_findings(s, quiet=True)
+    for got in (computed, stored):
+        assert got.as_json() == fresh.as_json() == report["preemption"]
+        assert got.prefill_tokens_per_s == fresh.prefill_tokens_per_s
+        assert got.notes == fresh.notes
+        pd.testing.assert_frame_equal(got.table.drop(columns="waiting"), fresh.table,
+                                      check_exact=True)
+        assert np.array_equal(got.table["waiting"].to_numpy(), fresh_waiting, equal_nan=True)
+    stored_forensics = compute_forensics(path)
+    assert stored_forensics.summary == fresh_forensics.summary
+    assert stored_forensics.recorded == fresh_forensics.recorded == (name == "kv_forensics")
+    pd.testing.assert_frame_equal(stored_forensics.table, fresh_forensics.table, check_exact=True)
+
+
+def test_a_report_to_diagnose_is_pending_until_computed_or_stored(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``report_pending`` (pages draw their charts first and say the session is being diagnosed)
+    holds for a large session whose stored report is missing or was stored by other code, until
+    this process or an earlier one computed it; a small session is never pending."""
+    from dashboard.data import reports
+    from dashboard.data.session import FileMemo
+
+    path = tmp_path / "big.kvscope"
+    build_big_session(SOURCE, path, LARGE)
+    monkeypatch.setattr(reports, "report_memo", FileMemo(reports.compute_report))
+    load_session(path)  # the summaries, as the dashboard's first open stores them
+    assert reports.report_pending(path)
+    reports.report_memo(path)  # diagnosed and stored
+    assert not reports.report_pending(path)
+    monkeypatch.setattr(reports, "report_memo", FileMemo(reports.compute_report))  # a new process
+    assert not reports.report_pending(path)  # read back from the file
+    monkeypatch.setattr(sm, "_CODE_VERSION", "another kvscope")  # stored by other code: stale
+    assert reports.report_pending(path)
+    assert not reports.report_pending(SOURCE)  # small: computed when asked, in well under 1 s
+
+
+def test_one_file_being_computed_does_not_hold_up_another(tmp_path: Path) -> None:
+    """A FileMemo computes each file once, under a lock of that file only: the picker's line of a
+    small session does not wait for a large one's diagnosis."""
+    import threading
+
+    from dashboard.data.session import FileMemo
+
+    slow, quick = tmp_path / "slow.kvscope", tmp_path / "quick.kvscope"
+    slow.write_bytes(b"a")
+    quick.write_bytes(b"bb")
+    started, release = threading.Event(), threading.Event()
+    calls: list[str] = []
+
+    def compute(p: str | Path) -> str:
+        calls.append(Path(p).name)
+        if Path(p) == slow:
+            started.set()
+            assert release.wait(60)
+        return Path(p).name
+
+    memo = FileMemo(compute)
+    t = threading.Thread(target=memo, args=(slow,))
+    t.start()
+    assert started.wait(60)
+    assert memo(quick) == "quick.kvscope" and memo.peek(slow) is None  # slow still computing
+    release.set()
+    t.join(60)
+    assert memo(slow) == "slow.kvscope" and memo.peek(slow) == "slow.kvscope"
+    assert calls == ["slow.kvscope", "quick.kvscope"]

@@ -399,8 +399,10 @@ def _named(prefix: str, panel: Panel) -> dict[str, Source]:
 
 
 def _timeline_template(navigator: Panel, panels: list[Panel], view: View) -> dict[str, Any]:
-    nav = navigator.draw(_named("nav", navigator))
-    bound = []
+    """The Vega-Lite spec of the navigator over the panels, each panel's dict made on its own and
+    stacked here: Altair's ``vconcat`` deep-copies every panel (seconds for a dozen layered
+    panels); the selection parameters move to the top level as Altair would put them."""
+    subs = [navigator.draw(_named("nav", navigator)).to_dict(validate=False)]
     for i, p in enumerate(panels):
         chart = p.draw(_named(f"panel{i}", p))
         anchor = alt.Chart(alt.NamedData(name=f"panel{i}_anchor")).mark_point(opacity=0).encode(
@@ -409,16 +411,21 @@ def _timeline_template(navigator: Panel, panels: list[Panel], view: View) -> dic
             chart.layer = [*chart.layer, anchor]
         else:
             chart = alt.layer(chart, anchor)
-        bound.append(_bind_x_to_brush(chart))
-    chart = alt.vconcat(nav, *bound, spacing=22).resolve_scale(
-        x="independent", color="independent").configure_axisY(minExtent=58)
-    # The builders' output is validated in the tests; the template is built once per shape.
-    spec = chart.to_dict(validate=False)
-    view_cfg = spec.get("config", {}).get("view", {})
-    view_cfg.pop("continuousWidth", None)
-    view_cfg.pop("continuousHeight", None)
-    # Fit the stacked panels to the page width (Streamlit leaves nested layers unfitted).
-    spec["autosize"] = {"type": "fit-x", "contains": "padding"}
-    # No ARIA attributes per point: thousands of them slow every redraw (axes keep theirs).
-    spec.setdefault("config", {}).setdefault("mark", {})["aria"] = False
+        # The builders' output is validated in the tests; the template is built once per shape.
+        subs.append(_bind_x_to_brush(chart).to_dict(validate=False))
+    params: list[dict[str, Any]] = []
+    for sub in subs:
+        for key in ("$schema", "config", "datasets"):
+            sub.pop(key, None)
+        params += sub.pop("params", [])
+    spec: dict[str, Any] = {
+        "$schema": alt.SCHEMA_URL, "vconcat": subs, "params": params, "spacing": 22,
+        "resolve": {"scale": {"x": "independent", "color": "independent"}},
+        # Fit the stacked panels to the page width (Streamlit leaves nested layers unfitted).
+        "autosize": {"type": "fit-x", "contains": "padding"},
+        # No ARIA attributes per point: thousands of them slow every redraw (axes keep theirs).
+        "config": {"axisY": {"minExtent": 58}, "mark": {"aria": False}},
+    }
+    if not params:
+        del spec["params"]
     return spec

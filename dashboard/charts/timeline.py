@@ -98,14 +98,17 @@ def linked_chart(data: SessionData, view: View, buckets: pd.DataFrame, whole_buc
                 df, view, f"GPU {dev} ({name}) memory by owner (NVML used; engine processes split by "
                 "the start-up profile and the KV cache they held)", total)))
     if data.steps.total_steps:
-        forensics = forensics_memo(data.path)
+        # vLLM's step counters, or each preemption the engine core recorded, with what it cost
+        forensics = forensics_memo(data.path) if data.preemption_record else None
+        recorded = forensics is not None and forensics.recorded
+        preempting = with_recorded_preemptions(buckets, forensics, view) if forensics else buckets
         keyed += [
             ("kv", charts.kv_usage_panel(buckets, view, data.num_blocks())),
             ("queue", charts.queue_panel(buckets, view)),
-            ("preempt", charts.preemption_panel(with_recorded_preemptions(buckets, forensics, view),
-                                                view, smooth_s=rolling_s, recorded=forensics.recorded)),
+            ("preempt", charts.preemption_panel(preempting, view, smooth_s=rolling_s,
+                                                recorded=recorded)),
         ]
-        if forensics.recorded:  # each preemption the engine core recorded, with what it cost
+        if forensics is not None and recorded:
             keyed.append(("preempt_each", kv_whole.preemption_marks_panel(forensics.table, view)))
         keyed += [
             ("hit", charts.prefix_hit_panel(buckets, view, rolling_s)),
@@ -126,5 +129,5 @@ def ordered_keys(keys: list[str], code: str | None) -> list[str]:
 def panel_keys(data: SessionData, findings: list[dict[str, Any]]) -> list[str]:
     """Keys of the panels ``linked_chart`` draws for the session, in their usual order."""
     keys = [f"gpu:{d}" for d in shown_devices(data, findings)] if data.has_gpu_samples else []
-    each = ["preempt_each"] if forensics_memo(data.path).recorded else []
+    each = ["preempt_each"] if data.preemption_record and forensics_memo(data.path).recorded else []
     return keys + (["kv", "queue", "preempt", *each, "hit", "tput"] if data.steps.total_steps else [])

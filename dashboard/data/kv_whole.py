@@ -13,7 +13,7 @@ import pandas as pd
 
 from dashboard.data.session import FileMemo
 from dashboard.data.steps import View
-from profiler.analysis import preemption, residency, tiers, whatif
+from profiler.analysis import residency, summarized, tiers, whatif
 from profiler.analysis.occupancy import engine_occupancy
 from profiler.errors import NotAnalysable
 from profiler.session.reader import open_session
@@ -36,32 +36,16 @@ def _start(session: Any) -> float:
 
 
 def compute_forensics(path: str | Path) -> Forensics:
-    """Preemption forensics of a session (the report's count: vLLM's step counters)."""
+    """Preemption forensics of a session (the report's count: vLLM's step counters; a large
+    session's read back from where it is stored with its summaries)."""
     with open_session(path) as session:
-        step_count = session.scalar("SELECT SUM(preemptions) FROM steps")
-        s = preemption.summarize(session, step_count)
+        s = summarized.preemptions(session)
         table = s.table.copy()
         t0 = _start(session)
         table.insert(0, "t_s", pd.to_numeric(table["t_unix_s"], errors="coerce") - t0)
         table["resumed_s"] = pd.to_numeric(table["resumed_unix_s"], errors="coerce") - t0
-        table["waiting"] = _waiting_at(session, table) if len(table) else pd.Series(dtype=float)
+        table["waiting"] = table.pop("waiting")
         return Forensics(s.as_json(), table, s.prefill_tokens_per_s, bool(len(table)))
-
-
-def _waiting_at(session: Any, table: pd.DataFrame) -> np.ndarray:
-    """Requests waiting at each preemption: the engine's last step at or before it (NaN: none)."""
-    steps = pd.read_sql_query("SELECT engine_id, t_unix_s, waiting FROM steps WHERE t_unix_s IS NOT NULL "
-                              "ORDER BY t_unix_s", session.db)
-    left = pd.DataFrame({"t_unix_s": pd.to_numeric(table["t_unix_s"], errors="coerce"),
-                         "engine_id": table["engine_id"], "i": np.arange(len(table))})
-    ok = left["t_unix_s"].notna()
-    out = np.full(len(table), np.nan)
-    if steps.empty or not ok.any():
-        return out
-    m = pd.merge_asof(left[ok].sort_values("t_unix_s"), steps, on="t_unix_s", by="engine_id",
-                      direction="backward")
-    out[m["i"].to_numpy()] = pd.to_numeric(m["waiting"], errors="coerce").to_numpy(dtype=float)
-    return out
 
 
 def preemption_times(forensics: Forensics, preempting: pd.DataFrame) -> pd.DataFrame:

@@ -26,6 +26,7 @@ from profiler import units
 from profiler.analysis.summarized import prepare
 from profiler.errors import SessionFormatError
 from profiler.session.reader import Session, open_session
+from profiler.session.summaries import max_rowid
 
 T = TypeVar("T")
 
@@ -71,6 +72,9 @@ class SessionData:
     events: pd.DataFrame
     notes: dict[str, str] = field(default_factory=dict)
     """Why something was not measured, by topic (``nvml``, ``allocator``), from the events."""
+    preemption_record: bool = False
+    """The engine core recorded preemptions (rows in ``preemptions``; else vLLM's counters only:
+    the forensics, stored or computed, are then not needed to draw the Timeline)."""
 
     @property
     def name(self) -> str:
@@ -171,8 +175,9 @@ def _relative(df: pd.DataFrame, col: str, start: float, out: str = "t_s") -> pd.
 class FileMemo(Generic[T]):
     """Values computed from a session file, remembered per (path, size, mtime) in this process.
 
-    The lock is held while computing, so two script threads opening the same big session compute
-    it once; the oldest entry goes once ``size`` are held.
+    A lock per file is held while computing, so two script threads opening the same big session
+    compute it once, while another file's value is computed (or read) meanwhile; the oldest entry
+    goes once ``size`` are held.
     """
 
     def __init__(self, compute: Callable[[str | Path], T], size: int = 8) -> None:
@@ -180,15 +185,28 @@ class FileMemo(Generic[T]):
         self._size = size
         self._memo: dict[tuple[str, int, float], T] = {}
         self._lock = threading.Lock()
+        self._computing: dict[tuple[str, int, float], threading.Lock] = {}
+
+    def peek(self, path: str | Path) -> T | None:
+        """The value remembered for the file as it is now, or None (never computes)."""
+        return self._memo.get(file_signature(path))
 
     def __call__(self, path: str | Path) -> T:
         key = file_signature(path)
+        hit = self._memo.get(key)
+        if hit is not None:
+            return hit
         with self._lock:
+            lock = self._computing.setdefault(key, threading.Lock())
+        with lock:
             hit = self._memo.get(key)
             if hit is None:
-                hit = self._memo[key] = self._compute(path)
-                while len(self._memo) > self._size:
-                    self._memo.pop(next(iter(self._memo)))
+                hit = self._compute(path)
+                with self._lock:
+                    self._memo[key] = hit
+                    self._computing.pop(key, None)
+                    while len(self._memo) > self._size:
+                        self._memo.pop(next(iter(self._memo)))
             return hit
 
 
@@ -226,6 +244,7 @@ def _load(session: Session) -> SessionData:
         gpu_samples=gpu_samples, gpu_process_samples=gps, allocator_samples=alloc,
         startup_memory=_relative(session.table("startup_memory"), "t_unix_s", start),
         events=events, notes=_notes(events),
+        preemption_record=max_rowid(session.db, "preemptions") > 0,
     )
 
 

@@ -75,19 +75,26 @@ data = state.current_session()
 if data is not None:
     with state.session_errors(data.name):
         st.title(f"Overview · {escape_markdown(data.name)}")
-        rep, findings = state.report(data)
         status = "complete" if data.complete else "INCOMPLETE: the recording was cut off"
         st.caption(f"{escape_markdown(data.path)} · {status}")
-        st.markdown(f"**{escape_markdown(rep['headline'])}**")
-        numbers = summary.key_numbers(rep)
-        for start in range(0, len(numbers), CARDS_PER_ROW):
-            cols = st.columns(CARDS_PER_ROW)
-            for col, n in zip(cols, numbers[start:start + CARDS_PER_ROW], strict=False):
-                col.metric(n.label, n.value, delta=n.card_detail or None, delta_color="off",
-                           delta_arrow="off", help=n.help or None)
-        missing = summary.not_measured(rep)
-        if missing:
-            st.caption("Not measured in this session: " + "; ".join(missing) + ".")
+        # A large session being diagnosed (once, stored): its charts first, from the summaries.
+        pending = state.report_pending(data.path)
+        rep, findings = ({}, []) if pending else state.report(data)
+        if pending:
+            st.info("This session is being diagnosed (below): its key numbers and findings appear "
+                    "here when that is done; meanwhile the charts are drawn from its stored "
+                    "summaries.", icon=":material/hourglass_top:")
+        else:
+            st.markdown(f"**{escape_markdown(rep['headline'])}**")
+            numbers = summary.key_numbers(rep)
+            for start in range(0, len(numbers), CARDS_PER_ROW):
+                cols = st.columns(CARDS_PER_ROW)
+                for col, n in zip(cols, numbers[start:start + CARDS_PER_ROW], strict=False):
+                    col.metric(n.label, n.value, delta=n.card_detail or None, delta_color="off",
+                               delta_arrow="off", help=n.help or None)
+            missing = summary.not_measured(rep)
+            if missing:
+                st.caption("Not measured in this session: " + "; ".join(missing) + ".")
 
         marks = mk.session_marks(data, findings)
         if data.steps.total_steps:
@@ -107,7 +114,8 @@ if data is not None:
             view = View(0.0, max(data.duration_s, 1e-3), 400)
             gpus = data.gpus.drop_duplicates("device_index").set_index("device_index")
             for dev in shown_devices(data, findings):
-                df = device_attribution(data, dev, view.t0_s, view.t1_s, 400, rep["kv_cache"].get("size_bytes"))
+                df = device_attribution(data, dev, view.t0_s, view.t1_s, 400,
+                                        (rep.get("kv_cache") or {}).get("size_bytes"))
                 total = gpus.loc[dev, "total_bytes"] if dev in gpus.index else None
                 panel = chart_memory.attribution_panel(df, view, f"GPU {dev} memory by owner", total, height=180)
                 state.show(chart_marks.with_marks(panel.chart(), marks, view), key=f"ov-gpu-{dev}")
@@ -115,6 +123,9 @@ if data is not None:
                        "GPU memory is shown instead. " + chart_marks.LEGEND_TEXT)
         else:
             st.caption("No engine steps and no GPU samples in this session: nothing to chart.")
+        if pending:  # wait for the diagnosis (a spinner says so), then draw the whole page
+            state.report(data)
+            st.rerun()
         sections.spec_decode_summary(rep)
 
         st.subheader("Findings")

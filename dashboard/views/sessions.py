@@ -10,7 +10,7 @@ import streamlit as st
 
 from dashboard import state
 from dashboard.data import summary
-from dashboard.data.reports import report_memo
+from dashboard.data.reports import report_memo, report_pending
 from dashboard.data.sources import SessionSource
 from profiler.errors import KvscopeError
 from profiler.units import escape_markdown
@@ -28,9 +28,17 @@ def _open(src: SessionSource) -> None:
 
 
 def card(src: SessionSource, rows: list[dict[str, str]]) -> None:
-    """One session: name, its line, key numbers, worst finding, and a button to open it."""
+    """One session: name, its line, key numbers, worst finding, and a button to open it (while a
+    large session is being diagnosed, once, only its name and that)."""
     with st.container(border=True):
         top = st.columns([6, 1.2])
+        if report_pending(src.path):
+            top[0].markdown(f"**{escape_markdown(src.label)}**")
+            top[0].markdown(escape_markdown(state.headline(src)) + "…")
+            top[1].button("Open", key=f"open-{src.label}", icon=":material/arrow_forward:",
+                          on_click=_open, args=(src,), help="Show this session's Overview")
+            rows.append({"session": src.label, "what happened": state.headline(src)})
+            return
         try:
             report = report_memo(src.path)[0]
         except (KvscopeError, sqlite3.DatabaseError, OSError) as exc:  # one line per bad file
@@ -70,3 +78,13 @@ rows: list[dict[str, str]] = []
 for src in srcs:
     card(src, rows)
 state.csv_download(pd.DataFrame(rows), "sessions", "Sessions CSV")
+pending = [src for src in srcs if report_pending(src.path)]
+if pending:  # wait for their diagnosis (a spinner says so), then draw their cards
+    with st.spinner(f"Diagnosing {', '.join(src.label for src in pending)} (once; stored in the "
+                    "session)…"):
+        for src in pending:
+            try:
+                report_memo(src.path)
+            except (KvscopeError, sqlite3.DatabaseError, OSError):
+                pass  # its card says why on the next run
+    st.rerun()

@@ -35,7 +35,9 @@ if data is not None:
     with state.session_errors(data.name):
         whole = tl.whole_view(data)
         nav_key = f"nav::{data.path}"
-        analysis = state.report(data)
+        # A large session being diagnosed (once, stored): the chart first, without finding marks.
+        pending = state.report_pending(data.path)
+        analysis = None if pending else state.report(data)
         focus = state.get_focus(data)
 
         def on_brush() -> None:
@@ -88,6 +90,9 @@ if data is not None:
             st.caption("No engine step was recorded in this session: only GPU memory is drawn.")
         if not data.has_gpu_samples:
             state.not_measured("GPU memory per device", data, "nvml")
+        if pending:
+            st.info("This session is being diagnosed (below the chart): its findings' ranges are "
+                    "marked when that is done.", icon=":material/hourglass_top:")
         linked = tl.linked_chart(data, view, b, state.buckets(data, whole), state.brush_value(data),
                                  float(rolling_s), analysis=analysis, focus=focus)
         st.caption(chart_marks.LEGEND_TEXT + " Double-click the top strip to show the whole session.")
@@ -95,3 +100,6 @@ if data is not None:
                            selection_mode=[charts.ZOOM_PARAM, charts.RESET_PARAM], width="stretch")
         if focus is not None and st.session_state.pop(state.SCROLL_KEY, False):
             st.html(SCROLL_TO_FOCUS_JS, unsafe_allow_javascript=True)
+        if pending:  # wait for the diagnosis (a spinner says so), then draw it with the findings
+            state.report(data)
+            st.rerun()

@@ -108,6 +108,25 @@ def preemption_table(session: Session, rate: float | None = None) -> pd.DataFram
     return df[list(COLUMNS)].sort_values("t_unix_s", kind="stable").reset_index(drop=True)
 
 
+def waiting_at(session: Session, table: pd.DataFrame) -> np.ndarray:
+    """Requests waiting at each preemption of ``table``: its engine's last step at or before it
+    (NaN: none)."""
+    out = np.full(len(table), np.nan)
+    if table.empty:
+        return out
+    steps = pd.read_sql_query("SELECT engine_id, t_unix_s, waiting FROM steps WHERE t_unix_s IS NOT NULL "
+                              "ORDER BY t_unix_s", session.db)
+    left = pd.DataFrame({"t_unix_s": pd.to_numeric(table["t_unix_s"], errors="coerce"),
+                         "engine_id": table["engine_id"], "i": np.arange(len(table))})
+    ok = left["t_unix_s"].notna()
+    if steps.empty or not ok.any():
+        return out
+    m = pd.merge_asof(left[ok].sort_values("t_unix_s"), steps, on="t_unix_s", by="engine_id",
+                      direction="backward")
+    out[m["i"].to_numpy()] = pd.to_numeric(m["waiting"], errors="coerce").to_numpy(dtype=float)
+    return out
+
+
 @dataclass(frozen=True)
 class PreemptionSummary:
     """The report's ``preemption`` object and the table behind it."""

@@ -39,12 +39,22 @@ FROM steps
 """One scan of ``steps`` in SQLite: a 1M-step session never has to become a DataFrame here."""
 
 
-def build_report(session: Session, findings: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def step_totals(session: Session) -> tuple[Any, ...]:
+    """The report's step totals (``summaries.step_totals``' order): from the stored rollups when
+    they cover the whole session, else one scan of ``steps``."""
+    if session.window is None and summaries.up_to_date(session.db):
+        return summaries.step_totals(session.db)
+    return session.rows(_STEP_TOTALS)[0]
+
+
+def build_report(session: Session, findings: list[dict[str, Any]] | None = None,
+                 preemptions: preemption.PreemptionSummary | None = None) -> dict[str, Any]:
     """The ``kvscope report --json`` object (see README / issue spec for the key list).
 
     Strict JSON as it stands (no NaN/±Inf, no bytes). ``notes`` lists what was left out: values
     the reader found impossible for their column (``Session.notes``) and numbers that do not add
-    up (more prefix hits than queries).
+    up (more prefix hits than queries). ``preemptions``: the session's ``preemption.summarize``
+    when the caller has it already (the stored one of a large session).
     """
     notes = session.notes()
     meta = session.meta()
@@ -52,11 +62,9 @@ def build_report(session: Session, findings: list[dict[str, Any]] | None = None)
     requests = session.table("requests")
     start, end = session.bounds()
     eng = engines.iloc[0] if not engines.empty else None
-    steps_n, pre, pq, ph, ppq, pph, kv_peak, kv_mean, finished = (
-        summaries.step_totals(session.db) if session.window is None and summaries.up_to_date(session.db)
-        else session.rows(_STEP_TOTALS)[0])
+    steps_n, pre, pq, ph, ppq, pph, kv_peak, kv_mean, finished = step_totals(session)
     occ = engine_occupancy(session)
-    pre_summary = preemption.summarize(session, pre)
+    pre_summary = preemptions if preemptions is not None else preemption.summarize(session, pre)
     notes.extend(pre_summary.notes)
     startup = session.table("startup_memory")
     mem = startup.iloc[0] if not startup.empty else None

@@ -9,6 +9,8 @@ steps. Small sessions are computed as always (a fraction of a second) and never 
 from __future__ import annotations
 
 import base64
+import dataclasses
+import io
 import json
 import sys
 import time
@@ -16,9 +18,11 @@ import zlib
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
+from profiler.analysis import preemption
 from profiler.analysis.diagnosis import diagnose
-from profiler.analysis.report import build_report
+from profiler.analysis.report import build_report, step_totals
 from profiler.analysis.whatif import MissRatioCurve, SessionPoint, WhatIf, analyse
 from profiler.progress import progress_line
 from profiler.session import summaries
@@ -51,10 +55,17 @@ def prepare(session: Session, quiet: bool = False) -> bool:
     return ok and summaries.up_to_date(session.db)
 
 
+def _stored_version(session: Session, quiet: bool = True) -> str | None:
+    """The data version under which a large session's results are stored (None: a small session,
+    never written to, or summaries that cannot be made current: its results are computed)."""
+    if not prepare(session, quiet) or not is_large(session):
+        return None
+    return summaries.data_version(session.db)
+
+
 def report_and_findings(session: Session, quiet: bool = False) -> Report:
     """``build_report`` with ``diagnose``'s findings, from the session's cache when current."""
-    ready = prepare(session, quiet)
-    version = summaries.data_version(session.db) if ready else None
+    version = _stored_version(session, quiet)
     if version is not None:
         hit = summaries.cached(session.db, CACHE_NAME, version)
         if hit is not None:
@@ -62,14 +73,15 @@ def report_and_findings(session: Session, quiet: bool = False) -> Report:
             report["session"]["path"] = str(session.path)
             return report, report["findings"]
     started = time.perf_counter()
-    store = version is not None and is_large(session)  # a small session is never written to
-    if store and not quiet:
+    if version is not None and not quiet:
         print(printable(f"kvscope: {session.path.name}: diagnosing "
                         f"{summaries.max_rowid(session.db, 'steps'):,} steps (once; stored)"),
               file=sys.stderr, flush=True)
     findings = [f.as_dict() for f in diagnose(session)]
-    report = build_report(session, findings=findings)
-    if store:
+    # a large session's preemption forensics are stored with it (the Timeline reads them)
+    pre = preemptions(session) if version is not None else None
+    report = build_report(session, findings=findings, preemptions=pre)
+    if version is not None:
         stored = summaries.store_cached(str(session.path), CACHE_NAME, version,
                                         json.dumps(report, allow_nan=False))
         if stored and not quiet:
@@ -93,8 +105,7 @@ def whatif(session: Session) -> WhatIf:
     """``whatif.analyse`` of the busiest engine, read back from the session when a large session
     stored it at this data version (the replay's reuse distances: the miss-ratio curve); NotAnalysable
     (a ValueError) when the session has nothing to replay."""
-    ready = prepare(session, quiet=True)
-    version = summaries.data_version(session.db) if ready else None
+    version = _stored_version(session)
     if version is not None:
         hit = summaries.cached(session.db, WHATIF_CACHE, version)
         if hit is not None:
@@ -109,7 +120,7 @@ def whatif(session: Session) -> WhatIf:
             return WhatIf(o["engine_id"], None, curve, SessionPoint(a["num_blocks"], a["hit_rate"]),
                           counts)  # type: ignore[arg-type]
     w = analyse(session)
-    if version is not None and is_large(session):  # a small session is never written to
+    if version is not None:
         c = w.curve
         obj = {"engine_id": w.engine_id,
                "counts": [w.request_count, w.access_count] if w.request_count is not None else None,
@@ -122,3 +133,31 @@ def whatif(session: Session) -> WhatIf:
                          "min_blocks": c.min_blocks, "source": c.source}}
         summaries.store_cached(str(session.path), WHATIF_CACHE, version, json.dumps(obj))
     return w
+
+
+PREEMPTION_CACHE = "preemption"
+
+
+def preemptions(session: Session) -> preemption.PreemptionSummary:
+    """``preemption.summarize`` with the report's preemption count, its table with ``waiting``
+    (requests waiting at each preemption, ``preemption.waiting_at``); a large session's is stored
+    at this data version and read back (the table as Parquet), so a page of a day-long session
+    does not read its requests, preemptions and steps whole."""
+    version = _stored_version(session)
+    if version is not None:
+        hit = summaries.cached(session.db, PREEMPTION_CACHE, version)
+        if hit is not None:
+            o = json.loads(hit)
+            table = pd.read_parquet(io.BytesIO(zlib.decompress(base64.b64decode(o["table"]))))
+            return preemption.PreemptionSummary(
+                o["count"], o["requests"], o["recomputed_tokens"], o["recompute_s_est"],
+                o["worst_request"], table, o["prefill_tokens_per_s"], tuple(o["notes"]))
+    s = preemption.summarize(session, step_totals(session)[1])
+    s = dataclasses.replace(s, table=s.table.assign(waiting=preemption.waiting_at(session, s.table)))
+    if version is not None:
+        buf = io.BytesIO()
+        s.table.to_parquet(buf, index=False)
+        obj = {**s.as_json(), "prefill_tokens_per_s": s.prefill_tokens_per_s,
+               "notes": list(s.notes), "table": base64.b64encode(zlib.compress(buf.getvalue())).decode()}
+        summaries.store_cached(str(session.path), PREEMPTION_CACHE, version, json.dumps(obj))
+    return s

@@ -407,13 +407,13 @@ def _write(path: str, work: Callable[[sqlite3.Connection], object]) -> bool:
         conn.close()
 
 
-def lookup_cached(path: str, name: str) -> str | None:
-    """The stored ``name`` of the session at ``path`` when it is current, read with sqlite3
-    alone (no pandas): what ``kvscope report --json`` prints for a large session it has seen.
-    Any doubt (not a file, not a session, another version, not current) is a miss; the caller
-    then opens the session the full way, which says what is wrong."""
+def _read_only(path: str) -> sqlite3.Connection | None:
+    """A read-only sqlite3 connection to the session file at ``path`` (no pandas, no checked
+    views); None when it is not a file, not SQLite or of an unknown schema version."""
     from pathlib import Path
     from urllib.parse import quote
+
+    from profiler.session.schema import SCHEMA_VERSION
 
     p = Path(path)
     try:
@@ -426,13 +426,43 @@ def lookup_cached(path: str, name: str) -> str | None:
     except (OSError, sqlite3.Error):
         return None
     try:
-        from profiler.session.schema import SCHEMA_VERSION
+        if 1 <= conn.execute("PRAGMA user_version").fetchone()[0] <= SCHEMA_VERSION:
+            return conn
+    except sqlite3.Error:
+        pass
+    conn.close()
+    return None
 
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if not 1 <= version <= SCHEMA_VERSION or not up_to_date(conn):
-            return None
-        return cached(conn, name, data_version(conn))
+
+def lookup_cached(path: str, name: str) -> str | None:
+    """The stored ``name`` of the session at ``path`` when it is current, read with sqlite3
+    alone (no pandas): what ``kvscope report --json`` prints for a large session it has seen.
+    Any doubt (not a file, not a session, another version, not current) is a miss; the caller
+    then opens the session the full way, which says what is wrong."""
+    conn = _read_only(path)
+    if conn is None:
+        return None
+    try:
+        return cached(conn, name, data_version(conn)) if up_to_date(conn) else None
     except sqlite3.Error:
         return None
+    finally:
+        conn.close()
+
+
+def must_compute(path: str, name: str) -> bool:
+    """True when the session at ``path`` is large (``STORE_MIN_STEPS`` steps or more) and its
+    stored ``name`` is missing or stale (another data version: new rows, or another kvscope's
+    code): reading it means computing it from the whole session first. False on any doubt (the
+    caller's full open says what is wrong)."""
+    conn = _read_only(path)
+    if conn is None:
+        return False
+    try:
+        if max_rowid(conn, "steps") < STORE_MIN_STEPS:
+            return False
+        return not up_to_date(conn) or cached(conn, name, data_version(conn)) is None
+    except sqlite3.Error:
+        return False
     finally:
         conn.close()
