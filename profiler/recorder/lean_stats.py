@@ -53,10 +53,19 @@ class _Request:
 
 
 def supported(output_processor_cls: type) -> bool:
-    """True when this vLLM's output processor has the methods the lean path hooks."""
-    return all(callable(getattr(output_processor_cls, name, None))
-               for name in ("add_request", "process_outputs", "update_scheduler_stats",
-                            "_finish_request", "abort_requests"))
+    """True when this vLLM's output processor has the methods the lean path hooks and its outputs
+    carry ``prefill_stats`` (the prompt tokens of a step; vLLM before it counted prompt lengths
+    itself: kvscope then keeps vLLM's stats path)."""
+    try:
+        from vllm.v1.engine import EngineCoreOutput
+
+        fields = getattr(EngineCoreOutput, "__struct_fields__", ())
+    except ImportError:
+        return False
+    return "prefill_stats" in fields and all(
+        callable(getattr(output_processor_cls, name, None))
+        for name in ("add_request", "process_outputs", "update_scheduler_stats",
+                     "_finish_request", "abort_requests"))
 
 
 class LeanStats:
