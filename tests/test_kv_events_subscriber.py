@@ -12,7 +12,7 @@ from vllm.distributed.kv_events import BlockRemoved, BlockStored, KVEventBatch, 
 
 from profiler.analysis.kv_events import kv_event_summary
 from profiler.attach.kv_decode import KvBatch, decode_payload
-from profiler.attach.kv_events import KvEventSubscriber, KvSource
+from profiler.attach.kv_events import KvEventHub, KvEventSubscriber, KvSource
 from profiler.session.reader import open_session
 from profiler.session.writer import SessionWriter
 from tests.support.ports import free_port
@@ -77,7 +77,8 @@ def test_attach_mid_stream_replays_history_then_goes_live(publisher: Publisher, 
     w = SessionWriter(path)
     publisher.publish(5)
     sub = KvEventSubscriber(w, publisher.source(), lambda rank: 1, "test")
-    sub.start()
+    hub = KvEventHub([sub])
+    hub.start()
     # A SUB socket hears nothing until its subscription reaches the publisher (ZeroMQ's "slow
     # joiner"), and nothing tells when that happened: publish one batch at a time until the
     # subscriber has heard one live. Every batch before that one is history from the replay.
@@ -91,7 +92,7 @@ def test_attach_mid_stream_replays_history_then_goes_live(publisher: Publisher, 
     publisher.publish(3)
     n = len(publisher.sent)
     wait_until(lambda: sub.stats.batches == n, 10, f"the subscriber to write {n} batches")
-    sub.stop()
+    hub.stop()
     w.close()
     first_live = sub.stats.history_batches  # the batch that triggered the replay of all before it
     assert 5 <= first_live <= n - 4  # everything published before attaching is history
@@ -168,8 +169,6 @@ def test_one_hub_thread_serves_every_publisher(tmp_path: Path) -> None:
     """A fleet's publishers share one subscriber thread (KvEventHub): each stream is kept apart
     (its own rows, sequence and counts) and one stop drains them all."""
     import threading
-
-    from profiler.attach.kv_events import KvEventHub
 
     pubs = [Publisher(100) for _ in range(3)]
     try:

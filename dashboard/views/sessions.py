@@ -33,11 +33,12 @@ def card(src: SessionSource, rows: list[dict[str, str]]) -> None:
     with st.container(border=True):
         top = st.columns([6, 1.2])
         if report_pending(src.path):
+            line = state.headline(src)
             top[0].markdown(f"**{escape_markdown(src.label)}**")
-            top[0].markdown(escape_markdown(state.headline(src)) + "…")
+            top[0].markdown(escape_markdown(line) + "…")
             top[1].button("Open", key=f"open-{src.label}", icon=":material/arrow_forward:",
                           on_click=_open, args=(src,), help="Show this session's Overview")
-            rows.append({"session": src.label, "what happened": state.headline(src)})
+            rows.append({"session": src.label, "what happened": line})
             return
         try:
             report = report_memo(src.path)[0]

@@ -93,12 +93,21 @@ def report_and_findings(session: Session, quiet: bool = False) -> Report:
 WHATIF_CACHE = "whatif"
 
 
+def _to_text(raw: bytes) -> str:
+    """Bytes as stored in a JSON result: zlib-compressed, base64."""
+    return base64.b64encode(zlib.compress(raw)).decode()
+
+
+def _from_text(text: str) -> bytes:
+    return zlib.decompress(base64.b64decode(text))
+
+
 def _pack(arr: np.ndarray) -> str:
-    return base64.b64encode(zlib.compress(np.asarray(arr, dtype="<i8").tobytes())).decode()
+    return _to_text(np.asarray(arr, dtype="<i8").tobytes())
 
 
 def _unpack(text: str) -> np.ndarray:
-    return np.frombuffer(zlib.decompress(base64.b64decode(text)), dtype="<i8").copy()
+    return np.frombuffer(_from_text(text), dtype="<i8").copy()
 
 
 def whatif(session: Session) -> WhatIf:
@@ -148,7 +157,7 @@ def preemptions(session: Session) -> preemption.PreemptionSummary:
         hit = summaries.cached(session.db, PREEMPTION_CACHE, version)
         if hit is not None:
             o = json.loads(hit)
-            table = pd.read_parquet(io.BytesIO(zlib.decompress(base64.b64decode(o["table"]))))
+            table = pd.read_parquet(io.BytesIO(_from_text(o["table"])))
             return preemption.PreemptionSummary(
                 o["count"], o["requests"], o["recomputed_tokens"], o["recompute_s_est"],
                 o["worst_request"], table, o["prefill_tokens_per_s"], tuple(o["notes"]))
@@ -158,6 +167,6 @@ def preemptions(session: Session) -> preemption.PreemptionSummary:
         buf = io.BytesIO()
         s.table.to_parquet(buf, index=False)
         obj = {**s.as_json(), "prefill_tokens_per_s": s.prefill_tokens_per_s,
-               "notes": list(s.notes), "table": base64.b64encode(zlib.compress(buf.getvalue())).decode()}
+               "notes": list(s.notes), "table": _to_text(buf.getvalue())}
         summaries.store_cached(str(session.path), PREEMPTION_CACHE, version, json.dumps(obj))
     return s

@@ -181,8 +181,7 @@ def discover(server_url: str, timeout_s: float) -> list[KvSource]:
 
 class KvEventSubscriber:
     """One publisher's stream: appends its ``kv_events`` rows to the session (sequence kept,
-    holes replayed, gaps recorded). Its socket is served by a ``KvEventHub``; ``start``/``stop``
-    run a hub of its own."""
+    holes replayed, gaps recorded). Its socket is served by a ``KvEventHub``."""
 
     def __init__(
         self,
@@ -201,21 +200,10 @@ class KvEventSubscriber:
         self._ctx: zmq.Context | None = None
         self._expected: int | None = None
         self._last_ts: float | None = None
-        self._hub: KvEventHub | None = None
         self.setup_error: str | None = None
         """Why the socket could not be bound or connected (None: it was)."""
         self.last_batch_unix_s: float | None = None
         """When the last batch arrived (this host's clock)."""
-
-    def start(self, timeout_s: float = 2.0) -> None:
-        """Serve this subscriber alone (a hub of its own); returns once its socket is set up."""
-        self._hub = KvEventHub([self])
-        self._hub.start(timeout_s)
-
-    def stop(self, drain_s: float = 0.3) -> None:
-        """Stop the hub ``start`` made (after reading what is in flight for ``drain_s``)."""
-        if self._hub is not None:
-            self._hub.stop(drain_s)
 
     def open(self, ctx: zmq.Context) -> zmq.Socket | None:
         """Its SUB socket, bound or connected (None, with ``setup_error`` set, when it cannot be)."""
@@ -261,7 +249,6 @@ class KvEventSubscriber:
             f"{s.malformed} malformed",
             self.engine_id_for(self.source.dp_rank), **vars(s),
         )
-
 
     def _on_batch(self, batch: KvBatch, source: str) -> None:
         if self._expected is None:

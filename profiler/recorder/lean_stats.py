@@ -171,10 +171,10 @@ def _span(start_ts: float, end_ts: float) -> float | None:
 
 
 def attach(engine: Any, logger: Any) -> bool:
-    """Count ``engine``'s outputs for ``logger`` (its output processor's hooks); False when this
-    vLLM's output processor lacks what they need."""
+    """Count ``engine``'s outputs for ``logger`` (its output processor's hooks; the caller checked
+    ``supported`` before the engine started); False when the engine has no output processor."""
     processor = getattr(engine, "output_processor", None)
-    if processor is None or not supported(type(processor)):
+    if processor is None:
         return False
     setattr(processor, _ATTR, LeanStats(logger))
     return True

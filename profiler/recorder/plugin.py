@@ -213,7 +213,8 @@ def _count_outputs(engine: Any, vllm_config: Any) -> None:
     logger.step_counts = "kvscope"
     logger.log_engine_initialized()
     if not lean_stats.attach(engine, logger) and logger.writer is not None:
-        logger.writer.event("error", "kvscope cannot count this vLLM's outputs: no step rows",
+        logger.writer.event("error", "kvscope cannot count this engine's outputs (it has no "
+                            "output processor): no step rows",
                             logger.engine_id)
 
 
