@@ -210,12 +210,10 @@ def test_status_follows_the_attach_process(server: Server, tmp_path: Path,
         first = wait_until(lambda: status() if status().state == live.IDLE else None, 30,
                            "an idle attached server to read 'recording, idle'")
         assert first.mode == "attach" and server.url in first.how
-        busy: list[str] = []
-        load = threading.Thread(target=lambda: busy.extend(str(t.status) for t in srv.drive_streaming(
-            server.url, server.model, waves=2, per_wave=12, max_tokens=MAX_TOKENS)))
-        load.start()
-        wait_until(lambda: status().state == live.RECORDING, 60, "requests running to read 'recording'")
-        load.join(300)
+        with srv.waves_until_done(lambda: srv.drive_streaming(
+                server.url, server.model, waves=1, per_wave=12, max_tokens=MAX_TOKENS), least=24):
+            wait_until(lambda: status().state == live.RECORDING, 120,
+                       "requests running to read 'recording'")
         srv.wait_idle(server.url)
         wait_until(lambda: status().state == live.IDLE, 30, "the drained server to read idle again")
         at = go(open_app(monkeypatch, session), "live")

@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,23 +55,10 @@ def test_idle_recording_reads_recording_idle(recorded: tuple[Server, Path],
     first = wait_until(lambda: status(session) if status(session).state == live.IDLE else None, 30,
                        "the started, idle server to read 'recording, idle'")
     assert first.mode == "record" and "kvscope" in first.how and "api_server" in first.how
-    # a wave lasts about a second here; the status reads 'recording' only while a committed step
-    # has requests on it, so waves go on until a read has seen that (a busy machine can read
-    # between the commits of one short wave)
-    codes: list[int] = []
-    seen = threading.Event()
-
-    def waves() -> None:
-        while not seen.is_set() or len(codes) < 32:
-            codes.extend(srv.drive(server.url, server.model, waves=1, per_wave=16, max_tokens=32))
-
-    load = threading.Thread(target=waves)
-    load.start()
-    try:
+    # one wave lasts about a second here: waves go on until a read has seen steps in flight
+    with srv.waves_until_done(lambda: srv.drive(server.url, server.model, waves=1, per_wave=16,
+                                                max_tokens=32), least=32) as codes:
         wait_until(lambda: status(session).state == live.RECORDING, 120, "steps to read 'recording'")
-    finally:
-        seen.set()
-        load.join(300)
     assert len(codes) >= 32 and codes == [200] * len(codes)
     srv.wait_idle(server.url)
     idle = wait_until(lambda: status(session) if status(session).state == live.IDLE else None, 30,

@@ -11,11 +11,13 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -178,6 +180,33 @@ def drive(url: str, model: str, waves: int = 2, per_wave: int = 16, prefixes: in
         return codes
 
     return asyncio.run(go())
+
+
+T = TypeVar("T")
+
+
+@contextmanager
+def waves_until_done(wave: Callable[[], list[T]], least: int) -> Iterator[list[T]]:
+    """Run ``wave`` over and over in a thread until the block ends and ``least`` results are in.
+
+    For a check that must see a load in flight (a status reading 'recording'): one short wave can
+    end between two reads on a busy machine, so the load lasts until the block's wait is over.
+    Yields the results list (filled as waves end; whole once the block has exited).
+    """
+    results: list[T] = []
+    done = threading.Event()
+
+    def loop() -> None:
+        while not done.is_set() or len(results) < least:
+            results.extend(wave())
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield results
+    finally:
+        done.set()
+        thread.join(300)
 
 
 @dataclass(frozen=True)
