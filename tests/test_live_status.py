@@ -112,6 +112,18 @@ def test_finished_and_engine_lost(tmp_path: Path) -> None:
                    events=[(T0 + 5, "error", "EngineDeadError: EngineCore encountered an issue.")])
     s = status(crashed, T0 + 12)
     assert s.state == live.LOST and "exit code 1" in s.detail
+    # stopped by a signal kvscope record passed on: vLLM's frontend logging an EngineDeadError
+    # while it shuts down its engines is the stop, not an engine lost (one before it still is)
+    stopped = make(tmp_path / "stopped.kvscope", heartbeat=hb(T0 + 10), steps=[(T0 + 4, 1, 0)],
+                   mode_meta={"command": ["x"], "ended_unix_s": T0 + 11, "exit_code": 0},
+                   events=[(T0 + 5, "stop_signal", "SIGTERM passed on to the recorded program"),
+                           (T0 + 5.1, "error", "EngineDeadError: EngineCore encountered an issue.")])
+    assert status(stopped, T0 + 12).state == live.FINISHED
+    lost_first = make(tmp_path / "lost_first.kvscope", heartbeat=hb(T0 + 10), steps=[(T0 + 4, 1, 0)],
+                      mode_meta={"command": ["x"], "ended_unix_s": T0 + 11, "exit_code": 0},
+                      events=[(T0 + 5, "error", "EngineDeadError: EngineCore encountered an issue."),
+                              (T0 + 6, "stop_signal", "SIGTERM passed on to the recorded program")])
+    assert status(lost_first, T0 + 12).state == live.LOST
 
 
 def test_sessions_without_heartbeat_judge_by_their_data(tmp_path: Path) -> None:

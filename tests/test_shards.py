@@ -23,6 +23,9 @@ pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[1]
 SESSIONS = ROOT / "sessions"
 A, B = SESSIONS / "healthy.kvscope", SESSIONS / "kv_saturation.kvscope"
+DP_NODES = SESSIONS / "multinode_dp2.kvscope"
+"""DP=2 over two node ranks (tests/support/multinode_dp.py): the head's shard (frontend, rank 0's
+engine core) and a headless node's (rank 1's engine core, its own ``headless`` engine row)."""
 
 
 def _set_meta(path: Path, **values: object) -> None:
@@ -162,3 +165,62 @@ def test_ray_gather_that_fails_leaves_a_gap_and_incomplete(tmp_path: Path,
     assert len(gaps) == 1 and "actor died unexpectedly" in gaps["reason"].iloc[0]
     assert "did not hand back their shards" in meta["incomplete_reason"]
     assert report["session"]["complete"] is False
+
+
+def _dp_shard(headless: bool) -> Path:
+    for f in sorted(DP_NODES.glob("*.kvscope")):
+        with open_session(f) as s:
+            if ("headless" in set(s.table("engines")["source"])) == headless:
+                return f
+    raise AssertionError(f"no {'headless' if headless else 'head'} shard in {DP_NODES}")
+
+
+def _engine_rows(s) -> dict[str, list[tuple[object, int]]]:  # noqa: ANN001
+    """Rows per engine index of every table an engine core or frontend writes (None: no engine)."""
+    out = {}
+    for t in ("steps", "requests", "kv_cache_groups", "kv_occupancy", "preemptions"):
+        out[t] = s.rows(f"SELECT e.engine_index, COUNT(*) FROM {t} x LEFT JOIN engines e "
+                        "ON x.engine_id = e.engine_id GROUP BY e.engine_index ORDER BY 1")
+    return out
+
+
+def test_headless_dp_node_joins_the_frontends_engines() -> None:
+    """The folder reads as the frontend's two engines; rank 1's engine-core rows, written on the
+    headless node under its own engine row, land on the frontend's engine of DP rank 1."""
+    with open_session(_dp_shard(headless=True)) as s:
+        own = s.table("engines")
+        node1 = _engine_rows(s)
+    assert list(own["engine_index"]) == [1] and list(own["source"]) == ["headless"]
+    with open_session(DP_NODES) as s:
+        engines = s.table("engines").sort_values("engine_index")
+        both = _engine_rows(s)
+        meta = s.meta()
+    assert list(engines["source"]) == ["inproc", "inproc"] and list(engines["engine_index"]) == [0, 1]
+    assert list(engines["num_gpu_blocks"]) == [24, 24]  # rank 1's: only its engine core knew it
+    assert "incomplete_reason" not in meta
+    for table in ("kv_cache_groups", "kv_occupancy", "preemptions"):
+        rank1 = dict(both[table]).get(1)
+        assert rank1 is not None and rank1 == dict(node1[table])[1], (table, both[table])
+        assert None not in dict(both[table]), table  # no row left without an engine
+    assert [i for i, _ in both["steps"]] == [0, 1] == [i for i, _ in both["requests"]]
+
+
+def test_dp_rank_whose_node_was_not_recorded_is_a_gap(tmp_path: Path) -> None:
+    head = _folder(tmp_path, (_dp_shard(headless=False), {}))
+    with open_session(head) as s:
+        meta = s.meta()
+        gaps = s.table("gaps")
+        report = build_report(s)
+    reason = meta["incomplete_reason"]
+    assert "no engine core of DP rank 1" in reason and "DP rank 0" not in reason
+    assert list(gaps["source"]) == [GAP_SOURCE] and report["session"]["complete"] is False
+    # the headless node alone: its engine keeps its own row, every row still on an engine
+    alone = tmp_path / "node1"
+    alone.mkdir()
+    shutil.copyfile(_dp_shard(headless=True), alone / "n1.kvscope")
+    with open_session(alone) as s:
+        rows = _engine_rows(s)
+        sources = list(s.table("engines")["source"])
+        reason = s.meta()["incomplete_reason"]
+    assert sources == ["headless"] and "no frontend of DP rank 1" in reason
+    assert all(None not in dict(v) for v in rows.values()), rows

@@ -190,12 +190,14 @@ def _owner_pid(session: Session, mode: str | None) -> int | None:
 
 
 def _engine_dead(session: Session) -> str | None:
-    """Why the recorded engine is dead: a frontend error after its last step saying so."""
+    """Why the recorded engine is dead: a frontend error after its last step saying so (and
+    before a stop signal: vLLM's frontend may log an EngineDeadError while it shuts down)."""
     newest = _last_steps(session)
     last_step = max((t for _, _, t in newest), default=None)
     rows = session.rows(
         "SELECT message, t_unix_s FROM events WHERE kind IN ('error', 'oom') AND t_unix_s >= ? "
-        "ORDER BY t_unix_s DESC LIMIT 20", (last_step or 0.0,))
+        "AND t_unix_s < COALESCE((SELECT MIN(t_unix_s) FROM events WHERE kind = 'stop_signal'), "
+        "1e300) ORDER BY t_unix_s DESC LIMIT 20", (last_step or 0.0,))
     for message, _ in rows:
         if message and any(k in message for k in _ENGINE_DEAD):
             return f"engine lost: {printable(message.splitlines()[0][:200])}"

@@ -61,7 +61,11 @@ def cmd_record(args: argparse.Namespace) -> int:
         raise UserError(f"could not start {command[0]}: {exc.strerror or exc}") from exc
 
     def forward(signum: int, _frame: object) -> None:
-        child.send_signal(signum)
+        name = signal.Signals(signum).name
+        try:  # first: errors the program logs while it stops come after this
+            w.event("stop_signal", f"{name} passed on to the recorded program", signal=name)
+        finally:
+            child.send_signal(signum)
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, forward)

@@ -56,8 +56,9 @@ def dp_rank() -> int | None:
 
 def engine_id_of_this_process() -> int | None:
     """The session engine id of this engine core's or worker's engine: the frontend's engine row
-    of the same index (vLLM numbers engines by data-parallel rank). None in a frontend, or while
-    the frontend has not described that engine yet."""
+    of the same index (vLLM numbers engines by data-parallel rank), or on a node without a
+    frontend the engine core's own (``headless``) row. None in a frontend, or while the frontend
+    has not described that engine yet."""
     path = session_path()
     if _dp_rank is None or path is None:
         return None
@@ -65,7 +66,8 @@ def engine_id_of_this_process() -> int | None:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2.0)
         try:
             row = conn.execute(
-                "SELECT engine_id FROM engines WHERE engine_index = ? AND source = 'inproc' "
+                "SELECT engine_id FROM engines WHERE engine_index = ? "
+                "AND source IN ('inproc', 'headless') "
                 "ORDER BY engine_id DESC LIMIT 1", (_dp_rank,)).fetchone()
         finally:
             conn.close()

@@ -42,9 +42,11 @@ def engine_id() -> int | None:
     Without data parallelism, and on DP rank 0, the frontend's pending engine (its environment:
     ``KVSCOPE_ENGINE_ID``). Every DP rank inherits that environment, so a rank > 0 takes the
     frontend's ``engines`` row of its own index instead (None until the frontend has written it:
-    on vLLM 0.26 the frontend describes its engines once all of them have started)."""
+    on vLLM 0.26 the frontend describes its engines once all of them have started). An engine core
+    with no frontend above it (a headless node of multi-node DP: no such environment) takes the
+    row it wrote itself (``stat_logger.insert_headless_engine``), found the same way."""
     rank = context.dp_rank()
-    if rank:
+    if rank or (rank is not None and ENV_ENGINE_ID not in os.environ):
         if not _rank_engine_id:
             eid = context.engine_id_of_this_process()
             if eid is None:

@@ -385,6 +385,17 @@ def _wrap_initialize_kv_caches(method: Callable[..., Any]) -> Callable[..., Any]
         dp_rank = _dp_rank(self)
         context.set_dp_rank(dp_rank)
         context.register_process("engine_core", rank=dp_rank)
+        w = context.writer()
+        from profiler.recorder import kv_groups
+
+        if w is not None and kv_groups.ENV_ENGINE_ID not in os.environ:
+            # no frontend handed down an engine: a headless node's engine core describes its own
+            from profiler.recorder.stat_logger import insert_headless_engine
+
+            try:
+                insert_headless_engine(w, getattr(self, "vllm_config", None), dp_rank)
+            except Exception as exc:  # noqa: BLE001 (never into the engine)
+                w.event("error", f"kvscope could not describe a headless engine: {exc!r}")
         try:
             config = method(self, *args, **kwargs)
         except BaseException as exc:

@@ -95,6 +95,19 @@ def insert_pending_engine(writer: Any, vllm_config: Any) -> int | None:
     return _pending_engine_id
 
 
+HEADLESS_SOURCE = "headless"
+"""``engines.source`` of an engine core's own row on a node without a frontend (multi-node data
+parallelism: ``vllm serve --headless``); a folder session's join maps it onto the frontend's row
+of the same ``engine_index`` (``profiler.session.shards``)."""
+
+
+def insert_headless_engine(writer: Any, vllm_config: Any, engine_index: int) -> int | None:
+    """Describe an engine core that has no frontend on its node (no pending engine was handed down
+    to it): its rows need an engine id in this node's shard; returns it."""
+    return insert_engine(writer, {**engine_row(vllm_config, engine_index), "source": HEADLESS_SOURCE,
+                                  "label": f"DP rank {engine_index} (headless node)"})
+
+
 def adopt_pending_engine(engine_index: int) -> int | None:
     """The pending row's id for the first engine index-0 logger of this process (then cleared)."""
     global _pending_engine_id

@@ -98,6 +98,30 @@ def copy_shard(dst: sqlite3.Connection, src: sqlite3.Connection) -> Offsets:
     return off
 
 
+def join_headless_engines(dst: sqlite3.Connection) -> int:
+    """Multi-node data parallelism: an engine core on a headless node wrote its own ``engines``
+    row (``source`` = ``headless``: its shard has no frontend). Map each onto the frontend's row of
+    the same ``engine_index`` (from another shard): its rows take the frontend's engine id, the
+    frontend's row takes the blocks only the core knew, and the placeholder goes. A rank whose
+    frontend was not recorded keeps its own row. Returns how many were joined."""
+    heads = dst.execute("SELECT engine_id, engine_index, num_gpu_blocks FROM main.engines "
+                        "WHERE source = 'headless'").fetchall()
+    joined = 0
+    for own, index, blocks in heads:
+        row = dst.execute("SELECT engine_id FROM main.engines WHERE source = 'inproc' AND "
+                          "engine_index = ? ORDER BY engine_id LIMIT 1", (index,)).fetchone()
+        if row is None:
+            continue
+        for table in _ENGINE_TABLES:
+            if table != "engines":
+                dst.execute(f"UPDATE main.{table} SET engine_id = ? WHERE engine_id = ?", (row[0], own))
+        dst.execute("UPDATE main.engines SET num_gpu_blocks = COALESCE(num_gpu_blocks, ?) "
+                    "WHERE engine_id = ?", (blocks, row[0]))
+        dst.execute("DELETE FROM main.engines WHERE engine_id = ?", (own,))
+        joined += 1
+    return joined
+
+
 @dataclass
 class ShardInfo:
     """One shard of a folder session, as the merged session's meta ``shards`` lists it."""
@@ -133,6 +157,7 @@ def merged_file(folder: Path, open_shard: Callable[[Path], Any]) -> Path:
                                  f"(*{SHARD_SUFFIX}), not a session")
     state = hashlib.sha1(str(folder.resolve()).encode())
     key = state.hexdigest()[:16]
+    state.update(Path(__file__).read_bytes())  # a kvscope whose join differs builds it again
     for f in files:
         st = f.stat()
         state.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
@@ -172,12 +197,12 @@ def _build(folder: Path, files: list[Path], out: Path, open_session: Callable[[P
                 infos.append(ShardInfo(file=f.name, reason=f"unreadable: {exc}"))
                 continue
             opened.append((f, s))
-        # the driver's shard first: node rank 0, the one with engines, the earliest
+        # the driver's shard first: node rank 0, the one with a frontend's engines, the earliest
         def order(item: tuple[Path, Any]) -> tuple[int, int, float, str]:
             f, s = item
             meta = s.meta()
             rank = _int(meta.get("node_rank"))
-            engines = s.scalar("SELECT COUNT(*) FROM engines") or 0
+            engines = s.scalar("SELECT COUNT(*) FROM engines WHERE source IS NOT 'headless'") or 0
             return (rank if rank is not None else 0, 0 if engines else 1,
                     float(s.bounds()[0] or 0.0), f.name)
 
@@ -200,6 +225,7 @@ def _build(folder: Path, files: list[Path], out: Path, open_session: Callable[[P
                 infos.append(info)
                 metas.append(meta)
                 notes += [f"{f.name}: {n}" for n in s.notes()]
+        join_headless_engines(dst)
         _write_meta(dst, folder, infos, metas, notes)
         dst.execute("COMMIT")
     finally:
@@ -230,6 +256,9 @@ def _write_meta(dst: sqlite3.Connection, folder: Path, infos: list[ShardInfo],
                "processes were not recorded")
         reasons.append(why)
         _gap(dst, t0, t1, why)
+    for why in _dp_ranks_missing(dst, folder.name):
+        reasons.append(why)
+        _gap(dst, t0, t1, why)
     for i in infos:
         if i.reason is not None:
             where = f"{i.file} ({i.host or 'host unknown'}" + (
@@ -249,6 +278,23 @@ def _write_meta(dst: sqlite3.Connection, folder: Path, infos: list[ShardInfo],
     meta[SHARD_NOTES_KEY] = notes
     dst.executemany("INSERT OR REPLACE INTO main.meta VALUES (?, ?)",
                     [(k, json.dumps(v)) for k, v in meta.items()])
+
+
+def _dp_ranks_missing(dst: sqlite3.Connection, folder_name: str) -> list[str]:
+    """Multi-node data parallelism with a node left unrecorded, one reason per DP rank: a rank the
+    frontend describes whose engine core no shard recorded, or an engine core of a headless node
+    whose frontend (on the head node) no shard recorded."""
+    cores = dst.execute(
+        "SELECT DISTINCT e.engine_index FROM main.engines e WHERE e.source = 'inproc' "
+        "AND e.data_parallel_size > 1 AND e.engine_index IS NOT NULL AND NOT EXISTS ("
+        "SELECT 1 FROM main.processes p WHERE p.role = 'engine_core' AND p.rank = e.engine_index) "
+        "ORDER BY e.engine_index").fetchall()
+    heads = dst.execute("SELECT DISTINCT engine_index FROM main.engines WHERE source = 'headless' "
+                        "ORDER BY engine_index").fetchall()
+    return [f"no engine core of DP rank {r[0]} in any shard of {folder_name}: its node was not "
+            "recorded, or its engine core failed before allocating its KV cache" for r in cores] + [
+            f"no frontend of DP rank {r[0]} in any shard of {folder_name}: the head node was not "
+            "recorded (its steps and requests are missing)" for r in heads]
 
 
 def _gap(dst: sqlite3.Connection, t0: float | None, t1: float | None, reason: str) -> None:
