@@ -11,6 +11,8 @@
 #       dp2:moe|dense    bench/gpu_dp2.py: DP=2 server recorded per rank (both GPUs): the tiny Mixtral
 #                        (DPEngineCoreProc) or Llama-3-8B shapes (dummy weights), --enforce-eager
 #       spec:eagle       the EAGLE half of spec only
+#       multinode        tests/support/multinode.py (TP=2 over --nnodes 2) and multinode_dp.py (DP=2,
+#                        a headless node), one GPU per node rank, the tiny Llama, vLLM 0.26.0
 #       offload13:MODE   bench/gpu_offload.py's engine (max_num_seqs 64) for issue 13: plain (no
 #                        kvscope), vllmopts (no kvscope, vLLM's KV events + kv_cache_metrics on as
 #                        kvscope turns them on), kvscope (kvscope record --kv-events --kv-cache-metrics)
@@ -122,6 +124,19 @@ task() {
       [ -f $dir/gpu_dp2.kvscope ] && finalize $dir/gpu_dp2.kvscope \
         && python3 -m profiler.cli report --json $dir/gpu_dp2.kvscope > $dir/gpu_dp2.report.json 2> $dir/report.err
       ls -la $dir ;;
+    multinode)  # a multi-node engine on one host, one GPU per node rank, each under its recorder
+      S 0.26.0; setup
+      local m
+      for m in multinode multinode_dp; do
+        timeout ${MN_TIMEOUT_S:-240} python3 -m tests.support.$m $dir/gpu_h200x2_$m.kvscope --gpus 0,1 \
+          --blocks 2000 > $dir/$m.log 2>&1
+        echo "$m: exit $?"; grep -vE "^\(|INFO|WARNING|^$" $dir/$m.log | tail -3 | cut -c1-1500
+        gpu_clean
+        finalize $dir/gpu_h200x2_$m.kvscope/*.kvscope
+        python3 -m profiler.cli report --json $dir/gpu_h200x2_$m.kvscope > $dir/$m.report.json 2> $dir/$m.report.err
+        echo "$m report: exit $? $(head -c 300 $dir/$m.report.err)"
+      done
+      rm -rf $dir/tiny-llama ;;
     spec:eagle)
       S 0.26.0; setup
       rec gpu_h200_spec_eagle $dir -- python3 "$code/bench/gpu/engine_run.py" $model --workload spec \

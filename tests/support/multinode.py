@@ -5,11 +5,15 @@ Node 0 runs ``tests/support/workload.py`` (``LLM``, TP=2 over ``--nnodes 2``: it
 0), node 1 runs ``vllm serve --headless --node-rank 1`` (the worker of rank 1, no engine of its
 own). When node 0's program is done, node 1 is stopped with SIGTERM (what an operator does).
 
-    python -m tests.support.multinode FOLDER   # records FOLDER (a folder session) and prints it
+    python -m tests.support.multinode FOLDER [--gpus 0,1 --blocks 2000]
+
+``--gpus``: one GPU per node (``CUDA_VISIBLE_DEVICES``; the lent 2-GPU machine, bench/gpu/batch.sh's
+``multinode`` task), ``--blocks``: the KV blocks (24 of 128 tokens on the CPU engine).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -28,9 +32,11 @@ REQUESTS = 16
 MAX_TOKENS = 16
 
 
-def record_two_nodes(folder: Path, model_dir: Path, timeout_s: float = 300.0) -> dict[str, Any]:
+def record_two_nodes(folder: Path, model_dir: Path, timeout_s: float = 300.0,
+                     gpus: tuple[str, str] | None = None, blocks: int = BLOCKS) -> dict[str, Any]:
     """Record a TP=2 engine spread over two node ranks into the folder session ``folder``;
-    returns the workload's counts (its independent stat logger) and both processes' outputs."""
+    returns the workload's counts (its independent stat logger) and both processes' outputs.
+    ``gpus``: each node's ``CUDA_VISIBLE_DEVICES``."""
     model = build_tiny_llama(model_dir)
     port = free_port()
     common = {"nnodes": 2, "master_addr": "127.0.0.1", "master_port": port,
@@ -38,23 +44,24 @@ def record_two_nodes(folder: Path, model_dir: Path, timeout_s: float = 300.0) ->
     counts = folder.parent / f"{folder.name}.counts.json"
     session = str(folder) + "/"
     env = engine_env(VLLM_CPU_KVCACHE_SPACE="1", OMP_NUM_THREADS="1")
+    node_env = [{**env, "CUDA_VISIBLE_DEVICES": g} for g in gpus] if gpus else [env, env]
     node1 = subprocess.Popen(
         [*KVSCOPE, "record", "--session", session, "--", sys.executable, "-m",
          "tests.support.vllm_cli", "serve", str(model), "--headless",
          "--tensor-parallel-size", "2", "--nnodes", "2", "--node-rank", "1",
          "--master-addr", "127.0.0.1", "--master-port", str(port),
          "--distributed-executor-backend", "mp", "--max-model-len", "2048",
-         "--num-gpu-blocks-override", str(BLOCKS), "--enforce-eager"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+         "--num-gpu-blocks-override", str(blocks), "--enforce-eager"],
+        cwd=ROOT, env=node_env[1], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True)
     try:
         node0 = _run_group(
             [*KVSCOPE, "record", "--session", session, "--", sys.executable, str(WORKLOAD),
-             str(model), "--engine", "llmengine", "--tp", "2", "--blocks", str(BLOCKS),
+             str(model), "--engine", "llmengine", "--tp", "2", "--blocks", str(blocks),
              "--requests", str(REQUESTS), "--max-tokens", str(MAX_TOKENS), "--prefixes", "2",
              "--prefix-len", "300", "--counts", str(counts), "--enforce-eager",
              "--engine-args", json.dumps({**common, "node_rank": 0})],
-            env, timeout_s)
+            node_env[0], timeout_s)
     finally:
         node1.send_signal(signal.SIGTERM)  # the recorder forwards it to the headless node
         try:
@@ -81,10 +88,17 @@ def _run_group(cmd: list[str], env: dict[str, str], timeout_s: float) -> subproc
 
 
 def main(argv: list[str]) -> int:
-    folder = Path(argv[0]).resolve()
+    ap = argparse.ArgumentParser()
+    ap.add_argument("folder")
+    ap.add_argument("--gpus", default=None, help="each node's CUDA_VISIBLE_DEVICES: 0,1")
+    ap.add_argument("--blocks", type=int, default=BLOCKS)
+    a = ap.parse_args(argv)
+    folder = Path(a.folder).resolve()
+    gpus = tuple(a.gpus.split(",")) if a.gpus else None
     t0 = time.monotonic()
     with engine_lock():
-        out = record_two_nodes(folder, folder.parent / "tiny-llama")
+        out = record_two_nodes(folder, folder.parent / "tiny-llama", gpus=gpus,  # type: ignore[arg-type]
+                               blocks=a.blocks)
     for node in (0, 1):
         log = folder.parent / f"{folder.name}.node{node}.log"
         log.write_text(out[f"node{node}_out"])

@@ -7,11 +7,15 @@ DP rank 1's engine core, which has no frontend of its own on that node. The load
 API server, which balances it over both ranks. When it is done, both nodes are stopped with SIGTERM
 (what an operator does), the head first.
 
-    python -m tests.support.multinode_dp FOLDER   # records FOLDER (a folder session), prints counts
+    python -m tests.support.multinode_dp FOLDER [--gpus 0,1 --blocks 2000]
+
+``--gpus``: one GPU per node (``CUDA_VISIBLE_DEVICES``; the lent 2-GPU machine, bench/gpu/batch.sh's
+``multinode`` task), ``--blocks``: the KV blocks of each rank (24 of 128 tokens on the CPU engine).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -34,10 +38,11 @@ def _dp_args(rpc_port: int) -> tuple[str, ...]:
             "--data-parallel-address", "127.0.0.1", "--data-parallel-rpc-port", str(rpc_port))
 
 
-def record_dp_two_nodes(folder: Path, model_dir: Path, waves: int = 2,
-                        per_wave: int = 16) -> dict[str, Any]:
+def record_dp_two_nodes(folder: Path, model_dir: Path, waves: int = 2, per_wave: int = 16,
+                        gpus: tuple[str, str] | None = None, blocks: int = BLOCKS) -> dict[str, Any]:
     """Record DP=2 over two node ranks into the folder session ``folder``; returns the HTTP codes,
-    the server's own per-engine counter deltas and the headless node's output."""
+    the server's own per-engine counter deltas and the headless node's output. ``gpus``: each
+    node's ``CUDA_VISIBLE_DEVICES``."""
     model = str(build_tiny_llama(model_dir))
     rpc_port = free_port()
     session = str(folder) + "/"
@@ -47,13 +52,13 @@ def record_dp_two_nodes(folder: Path, model_dir: Path, waves: int = 2,
         [*KVSCOPE, "record", "--session", session, "--", sys.executable, "-m",
          "tests.support.vllm_cli", "serve", model, "--headless", *_dp_args(rpc_port),
          "--data-parallel-start-rank", "1", "--max-model-len", "2048", "--max-num-seqs", "16",
-         "--num-gpu-blocks-override", str(BLOCKS), "--enable-prefix-caching"],
-        cwd=ROOT, env=srv.server_env(), stdout=node1_log.open("wb"), stderr=subprocess.STDOUT,
+         "--num-gpu-blocks-override", str(blocks), "--enable-prefix-caching", *_eager(gpus)],
+        cwd=ROOT, env={**srv.server_env(), **_gpu(gpus, 1)}, stdout=node1_log.open("wb"), stderr=subprocess.STDOUT,
         start_new_session=True)
     out: dict[str, Any] = {}
     try:
-        with srv.running_server(sys.executable, model, log_dir, blocks=BLOCKS,
-                                extra=_dp_args(rpc_port),
+        with srv.running_server(sys.executable, model, log_dir, blocks=blocks,
+                                extra=(*_dp_args(rpc_port), *_eager(gpus)), env=_gpu(gpus, 0),
                                 wrapper=(*KVSCOPE, "record", "--session", session, "--")) as s:
             before = srv.engine_counters(s.url)
             out["codes"] = srv.drive(s.url, model, waves=waves, per_wave=per_wave, max_tokens=32)
@@ -71,6 +76,14 @@ def record_dp_two_nodes(folder: Path, model_dir: Path, waves: int = 2,
     return out
 
 
+def _gpu(gpus: tuple[str, str] | None, node: int) -> dict[str, str]:
+    return {"CUDA_VISIBLE_DEVICES": gpus[node]} if gpus else {}
+
+
+def _eager(gpus: tuple[str, str] | None) -> tuple[str, ...]:
+    return ("--enforce-eager",) if gpus else ()  # no CUDA graph capture: a shorter start
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is not None:
         return
@@ -83,10 +96,17 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    folder = Path(argv[0]).resolve()
+    ap = argparse.ArgumentParser()
+    ap.add_argument("folder")
+    ap.add_argument("--gpus", default=None, help="each node's CUDA_VISIBLE_DEVICES: 0,1")
+    ap.add_argument("--blocks", type=int, default=BLOCKS)
+    a = ap.parse_args(argv)
+    folder = Path(a.folder).resolve()
+    gpus = tuple(a.gpus.split(",")) if a.gpus else None
     t0 = time.monotonic()
     with engine_lock():
-        out = record_dp_two_nodes(folder, folder.parent / "tiny-llama")
+        out = record_dp_two_nodes(folder, folder.parent / "tiny-llama", gpus=gpus,  # type: ignore[arg-type]
+                                  blocks=a.blocks)
     print(json.dumps(out, default=str), f"{time.monotonic() - t0:.0f} s")
     return 0 if out.get("codes") and set(out["codes"]) == {200} else 1
 

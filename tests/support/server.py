@@ -63,10 +63,11 @@ def kv_events_config(endpoint: str, replay_endpoint: str | None) -> str:
 @contextmanager
 def running_server(python: str, model: str, log_dir: Path, blocks: int = 24,
                    extra: tuple[str, ...] = (), ready_timeout_s: float = 300,
-                   wrapper: tuple[str, ...] = ()) -> Iterator[Server]:
+                   wrapper: tuple[str, ...] = (), env: dict[str, str] | None = None) -> Iterator[Server]:
     """Start ``python -m vllm.entrypoints.openai.api_server`` on a free port; stop it on exit.
 
-    ``wrapper`` runs in front of the server's command line (``kvscope record --session S --``).
+    ``wrapper`` runs in front of the server's command line (``kvscope record --session S --``);
+    ``env`` is added to ``server_env()`` (``CUDA_VISIBLE_DEVICES`` of one node, say).
     """
     port = free_port()
     log = log_dir / f"server-{port}.log"
@@ -74,7 +75,8 @@ def running_server(python: str, model: str, log_dir: Path, blocks: int = 24,
         [*wrapper, python, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
          "--host", "127.0.0.1", "--port", str(port), "--num-gpu-blocks-override", str(blocks),
          "--max-model-len", "2048", "--max-num-seqs", "16", "--enable-prefix-caching", *extra],
-        env=server_env(), stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        env={**server_env(), **(env or {})}, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
