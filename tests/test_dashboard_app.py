@@ -339,6 +339,7 @@ FINDINGS = {
     "attach_pressure": {"PREEMPTION_STORM", "PREFIX_THRASH"},
     "multinode_tp2": set(),
     "multinode_dp2": {"KV_SATURATION"},
+    "gpu_h200x2_multinode_dp": set(),
     "gpu_h200_fragmentation": {"GPU_MEMORY_PRESSURE"},
     "gpu_h200_healthy": {"QUEUEING", "KV_OVERPROVISIONED"},
     "gpu_h200_kv_pressure": {"KV_SATURATION", "PREEMPTION_STORM"},

@@ -224,3 +224,40 @@ def test_dp_rank_whose_node_was_not_recorded_is_a_gap(tmp_path: Path) -> None:
         reason = s.meta()["incomplete_reason"]
     assert sources == ["headless"] and "no frontend of DP rank 1" in reason
     assert all(None not in dict(v) for v in rows.values()), rows
+
+
+GPU_DP_NODES = SESSIONS / "gpu_h200x2_multinode_dp.kvscope"
+"""The same DP=2 over two node ranks on the lent 2-GPU machine (vLLM 0.26.0), one GPU per node rank:
+both recorders on one host, each sampling both GPUs through NVML."""
+
+
+def test_two_node_ranks_on_one_machine_share_its_gpus_and_pids() -> None:
+    """Shards of one machine (GPUs of the same UUID, the same host): two GPUs, not four, each
+    sampled once; pids as recorded (one pid space), so each GPU's process is a process of the
+    session; the engines joined as on the CPU."""
+    shards = sorted(GPU_DP_NODES.glob("*.kvscope"))
+    per_shard = []
+    for f in shards:
+        with open_session(f) as s:
+            per_shard.append((sorted(s.table("gpus")["uuid"]), s.scalar("SELECT COUNT(*) FROM gpu_samples")))
+    assert len(per_shard) == 2 and per_shard[0][0] == per_shard[1][0] and len(per_shard[0][0]) == 2
+    with open_session(GPU_DP_NODES) as s:
+        gpus = s.table("gpus")
+        samples = s.scalar("SELECT COUNT(*) FROM gpu_samples")
+        pids = set(s.table("processes")["pid"])
+        users = s.rows("SELECT DISTINCT device_index, pid FROM gpu_process_samples ORDER BY 1")
+        engines = s.table("engines")
+        meta = s.meta()
+    assert sorted(gpus["uuid"]) == per_shard[0][0] and sorted(gpus["device_index"]) == [0, 1]
+    first = next(n for (u, n), f in zip(per_shard, shards, strict=True)
+                 if f.name == meta[SHARDS_KEY][0]["file"])
+    assert samples == first  # the first recorder's samples; the other's of the same GPUs dropped
+    assert [x["pid_offset"] for x in meta[SHARDS_KEY]] == [0, 0]
+    assert all(p < PID_STRIDE for p in pids)
+    assert [d for d, _ in users] == [0, 1] and all(p in pids for _, p in users)
+    assert sorted(engines["source"]) == ["inproc", "inproc"] and "incomplete_reason" not in meta
+    # each rank equal to that engine's own /metrics counters of the same run (saved with it)
+    from tests.support.dp import per_engine_sums
+
+    run = json.loads((ROOT / "bench" / "results" / "gpu_h200x2_multinode_dp.json").read_text())
+    assert per_engine_sums(GPU_DP_NODES) == {int(e): c for e, c in run["server"].items()}

@@ -83,19 +83,49 @@ def next_offsets(dst: sqlite3.Connection) -> Offsets:
 def copy_shard(dst: sqlite3.Connection, src: sqlite3.Connection) -> Offsets:
     """Append every row of the shard ``src`` (a reader connection: its checked views) to ``dst``
     with engine ids, pids and device indices shifted past ``dst``'s own; meta is not copied.
-    Runs inside the caller's transaction; returns the offsets used."""
+
+    A shard from a machine already copied (two node ranks on one host: a GPU of the same UUID, the
+    same host name, no pid in common) keeps its pids (one pid space), and the GPUs already copied
+    keep their index, their samples taken once (the first recorder's). Runs inside the caller's
+    transaction; returns the offsets used (``pid`` 0 on the same machine)."""
     for stmt in ddl():  # a session of an older kvscope lacks the optional tables
         dst.execute(stmt)
     off = next_offsets(dst)
+    known = dict(dst.execute("SELECT uuid, device_index FROM main.gpus WHERE uuid IS NOT NULL"))
+    seen = {int(i): known[u] for i, u in src.execute("SELECT device_index, uuid FROM gpus")
+            if u in known and isinstance(i, int)}
+    if seen and _same_pid_space(dst, src):
+        off = Offsets(engine_id=off.engine_id, pid=0, device_index=off.device_index)
+    device = (f"CASE {' '.join(f'WHEN {i} THEN {j}' for i, j in seen.items())} "
+              f"ELSE \"device_index\" + {off.device_index} END") if seen else None
     for table in _SUMMARY_FREE:
         cols = TABLES[table]
-        shift = {c: o for c, o in (("engine_id", off.engine_id), ("pid", off.pid),
-                                   ("device_index", off.device_index)) if c in cols and o}
-        sel = ", ".join(f'"{c}" + {shift[c]}' if c in shift else f'"{c}"' for c in cols)
-        rows = src.execute(f"SELECT {sel} FROM {table}").fetchall()
+        shift = {c: f'"{c}" + {o}' for c, o in (("engine_id", off.engine_id), ("pid", off.pid),
+                                                 ("device_index", off.device_index))
+                 if c in cols and o}
+        if device and "device_index" in cols:
+            shift["device_index"] = device
+        where = ""
+        if seen and table in ("gpus", "gpu_samples", "gpu_process_samples"):
+            where = f" WHERE device_index NOT IN ({', '.join(map(str, seen))})"
+        sel = ", ".join(shift.get(c, f'"{c}"') for c in cols)
+        rows = src.execute(f"SELECT {sel} FROM {table}{where}").fetchall()
         if rows:
             dst.executemany(f"INSERT INTO main.{table} VALUES ({', '.join('?' * len(cols))})", rows)
     return off
+
+
+def _same_pid_space(dst: sqlite3.Connection, src: sqlite3.Connection) -> bool:
+    """Whether ``src``'s processes share ``dst``'s pid space: the same host names, no pid in common
+    (called once a GPU of the same UUID says the same machine)."""
+    hosts = {h for (h,) in src.execute("SELECT DISTINCT host FROM processes")}
+    have = {h for (h,) in dst.execute("SELECT DISTINCT host FROM main.processes")}
+    if not hosts or None in hosts or not hosts <= have:
+        return False
+    pids = [p for (p,) in src.execute("SELECT pid FROM processes") if isinstance(p, int)]
+    return not any(dst.execute(f"SELECT 1 FROM main.processes WHERE pid IN ({', '.join('?' * len(chunk))}) "
+                               "LIMIT 1", chunk).fetchone()
+                   for chunk in (pids[i:i + 500] for i in range(0, len(pids), 500)))
 
 
 def join_headless_engines(dst: sqlite3.Connection) -> int:

@@ -45,6 +45,7 @@ def record_two_nodes(folder: Path, model_dir: Path, timeout_s: float = 300.0,
     session = str(folder) + "/"
     env = engine_env(VLLM_CPU_KVCACHE_SPACE="1", OMP_NUM_THREADS="1")
     node_env = [{**env, "CUDA_VISIBLE_DEVICES": g} for g in gpus] if gpus else [env, env]
+    logs = [folder.parent / f"{folder.name}.node{n}.log" for n in (0, 1)]  # written as they run
     node1 = subprocess.Popen(
         [*KVSCOPE, "record", "--session", session, "--", sys.executable, "-m",
          "tests.support.vllm_cli", "serve", str(model), "--headless",
@@ -52,7 +53,7 @@ def record_two_nodes(folder: Path, model_dir: Path, timeout_s: float = 300.0,
          "--master-addr", "127.0.0.1", "--master-port", str(port),
          "--distributed-executor-backend", "mp", "--max-model-len", "2048",
          "--num-gpu-blocks-override", str(blocks), "--enforce-eager"],
-        cwd=ROOT, env=node_env[1], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=ROOT, env=node_env[1], stdout=logs[1].open("wb"), stderr=subprocess.STDOUT,
         start_new_session=True)
     try:
         node0 = _run_group(
@@ -61,30 +62,30 @@ def record_two_nodes(folder: Path, model_dir: Path, timeout_s: float = 300.0,
              "--requests", str(REQUESTS), "--max-tokens", str(MAX_TOKENS), "--prefixes", "2",
              "--prefix-len", "300", "--counts", str(counts), "--enforce-eager",
              "--engine-args", json.dumps({**common, "node_rank": 0})],
-            node_env[0], timeout_s)
+            node_env[0], timeout_s, logs[0])
     finally:
         node1.send_signal(signal.SIGTERM)  # the recorder forwards it to the headless node
         try:
-            out1, _ = node1.communicate(timeout=60)
+            node1.wait(60)
         except subprocess.TimeoutExpired:
             os.killpg(node1.pid, signal.SIGKILL)
-            out1, _ = node1.communicate()
-    return {"node0_rc": node0.returncode, "node1_rc": node1.returncode,
-            "node0_out": node0.stdout, "node1_out": out1,
+            node1.wait()
+    return {"node0_rc": node0, "node1_rc": node1.returncode,
+            "node0_out": logs[0].read_text(errors="replace"),
+            "node1_out": logs[1].read_text(errors="replace"),
             "counts": json.loads(counts.read_text()) if counts.exists() else None}
 
 
-def _run_group(cmd: list[str], env: dict[str, str], timeout_s: float) -> subprocess.CompletedProcess[str]:
-    """Run ``cmd`` in its own process group; on timeout kill the whole group (engine core and
-    workers included) and return with code -9."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+def _run_group(cmd: list[str], env: dict[str, str], timeout_s: float, log: Path) -> int:
+    """Run ``cmd`` in its own process group, its output into ``log``; on timeout kill the whole
+    group (engine core and workers included). Returns its exit code (-9 when killed)."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
     try:
-        out, _ = proc.communicate(timeout=timeout_s)
+        return proc.wait(timeout_s)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
+        return proc.wait()
 
 
 def main(argv: list[str]) -> int:
@@ -92,17 +93,16 @@ def main(argv: list[str]) -> int:
     ap.add_argument("folder")
     ap.add_argument("--gpus", default=None, help="each node's CUDA_VISIBLE_DEVICES: 0,1")
     ap.add_argument("--blocks", type=int, default=BLOCKS)
+    ap.add_argument("--timeout-s", type=float, default=300.0, help="node 0's program, then killed")
     a = ap.parse_args(argv)
     folder = Path(a.folder).resolve()
     gpus = tuple(a.gpus.split(",")) if a.gpus else None
     t0 = time.monotonic()
     with engine_lock():
-        out = record_two_nodes(folder, folder.parent / "tiny-llama", gpus=gpus,  # type: ignore[arg-type]
-                               blocks=a.blocks)
+        out = record_two_nodes(folder, folder.parent / "tiny-llama", a.timeout_s,
+                               gpus=gpus, blocks=a.blocks)  # type: ignore[arg-type]
     for node in (0, 1):
-        log = folder.parent / f"{folder.name}.node{node}.log"
-        log.write_text(out[f"node{node}_out"])
-        print(f"node {node}: {log}")
+        print(f"node {node}: {folder.parent / f'{folder.name}.node{node}.log'}")
     print(json.dumps({k: out[k] for k in ("node0_rc", "node1_rc", "counts")}),
           f"{time.monotonic() - t0:.0f} s")
     return 0 if out["node0_rc"] == 0 else 1
