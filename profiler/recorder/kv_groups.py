@@ -43,8 +43,9 @@ def engine_id() -> int | None:
     ``KVSCOPE_ENGINE_ID``). Every DP rank inherits that environment, so a rank > 0 takes the
     frontend's ``engines`` row of its own index instead (None until the frontend has written it:
     on vLLM 0.26 the frontend describes its engines once all of them have started). An engine core
-    with no frontend above it (a headless node of multi-node DP: no such environment) takes the
-    row it wrote itself (``stat_logger.insert_headless_engine``), found the same way."""
+    with no frontend above it (no such environment: a headless node of multi-node DP, or engines
+    that vLLM's launcher started for several API servers) looks its row up the same way: the
+    frontend's, or on a headless node the one it wrote itself (``stat_logger.insert_headless_engine``)."""
     rank = context.dp_rank()
     if rank or (rank is not None and ENV_ENGINE_ID not in os.environ):
         if not _rank_engine_id:

@@ -386,10 +386,8 @@ def _wrap_initialize_kv_caches(method: Callable[..., Any]) -> Callable[..., Any]
         context.set_dp_rank(dp_rank)
         context.register_process("engine_core", rank=dp_rank)
         w = context.writer()
-        from profiler.recorder import kv_groups
-
-        if w is not None and kv_groups.ENV_ENGINE_ID not in os.environ:
-            # no frontend handed down an engine: a headless node's engine core describes its own
+        if w is not None and _headless_core(self):
+            # no frontend on this node: the engine core describes its own engine
             from profiler.recorder.stat_logger import insert_headless_engine
 
             try:
@@ -406,6 +404,20 @@ def _wrap_initialize_kv_caches(method: Callable[..., Any]) -> Callable[..., Any]
         return config
 
     return wrapper
+
+
+def _headless_core(core: Any) -> bool:
+    """Whether the engine core ``core`` serves no frontend of its own node (``vllm serve --headless``
+    of multi-node data parallelism): vLLM passes ``EngineCoreProc.__init__`` ``local_client=False``
+    (0.26 to 0.32) and keeps no attribute of it, so it is read from that call's frame, which is
+    still running (this hook runs inside it). False when the frame is not found."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        local = frame.f_locals
+        if frame.f_code.co_name == "__init__" and local.get("self") is core and "local_client" in local:
+            return local["local_client"] is False
+        frame = frame.f_back
+    return False
 
 
 def _dp_rank(obj: Any) -> int:

@@ -128,15 +128,14 @@ def _same_pid_space(dst: sqlite3.Connection, src: sqlite3.Connection) -> bool:
                    for chunk in (pids[i:i + 500] for i in range(0, len(pids), 500)))
 
 
-def join_headless_engines(dst: sqlite3.Connection) -> int:
+def join_headless_engines(dst: sqlite3.Connection) -> None:
     """Multi-node data parallelism: an engine core on a headless node wrote its own ``engines``
     row (``source`` = ``headless``: its shard has no frontend). Map each onto the frontend's row of
     the same ``engine_index`` (from another shard): its rows take the frontend's engine id, the
     frontend's row takes the blocks only the core knew, and the placeholder goes. A rank whose
-    frontend was not recorded keeps its own row. Returns how many were joined."""
+    frontend was not recorded keeps its own row."""
     heads = dst.execute("SELECT engine_id, engine_index, num_gpu_blocks FROM main.engines "
                         "WHERE source = 'headless'").fetchall()
-    joined = 0
     for own, index, blocks in heads:
         row = dst.execute("SELECT engine_id FROM main.engines WHERE source = 'inproc' AND "
                           "engine_index = ? ORDER BY engine_id LIMIT 1", (index,)).fetchone()
@@ -148,8 +147,6 @@ def join_headless_engines(dst: sqlite3.Connection) -> int:
         dst.execute("UPDATE main.engines SET num_gpu_blocks = COALESCE(num_gpu_blocks, ?) "
                     "WHERE engine_id = ?", (blocks, row[0]))
         dst.execute("DELETE FROM main.engines WHERE engine_id = ?", (own,))
-        joined += 1
-    return joined
 
 
 @dataclass
