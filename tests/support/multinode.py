@@ -44,7 +44,7 @@ def record_two_nodes(folder: Path, model_dir: Path, timeout_s: float = 300.0,
     counts = folder.parent / f"{folder.name}.counts.json"
     session = str(folder) + "/"
     env = engine_env(VLLM_CPU_KVCACHE_SPACE="1", OMP_NUM_THREADS="1")
-    node_env = [{**env, "CUDA_VISIBLE_DEVICES": g} for g in gpus] if gpus else [env, env]
+    node_env = [{**env, **gpu_env(gpus, n)} for n in (0, 1)]
     logs = [folder.parent / f"{folder.name}.node{n}.log" for n in (0, 1)]  # written as they run
     node1 = subprocess.Popen(
         [*KVSCOPE, "record", "--session", session, "--", sys.executable, "-m",
@@ -64,16 +64,29 @@ def record_two_nodes(folder: Path, model_dir: Path, timeout_s: float = 300.0,
              "--engine-args", json.dumps({**common, "node_rank": 0})],
             node_env[0], timeout_s, logs[0])
     finally:
-        node1.send_signal(signal.SIGTERM)  # the recorder forwards it to the headless node
-        try:
-            node1.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(node1.pid, signal.SIGKILL)
-            node1.wait()
+        stop_node(node1)
     return {"node0_rc": node0, "node1_rc": node1.returncode,
             "node0_out": logs[0].read_text(errors="replace"),
             "node1_out": logs[1].read_text(errors="replace"),
             "counts": json.loads(counts.read_text()) if counts.exists() else None}
+
+
+def gpu_env(gpus: tuple[str, str] | None, node: int) -> dict[str, str]:
+    """Node ``node``'s ``CUDA_VISIBLE_DEVICES`` (one GPU per node rank), or nothing on the CPU."""
+    return {"CUDA_VISIBLE_DEVICES": gpus[node]} if gpus else {}
+
+
+def stop_node(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a node's ``kvscope record`` with SIGTERM (the recorder forwards it to the node's vLLM),
+    as an operator would; its whole process group is killed if it has not exited in 60 s."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
 
 
 def _run_group(cmd: list[str], env: dict[str, str], timeout_s: float, log: Path) -> int:

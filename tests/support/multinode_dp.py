@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -27,6 +25,7 @@ from typing import Any
 
 from tests.support import server as srv
 from tests.support.engine import KVSCOPE, ROOT, engine_lock
+from tests.support.multinode import gpu_env, stop_node
 from tests.support.ports import free_port
 from tests.support.tinymodel import build_tiny_llama
 
@@ -53,12 +52,12 @@ def record_dp_two_nodes(folder: Path, model_dir: Path, waves: int = 2, per_wave:
          "tests.support.vllm_cli", "serve", model, "--headless", *_dp_args(rpc_port),
          "--data-parallel-start-rank", "1", "--max-model-len", "2048", "--max-num-seqs", "16",
          "--num-gpu-blocks-override", str(blocks), "--enable-prefix-caching", *_eager(gpus)],
-        cwd=ROOT, env={**srv.server_env(), **_gpu(gpus, 1)}, stdout=node1_log.open("wb"), stderr=subprocess.STDOUT,
+        cwd=ROOT, env={**srv.server_env(), **gpu_env(gpus, 1)}, stdout=node1_log.open("wb"), stderr=subprocess.STDOUT,
         start_new_session=True)
     out: dict[str, Any] = {}
     try:
         with srv.running_server(sys.executable, model, log_dir, blocks=blocks,
-                                extra=(*_dp_args(rpc_port), *_eager(gpus)), env=_gpu(gpus, 0),
+                                extra=(*_dp_args(rpc_port), *_eager(gpus)), env=gpu_env(gpus, 0),
                                 wrapper=(*KVSCOPE, "record", "--session", session, "--")) as s:
             before = srv.engine_counters(s.url)
             out["codes"] = srv.drive(s.url, model, waves=waves, per_wave=per_wave, max_tokens=32)
@@ -70,29 +69,14 @@ def record_dp_two_nodes(folder: Path, model_dir: Path, waves: int = 2, per_wave:
         # the head is stopped first (leaving the block stops it): stopping the headless node
         # while the head runs is a DP rank lost to the head's frontend (an EngineDeadError)
     finally:
-        _stop(node1)
+        stop_node(node1)
     out["node1_rc"] = node1.returncode
     out["node1_log"] = str(node1_log)
     return out
 
 
-def _gpu(gpus: tuple[str, str] | None, node: int) -> dict[str, str]:
-    return {"CUDA_VISIBLE_DEVICES": gpus[node]} if gpus else {}
-
-
 def _eager(gpus: tuple[str, str] | None) -> tuple[str, ...]:
     return ("--enforce-eager",) if gpus else ()  # no CUDA graph capture: a shorter start
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)  # the recorder forwards it to the headless node
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
 
 
 def main(argv: list[str]) -> int:
