@@ -9,6 +9,10 @@ own). When node 0's program is done, node 1 is stopped with SIGTERM (what an ope
 
 ``--gpus``: one GPU per node (``CUDA_VISIBLE_DEVICES``; the lent 2-GPU machine, bench/gpu/batch.sh's
 ``multinode`` task), ``--blocks``: the KV blocks (24 of 128 tokens on the CPU engine).
+
+With ``--gpus`` both nodes run with vLLM's custom all-reduce off, as on two real hosts: vLLM sees
+both node ranks on one machine and would set up its same-node all-reduce over CUDA IPC, which a
+process that sees only its own GPU cannot open (on separate hosts vLLM turns it off itself).
 """
 
 from __future__ import annotations
@@ -39,8 +43,11 @@ def record_two_nodes(folder: Path, model_dir: Path, timeout_s: float = 300.0,
     ``gpus``: each node's ``CUDA_VISIBLE_DEVICES``."""
     model = build_tiny_llama(model_dir)
     port = free_port()
-    common = {"nnodes": 2, "master_addr": "127.0.0.1", "master_port": port,
-              "distributed_executor_backend": "mp"}
+    common: dict[str, Any] = {"nnodes": 2, "master_addr": "127.0.0.1", "master_port": port,
+                              "distributed_executor_backend": "mp"}
+    own_gpu = ["--disable-custom-all-reduce"] if gpus else []  # see the module's docstring
+    if gpus:
+        common["disable_custom_all_reduce"] = True
     counts = folder.parent / f"{folder.name}.counts.json"
     session = str(folder) + "/"
     env = engine_env(VLLM_CPU_KVCACHE_SPACE="1", OMP_NUM_THREADS="1")
@@ -52,7 +59,7 @@ def record_two_nodes(folder: Path, model_dir: Path, timeout_s: float = 300.0,
          "--tensor-parallel-size", "2", "--nnodes", "2", "--node-rank", "1",
          "--master-addr", "127.0.0.1", "--master-port", str(port),
          "--distributed-executor-backend", "mp", "--max-model-len", "2048",
-         "--num-gpu-blocks-override", str(blocks), "--enforce-eager"],
+         "--num-gpu-blocks-override", str(blocks), "--enforce-eager", *own_gpu],
         cwd=ROOT, env=node_env[1], stdout=logs[1].open("wb"), stderr=subprocess.STDOUT,
         start_new_session=True)
     try:
