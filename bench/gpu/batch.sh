@@ -13,6 +13,7 @@
 #       spec:eagle       the EAGLE half of spec only
 #       multinode        tests/support/multinode.py (TP=2 over --nnodes 2) and multinode_dp.py (DP=2,
 #                        a headless node), one GPU per node rank, the tiny Llama, vLLM 0.26.0
+#       multinode:tp     multinode.py only; multinode:plain the same two nodes without kvscope
 #       offload13:MODE   bench/gpu_offload.py's engine (max_num_seqs 64) for issue 13: plain (no
 #                        kvscope), vllmopts (no kvscope, vLLM's KV events + kv_cache_metrics on as
 #                        kvscope turns them on), kvscope (kvscope record --kv-events --kv-cache-metrics)
@@ -124,12 +125,14 @@ task() {
       [ -f $dir/gpu_dp2.kvscope ] && finalize $dir/gpu_dp2.kvscope \
         && python3 -m profiler.cli report --json $dir/gpu_dp2.kvscope > $dir/gpu_dp2.report.json 2> $dir/report.err
       ls -la $dir ;;
-    multinode)  # a multi-node engine on one host, one GPU per node rank, each under its recorder
+    multinode|multinode:*)  # a multi-node engine on one host, one GPU per node rank, each under its recorder
       S 0.26.0; setup
-      local m
-      for m in multinode multinode_dp; do
+      local m runs="multinode multinode_dp"
+      [ "$t" != multinode ] && runs=multinode
+      for m in $runs; do
         local own=""  # multinode.py ends its node 0 itself first: the node logs stay whole
         [ $m = multinode ] && own="--timeout-s $((${MN_TIMEOUT_S:-240} - 40))"
+        [ "$t" = multinode:plain ] && own="$own --plain"
         timeout ${MN_TIMEOUT_S:-240} python3 -m tests.support.$m $dir/gpu_h200x2_$m.kvscope --gpus 0,1 \
           --blocks 2000 $own > $dir/$m.log 2>&1
         echo "$m: exit $?"; grep -vE "^\(|INFO|WARNING|^$" $dir/$m.log | tail -3 | cut -c1-1500

@@ -5,10 +5,13 @@ Node 0 runs ``tests/support/workload.py`` (``LLM``, TP=2 over ``--nnodes 2``: it
 0), node 1 runs ``vllm serve --headless --node-rank 1`` (the worker of rank 1, no engine of its
 own). When node 0's program is done, node 1 is stopped with SIGTERM (what an operator does).
 
-    python -m tests.support.multinode FOLDER [--gpus 0,1 --blocks 2000]
+    python -m tests.support.multinode FOLDER [--gpus 0,1 --blocks 2000] [--plain]
 
 ``--gpus``: one GPU per node (``CUDA_VISIBLE_DEVICES``; the lent 2-GPU machine, bench/gpu/batch.sh's
-``multinode`` task), ``--blocks``: the KV blocks (24 of 128 tokens on the CPU engine).
+``multinode`` task), ``--blocks``: the KV blocks (24 of 128 tokens on the CPU engine), ``--plain``:
+the same two nodes without kvscope (is a hang vLLM's or kvscope's?). When node 0 runs past its
+time, every process of both nodes prints its Python stacks into the node logs (faulthandler on
+SIGABRT) before it is killed.
 
 With ``--gpus`` both nodes run with vLLM's custom all-reduce off, as on two real hosts: vLLM sees
 both node ranks on one machine and would set up its same-node all-reduce over CUDA IPC, which a
@@ -18,6 +21,7 @@ process that sees only its own GPU cannot open (on separate hosts vLLM turns it 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -37,10 +41,11 @@ MAX_TOKENS = 16
 
 
 def record_two_nodes(folder: Path, model_dir: Path, timeout_s: float = 300.0,
-                     gpus: tuple[str, str] | None = None, blocks: int = BLOCKS) -> dict[str, Any]:
+                     gpus: tuple[str, str] | None = None, blocks: int = BLOCKS,
+                     plain: bool = False) -> dict[str, Any]:
     """Record a TP=2 engine spread over two node ranks into the folder session ``folder``;
     returns the workload's counts (its independent stat logger) and both processes' outputs.
-    ``gpus``: each node's ``CUDA_VISIBLE_DEVICES``."""
+    ``gpus``: each node's ``CUDA_VISIBLE_DEVICES``; ``plain``: run both nodes without kvscope."""
     model = build_tiny_llama(model_dir)
     port = free_port()
     common: dict[str, Any] = {"nnodes": 2, "master_addr": "127.0.0.1", "master_port": port,
@@ -49,13 +54,12 @@ def record_two_nodes(folder: Path, model_dir: Path, timeout_s: float = 300.0,
     if gpus:
         common["disable_custom_all_reduce"] = True
     counts = folder.parent / f"{folder.name}.counts.json"
-    session = str(folder) + "/"
-    env = engine_env(VLLM_CPU_KVCACHE_SPACE="1", OMP_NUM_THREADS="1")
+    recorder = [] if plain else [*KVSCOPE, "record", "--session", str(folder) + "/", "--"]
+    env = engine_env(VLLM_CPU_KVCACHE_SPACE="1", OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
     node_env = [{**env, **gpu_env(gpus, n)} for n in (0, 1)]
     logs = [folder.parent / f"{folder.name}.node{n}.log" for n in (0, 1)]  # written as they run
     node1 = subprocess.Popen(
-        [*KVSCOPE, "record", "--session", session, "--", sys.executable, "-m",
-         "tests.support.vllm_cli", "serve", str(model), "--headless",
+        [*recorder, sys.executable, "-m", "tests.support.vllm_cli", "serve", str(model), "--headless",
          "--tensor-parallel-size", "2", "--nnodes", "2", "--node-rank", "1",
          "--master-addr", "127.0.0.1", "--master-port", str(port),
          "--distributed-executor-backend", "mp", "--max-model-len", "2048",
@@ -64,12 +68,12 @@ def record_two_nodes(folder: Path, model_dir: Path, timeout_s: float = 300.0,
         start_new_session=True)
     try:
         node0 = _run_group(
-            [*KVSCOPE, "record", "--session", session, "--", sys.executable, str(WORKLOAD),
+            [*recorder, sys.executable, str(WORKLOAD),
              str(model), "--engine", "llmengine", "--tp", "2", "--blocks", str(blocks),
              "--requests", str(REQUESTS), "--max-tokens", str(MAX_TOKENS), "--prefixes", "2",
              "--prefix-len", "300", "--counts", str(counts), "--enforce-eager",
              "--engine-args", json.dumps({**common, "node_rank": 0})],
-            node_env[0], timeout_s, logs[0])
+            node_env[0], timeout_s, logs[0], also_dump=node1)
     finally:
         stop_node(node1)
     return {"node0_rc": node0, "node1_rc": node1.returncode,
@@ -96,15 +100,23 @@ def stop_node(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(10)
 
 
-def _run_group(cmd: list[str], env: dict[str, str], timeout_s: float, log: Path) -> int:
-    """Run ``cmd`` in its own process group, its output into ``log``; on timeout kill the whole
-    group (engine core and workers included). Returns its exit code (-9 when killed)."""
+def _run_group(cmd: list[str], env: dict[str, str], timeout_s: float, log: Path,
+               also_dump: subprocess.Popen[bytes]) -> int:
+    """Run ``cmd`` in its own process group, its output into ``log``; on timeout every process of
+    its group and of ``also_dump``'s prints its stacks (SIGABRT, faulthandler), then the group
+    (engine core and workers included) is killed. Returns its exit code (-9 when killed)."""
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
         return proc.wait(timeout_s)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        for group in (proc.pid, also_dump.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGABRT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(15)  # the group leader aborts after its dump; the rest are killed below
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         return proc.wait()
 
 
@@ -114,13 +126,14 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--gpus", default=None, help="each node's CUDA_VISIBLE_DEVICES: 0,1")
     ap.add_argument("--blocks", type=int, default=BLOCKS)
     ap.add_argument("--timeout-s", type=float, default=300.0, help="node 0's program, then killed")
+    ap.add_argument("--plain", action="store_true", help="both nodes without kvscope")
     a = ap.parse_args(argv)
     folder = Path(a.folder).resolve()
     gpus = tuple(a.gpus.split(",")) if a.gpus else None
     t0 = time.monotonic()
     with engine_lock():
         out = record_two_nodes(folder, folder.parent / "tiny-llama", a.timeout_s,
-                               gpus=gpus, blocks=a.blocks)  # type: ignore[arg-type]
+                               gpus=gpus, blocks=a.blocks, plain=a.plain)  # type: ignore[arg-type]
     for node in (0, 1):
         print(f"node {node}: {folder.parent / f'{folder.name}.node{node}.log'}")
     print(json.dumps({k: out[k] for k in ("node0_rc", "node1_rc", "counts")}),
