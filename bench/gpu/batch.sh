@@ -14,6 +14,7 @@
 #       multinode        tests/support/multinode.py (TP=2 over --nnodes 2) and multinode_dp.py (DP=2,
 #                        a headless node), one GPU per node rank, the tiny Llama, vLLM 0.26.0
 #       multinode:tp     multinode.py only; multinode:plain the same two nodes without kvscope
+#                        (MN_GPUS: multinode.py --gpus, 0,1 or 0,1/1,0)
 #       offload13:MODE   bench/gpu_offload.py's engine (max_num_seqs 64) for issue 13: plain (no
 #                        kvscope), vllmopts (no kvscope, vLLM's KV events + kv_cache_metrics on as
 #                        kvscope turns them on), kvscope (kvscope record --kv-events --kv-cache-metrics)
@@ -133,7 +134,8 @@ task() {
         local own=""  # multinode.py ends its node 0 itself first: the node logs stay whole
         [ $m = multinode ] && own="--timeout-s $((${MN_TIMEOUT_S:-240} - 40))"
         [ "$t" = multinode:plain ] && own="$own --plain"
-        timeout ${MN_TIMEOUT_S:-240} python3 -m tests.support.$m $dir/gpu_h200x2_$m.kvscope --gpus 0,1 \
+        [ $m = multinode ] && own="$own --gpus ${MN_GPUS:-0,1}" || own="$own --gpus 0,1"
+        timeout ${MN_TIMEOUT_S:-240} python3 -m tests.support.$m $dir/gpu_h200x2_$m.kvscope \
           --blocks 2000 $own > $dir/$m.log 2>&1
         echo "$m: exit $?"; grep -vE "^\(|INFO|WARNING|^$" $dir/$m.log | tail -3 | cut -c1-1500
         gpu_clean

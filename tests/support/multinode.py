@@ -8,7 +8,7 @@ own). When node 0's program is done, node 1 is stopped with SIGTERM (what an ope
     python -m tests.support.multinode FOLDER [--gpus 0,1 --blocks 2000] [--plain]
 
 ``--gpus``: one GPU per node (``CUDA_VISIBLE_DEVICES``; the lent 2-GPU machine, bench/gpu/batch.sh's
-``multinode`` task), ``--blocks``: the KV blocks (24 of 128 tokens on the CPU engine), ``--plain``:
+``multinode`` task; ``0,1/1,0``: every node sees both GPUs, its own first), ``--blocks``: the KV blocks (24 of 128 tokens on the CPU engine), ``--plain``:
 the same two nodes without kvscope (is a hang vLLM's or kvscope's?). When node 0 runs past its
 time, every process of both nodes prints its Python stacks into the node logs (faulthandler on
 SIGABRT) before it is killed.
@@ -123,13 +123,14 @@ def _run_group(cmd: list[str], env: dict[str, str], timeout_s: float, log: Path,
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("folder")
-    ap.add_argument("--gpus", default=None, help="each node's CUDA_VISIBLE_DEVICES: 0,1")
+    ap.add_argument("--gpus", default=None,
+                    help="each node's CUDA_VISIBLE_DEVICES: 0,1 (one GPU each) or 0,1/1,0 (per node)")
     ap.add_argument("--blocks", type=int, default=BLOCKS)
     ap.add_argument("--timeout-s", type=float, default=300.0, help="node 0's program, then killed")
     ap.add_argument("--plain", action="store_true", help="both nodes without kvscope")
     a = ap.parse_args(argv)
     folder = Path(a.folder).resolve()
-    gpus = tuple(a.gpus.split(",")) if a.gpus else None
+    gpus = tuple(a.gpus.split("/" if "/" in a.gpus else ",")) if a.gpus else None
     t0 = time.monotonic()
     with engine_lock():
         out = record_two_nodes(folder, folder.parent / "tiny-llama", a.timeout_s,
