@@ -304,18 +304,26 @@ def brush_value(data: SessionData) -> tuple[float, float] | None:
     return tuple(v) if v else None  # type: ignore[return-value]
 
 
+SAME_ZOOM_S = 1e-6
+"""Brush ends closer than this to the current zoom's are the same zoom: after a redraw the chart
+sends its brush again, converted to pixels and back (1671.0342938159654 s comes back as
+...656), and taking that as a new zoom would read and redraw every panel a second time."""
+
+
 def set_zoom(data: SessionData, t0_s: float, t1_s: float, by_brush: bool = False) -> None:
     """Set the session's zoom range (clamped to the session); ``by_brush`` when the Timeline's
-    brush made it."""
+    brush made it (a brush the same as the current zoom, to ``SAME_ZOOM_S``, changes nothing)."""
     lo = max(min(t0_s, t1_s), 0.0)
     hi = min(max(t0_s, t1_s), max(data.duration_s, 1e-3))
     if hi - lo < 1e-3:
         hi = lo + 1e-3
+    old = st.session_state.get(zoom_key(data))
+    if by_brush and old and abs(old[0] - lo) < SAME_ZOOM_S and abs(old[1] - hi) < SAME_ZOOM_S:
+        return
     st.session_state[zoom_key(data)] = (lo, hi)
     if not by_brush:
         whole = hi - lo >= 0.98 * max(data.duration_s, 1e-3)
         st.session_state[f"brushval::{data.path}"] = None if whole else (lo, hi)
-
 
 
 def focus_key(data: SessionData) -> str:

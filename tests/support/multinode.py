@@ -38,6 +38,12 @@ from tests.support.tinymodel import build_tiny_llama
 BLOCKS = 24
 REQUESTS = 16
 MAX_TOKENS = 16
+SCHEDULER = {"max_num_seqs": 32, "max_num_batched_tokens": 2048, "max_model_len": 2048}
+"""Given to both nodes alike: every node rank builds its own engine configuration from its own
+arguments, and vLLM's defaults differ between ``LLMEngine`` and ``vllm serve`` (and by device),
+so ranks left to their defaults profile different batch shapes and their collectives stop
+matching (on the GPU: NCCL "message truncated: receiving 131072 bytes instead of 16384", or a
+hang over P2P)."""
 
 
 def record_two_nodes(folder: Path, model_dir: Path, timeout_s: float = 300.0,
@@ -62,7 +68,8 @@ def record_two_nodes(folder: Path, model_dir: Path, timeout_s: float = 300.0,
         [*recorder, sys.executable, "-m", "tests.support.vllm_cli", "serve", str(model), "--headless",
          "--tensor-parallel-size", "2", "--nnodes", "2", "--node-rank", "1",
          "--master-addr", "127.0.0.1", "--master-port", str(port),
-         "--distributed-executor-backend", "mp", "--max-model-len", "2048",
+         "--distributed-executor-backend", "mp",
+         *(f"--{k.replace('_', '-')}={v}" for k, v in SCHEDULER.items()),
          "--num-gpu-blocks-override", str(blocks), "--enforce-eager", *own_gpu],
         cwd=ROOT, env=node_env[1], stdout=logs[1].open("wb"), stderr=subprocess.STDOUT,
         start_new_session=True)
@@ -72,7 +79,7 @@ def record_two_nodes(folder: Path, model_dir: Path, timeout_s: float = 300.0,
              str(model), "--engine", "llmengine", "--tp", "2", "--blocks", str(blocks),
              "--requests", str(REQUESTS), "--max-tokens", str(MAX_TOKENS), "--prefixes", "2",
              "--prefix-len", "300", "--counts", str(counts), "--enforce-eager",
-             "--engine-args", json.dumps({**common, "node_rank": 0})],
+             "--engine-args", json.dumps({**common, **SCHEDULER, "node_rank": 0})],
             node_env[0], timeout_s, logs[0], also_dump=node1)
     finally:
         stop_node(node1)
