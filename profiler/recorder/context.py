@@ -18,6 +18,7 @@ from pathlib import Path
 from profiler.recorder import ray_shards
 from profiler.session.heartbeat import Heartbeat
 from profiler.session.rows import ProcessRow
+from profiler.session.schema import ENGINE_HEADLESS, ENGINE_INPROC
 from profiler.session.writer import SessionWriter, get_writer
 
 ENV_SESSION = "KVSCOPE_SESSION"
@@ -67,8 +68,8 @@ def engine_id_of_this_process() -> int | None:
         try:
             row = conn.execute(
                 "SELECT engine_id FROM engines WHERE engine_index = ? "
-                "AND source IN ('inproc', 'headless') "
-                "ORDER BY engine_id DESC LIMIT 1", (_dp_rank,)).fetchone()
+                "AND source IN (?, ?) ORDER BY engine_id DESC LIMIT 1",
+                (_dp_rank, ENGINE_INPROC, ENGINE_HEADLESS)).fetchone()
         finally:
             conn.close()
     except sqlite3.Error:

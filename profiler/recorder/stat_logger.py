@@ -17,6 +17,7 @@ from vllm.v1.metrics.loggers import StatLoggerBase
 
 from profiler.recorder import context, kv_groups, prompt_blocks, spec_decode, tiers
 from profiler.session.rows import KvEvictionRow, RequestRow, StepRow
+from profiler.session.schema import ENGINE_HEADLESS, ENGINE_INPROC
 
 
 def _get(obj: Any, *names: str) -> Any:
@@ -49,7 +50,7 @@ def engine_row(vllm_config: Any, engine_index: int) -> dict[str, Any]:
     return {
         "pid": os.getpid(),
         "engine_index": engine_index,
-        "source": "inproc",
+        "source": ENGINE_INPROC,
         "created_unix_s": time.time(),
         "vllm_version": _version(),
         "model": name,
@@ -95,16 +96,10 @@ def insert_pending_engine(writer: Any, vllm_config: Any) -> int | None:
     return _pending_engine_id
 
 
-HEADLESS_SOURCE = "headless"
-"""``engines.source`` of an engine core's own row on a node without a frontend (multi-node data
-parallelism: ``vllm serve --headless``); a folder session's join maps it onto the frontend's row
-of the same ``engine_index`` (``profiler.session.shards``)."""
-
-
 def insert_headless_engine(writer: Any, vllm_config: Any, engine_index: int) -> int | None:
     """Describe an engine core that has no frontend on its node (no pending engine was handed down
     to it): its rows need an engine id in this node's shard; returns it."""
-    return insert_engine(writer, {**engine_row(vllm_config, engine_index), "source": HEADLESS_SOURCE,
+    return insert_engine(writer, {**engine_row(vllm_config, engine_index), "source": ENGINE_HEADLESS,
                                   "label": f"DP rank {engine_index} (headless node)"})
 
 

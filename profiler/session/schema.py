@@ -13,6 +13,13 @@ from profiler.errors import SessionFormatError
 SCHEMA_VERSION = 1
 """Bumped on every incompatible change; readers refuse files with a higher number."""
 
+ENGINE_INPROC = "inproc"
+"""``engines.source`` of an engine described by its frontend (recorded inside vLLM)."""
+ENGINE_HEADLESS = "headless"
+"""``engines.source`` of an engine core's own row on a node without a frontend (multi-node data
+parallelism: ``vllm serve --headless``); a folder session's join maps it onto the frontend's row
+of the same ``engine_index`` (``profiler.session.shards``)."""
+
 TABLES: dict[str, tuple[str, ...]] = {
     "meta": ("key", "value"),
     "processes": ("pid", "role", "rank", "engine_id", "host", "started_unix_s"),

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from profiler import units
-from profiler.session.schema import TABLES, create_or_check, ddl
+from profiler.session.schema import ENGINE_HEADLESS, ENGINE_INPROC, TABLES, create_or_check, ddl
 
 SHARD_SUFFIX = ".kvscope"
 SHARD_KEY = "shard"
@@ -135,10 +135,11 @@ def join_headless_engines(dst: sqlite3.Connection) -> None:
     frontend's row takes the blocks only the core knew, and the placeholder goes. A rank whose
     frontend was not recorded keeps its own row."""
     heads = dst.execute("SELECT engine_id, engine_index, num_gpu_blocks FROM main.engines "
-                        "WHERE source = 'headless'").fetchall()
+                        "WHERE source = ?", (ENGINE_HEADLESS,)).fetchall()
     for own, index, blocks in heads:
-        row = dst.execute("SELECT engine_id FROM main.engines WHERE source = 'inproc' AND "
-                          "engine_index = ? ORDER BY engine_id LIMIT 1", (index,)).fetchone()
+        row = dst.execute("SELECT engine_id FROM main.engines WHERE source = ? AND "
+                          "engine_index = ? ORDER BY engine_id LIMIT 1",
+                          (ENGINE_INPROC, index)).fetchone()
         if row is None:
             continue
         for table in _ENGINE_TABLES:
@@ -229,7 +230,8 @@ def _build(folder: Path, files: list[Path], out: Path, open_session: Callable[[P
             f, s = item
             meta = s.meta()
             rank = _int(meta.get("node_rank"))
-            engines = s.scalar("SELECT COUNT(*) FROM engines WHERE source IS NOT 'headless'") or 0
+            engines = s.scalar("SELECT COUNT(*) FROM engines WHERE source IS NOT ?",
+                               (ENGINE_HEADLESS,)) or 0
             return (rank if rank is not None else 0, 0 if engines else 1,
                     float(s.bounds()[0] or 0.0), f.name)
 
@@ -312,12 +314,12 @@ def _dp_ranks_missing(dst: sqlite3.Connection, folder_name: str) -> list[str]:
     frontend describes whose engine core no shard recorded, or an engine core of a headless node
     whose frontend (on the head node) no shard recorded."""
     cores = dst.execute(
-        "SELECT DISTINCT e.engine_index FROM main.engines e WHERE e.source = 'inproc' "
+        "SELECT DISTINCT e.engine_index FROM main.engines e WHERE e.source = ? "
         "AND e.data_parallel_size > 1 AND e.engine_index IS NOT NULL AND NOT EXISTS ("
         "SELECT 1 FROM main.processes p WHERE p.role = 'engine_core' AND p.rank = e.engine_index) "
-        "ORDER BY e.engine_index").fetchall()
-    heads = dst.execute("SELECT DISTINCT engine_index FROM main.engines WHERE source = 'headless' "
-                        "ORDER BY engine_index").fetchall()
+        "ORDER BY e.engine_index", (ENGINE_INPROC,)).fetchall()
+    heads = dst.execute("SELECT DISTINCT engine_index FROM main.engines WHERE source = ? "
+                        "ORDER BY engine_index", (ENGINE_HEADLESS,)).fetchall()
     return [f"no engine core of DP rank {r[0]} in any shard of {folder_name}: its node was not "
             "recorded, or its engine core failed before allocating its KV cache" for r in cores] + [
             f"no frontend of DP rank {r[0]} in any shard of {folder_name}: the head node was not "
