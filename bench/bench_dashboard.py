@@ -1,6 +1,7 @@
 """Dashboard speed on a 1,000,000-step session, measured in headless Chromium.
 
     python bench/bench_dashboard.py [--source sessions/kv_saturation.kvscope] [--steps 1000000]
+    python bench/bench_dashboard.py --zoom-only SESSION [--repeats 3]
 
 Builds the session from real recorded steps (the source's rows replicated back to back with
 shifted times), starts ``kvscope ui`` on it, and prints: seconds from opening a page on a fresh
@@ -171,6 +172,22 @@ ZOOMS = [(0.5, 0.9), (0.6, 0.65), (0.1, 0.3), (0.62, 0.621), (0.3, 0.5), (0.05, 
 """Brushes as fractions of the navigator: wide, narrow, and deep enough to read raw steps."""
 
 
+def zoom_passes(session: Path, servers: int, passes: int) -> list[list[tuple[float, float]]]:
+    """The zooms alone on an existing session: per fresh server (first chart drawn first), the
+    eight ``ZOOMS`` ``passes`` times over; (brush, release) seconds per zoom."""
+    from playwright.sync_api import sync_playwright
+
+    out = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        for _ in range(servers):
+            with ui_server([session]) as url:
+                first_chart_s(browser, url, "timeline")
+                out.append(zoom_s(browser, url, ZOOMS * passes))
+        browser.close()
+    return out
+
+
 def measure(sessions: dict[str, Path], big: Path, repeats: int = 2) -> dict[str, Any]:
     """Cold first-chart times (fresh server per page load) per session and page; zoom on ``big``."""
     from playwright.sync_api import sync_playwright
@@ -211,7 +228,16 @@ def _main() -> None:
     ap.add_argument("--steps", type=int, default=1_000_000)
     ap.add_argument("--keep", default=None, help="write the big session here and keep it")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--zoom-only", type=Path, default=None, metavar="SESSION",
+                    help="only the zooms, on this existing session (--repeats servers, 16 zooms each)")
     a = ap.parse_args()
+    if a.zoom_only is not None:
+        for run in zoom_passes(a.zoom_only, a.repeats, passes=2):
+            ref = [r for _, r in run]
+            print(f"load {os.getloadavg()[0]:.1f}; release: " + " ".join(f"{r:.3f}" for r in ref)
+                  + f"; median {statistics.median(ref):.3f} s, {sum(r < 0.5 for r in ref)} of {len(ref)}"
+                  f" under 0.5 s; brush median {statistics.median(v for v, _ in run):.3f} s", flush=True)
+        return
     tmp = Path(tempfile.mkdtemp(prefix="kvscope-bench-"))
     dest = Path(a.keep) if a.keep else tmp / "big.kvscope"
     t = time.perf_counter()
