@@ -209,6 +209,19 @@ def test_preemption_episodes_and_kv_demand() -> None:
     assert float(f["waiting_max"].max()) > 0
 
 
+
+@pytest.mark.parametrize("name", ["gpu_h200_healthy", "gpu_h200_spec_off", "gpu_h200x2_tp2", "spec_ngram"])
+def test_kv_demand_is_never_below_zero_and_zero_with_nobody_in_the_system(name: str) -> None:
+    """The demand sums each request's +tokens at arrival and -tokens at finish: over these
+    sessions' serving periods that left -1e-9 to +4e-11 tokens of float residue, drawn as a
+    y-axis below zero. A demand is never negative, and with no request in the system it is 0."""
+    data = load_session(SESSIONS / f"{name}.kvscope")
+    demand = derive.kv_demand(data.requests(), View(*data.serving_range(), 400))
+    assert (demand["demand_tokens"] >= 0).all()
+    idle = demand[demand["in_system"] == 0]
+    assert len(idle) > 0 and (idle["demand_tokens"] == 0).all()
+    assert demand["demand_tokens"].max() > 0
+
 def test_report_deltas_and_config_differences() -> None:
     a, b = load_session(SESSIONS / "healthy.kvscope"), load_session(CPU_SESSION)
     ra, _ = report_memo(a.path)

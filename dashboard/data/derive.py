@@ -130,6 +130,12 @@ def preemption_episodes(preempting: pd.DataFrame, gap_s: float) -> pd.DataFrame:
     return out[cols].reset_index(drop=True)
 
 
+DEMAND_RESIDUE_TOKENS = 1e-6
+"""Below this, a demand is the float residue of a request's +w at arrival and -w at finish summed
+over thousands of seconds (seen: -1e-9 and +4e-11 tokens with nobody in the system), drawn as a
+y-axis below zero: it is 0."""
+
+
 def kv_demand(requests: pd.DataFrame, view: View) -> pd.DataFrame:
     """Estimated KV demand in tokens over ``view``: every request in the system (arrived, not
     finished) holds its prompt minus its prefix-cache hits (shared blocks are not counted per
@@ -163,7 +169,9 @@ def kv_demand(requests: pd.DataFrame, view: View) -> pd.DataFrame:
     b_sum = step_sum(first, fin, slope * first)
     ramp = grid * s_sum - b_sum
     count = step_sum(arr, fin, np.ones_like(arr))
-    return pd.DataFrame({"t_s": grid, "demand_tokens": held_prompt + ramp,
+    demand = held_prompt + ramp
+    demand[demand < DEMAND_RESIDUE_TOKENS] = 0.0
+    return pd.DataFrame({"t_s": grid, "demand_tokens": demand,
                          "in_system": np.rint(count).astype(int)})
 
 
