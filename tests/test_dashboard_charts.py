@@ -18,7 +18,7 @@ from dashboard.data import derive, replay
 from dashboard.data.attribution import device_attribution
 from dashboard.data.downsample import minmax_frame
 from dashboard.data.session import SessionData, load_session
-from dashboard.data.steps import View
+from dashboard.data.steps import SPLIT_ROWS, View, query_buckets
 from tests.support.big_session import build_big_session
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,6 +155,20 @@ def test_deep_zoom_reads_raw_steps(big: SessionData) -> None:
     b = big.buckets(view)
     assert 0 < len(b) <= 300
     assert (b["n_steps"] >= 1).all()
+
+
+def test_a_long_raw_read_in_two_halves_equals_the_read_in_one(big: SessionData) -> None:
+    f = big.steps.fine
+    t0 = float(f["t_lo_s"].iloc[len(f) // 4])
+    view = View(t0, t0 + 200.0, 4000)  # fine enough to read raw steps, long enough to split
+    assert big.steps.needs_raw(view)
+    lo, hi = big.steps.rowid_range(view)
+    assert hi - lo > SPLIT_ROWS
+    halves = big.buckets(view)
+    with big.open() as session:
+        one = query_buckets(session, big.start_unix_s, view, (lo, hi), big.steps.checked)
+    assert len(one) > 3000 and one["bucket"].is_unique  # the bucket the halves share is merged once
+    pd.testing.assert_frame_equal(halves, one)
 
 
 def test_memory_charts_on_gpu_session(gpu: SessionData) -> None:

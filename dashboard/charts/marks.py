@@ -80,14 +80,18 @@ def with_marks(chart: alt.Chart | alt.LayerChart, marks: pd.DataFrame, view: Vie
     return _around(chart, before, after)
 
 
-def panel_with_marks(panel: Panel, marks: pd.DataFrame, view: View) -> Panel:
-    """A Timeline panel with the marks layered in (as two frames of its own, always present, so
-    the spec keeps its shape whether or not a range has marks)."""
+def in_view_frames(marks: pd.DataFrame, view: View) -> dict[str, pd.DataFrame]:
+    """``marks`` clipped to ``view`` as a panel's two mark frames (``mark_ranges``, ``mark_moments``):
+    computed once per view, the same frames for every panel of a Timeline."""
     ranges, moments = _split(mk.in_view(marks, view.t0_s, view.t1_s))
+    return {"mark_ranges": ranges, "mark_moments": moments}
 
+
+def panel_with_marks(panel: Panel, frames: dict[str, pd.DataFrame], view: View) -> Panel:
+    """A Timeline panel with the marks of ``in_view_frames`` layered in (two frames, always present,
+    so the spec keeps its shape whether or not a range has marks)."""
     def draw(d: dict[str, Source]) -> alt.LayerChart:
         return _around(panel.draw(d), _range_layers(d["mark_ranges"], view),
                        [_moment_layer(d["mark_moments"], view)])
 
-    return Panel({**panel.frames, "mark_ranges": ranges, "mark_moments": moments},
-                 (*panel.shape, "marks"), draw)
+    return Panel({**panel.frames, **frames}, (*panel.shape, "marks"), draw)

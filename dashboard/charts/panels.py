@@ -375,37 +375,44 @@ TEMPLATES_MAX = 32
 """Timeline specs remembered per shape (a zoom reuses the one it had)."""
 
 
-def linked_timeline(navigator: Panel, panels: list[Panel], view: View) -> LinkedTimeline:
+def linked_timeline(navigator: Panel, panels: list[Panel], view: View,
+                    shared: dict[str, pd.DataFrame] | None = None) -> LinkedTimeline:
     """The navigator and the panels stacked in one view: brushing the navigator zooms every panel
-    at once in the browser, while the server re-reads the new range at full resolution."""
-    anchor = pd.DataFrame({"t_s": [view.t0_s, view.t1_s]})
+    at once in the browser, while the server re-reads the new range at full resolution.
+
+    ``shared``: frames every panel draws the same rows of (the marks in view), by the key the panels
+    hold them under; each is sent once (``all_<key>``) instead of once per panel.
+    """
+    shared = shared or {}
     datasets = {f"nav_{k}": v for k, v in navigator.frames.items()}
+    datasets |= {f"all_{k}": v for k, v in shared.items()}
+    # An invisible point at each end of the view: with no brush, the axis spans the view.
+    datasets["all_anchor"] = pd.DataFrame({"t_s": [view.t0_s, view.t1_s]})
     for i, p in enumerate(panels):
-        datasets |= {f"panel{i}_{k}": v for k, v in p.frames.items()}
-        # An invisible point at each end of the view: with no brush, the axis spans the view.
-        datasets[f"panel{i}_anchor"] = anchor
-    key = (navigator.shape, tuple(p.shape for p in panels))
+        datasets |= {f"panel{i}_{k}": v for k, v in p.frames.items() if k not in shared}
+    key = (navigator.shape, tuple(p.shape for p in panels), tuple(sorted(shared)))
     template = _TEMPLATES.get(key)
     if template is None:
-        template = _timeline_template(navigator, panels, view)
+        template = _timeline_template(navigator, panels, view, frozenset(shared))
         while len(_TEMPLATES) >= TEMPLATES_MAX:
             _TEMPLATES.pop(next(iter(_TEMPLATES)))
         _TEMPLATES[key] = template
     return LinkedTimeline(template, datasets)
 
 
-def _named(prefix: str, panel: Panel) -> dict[str, Source]:
-    return {k: alt.NamedData(name=f"{prefix}_{k}") for k in panel.frames}
+def _named(prefix: str, panel: Panel, shared: frozenset[str] = frozenset()) -> dict[str, Source]:
+    return {k: alt.NamedData(name=f"all_{k}" if k in shared else f"{prefix}_{k}") for k in panel.frames}
 
 
-def _timeline_template(navigator: Panel, panels: list[Panel], view: View) -> dict[str, Any]:
+def _timeline_template(navigator: Panel, panels: list[Panel], view: View,
+                       shared: frozenset[str]) -> dict[str, Any]:
     """The Vega-Lite spec of the navigator over the panels, each panel's dict made on its own and
     stacked here: Altair's ``vconcat`` deep-copies every panel (seconds for a dozen layered
     panels); the selection parameters move to the top level as Altair would put them."""
     subs = [navigator.draw(_named("nav", navigator)).to_dict(validate=False)]
     for i, p in enumerate(panels):
-        chart = p.draw(_named(f"panel{i}", p))
-        anchor = alt.Chart(alt.NamedData(name=f"panel{i}_anchor")).mark_point(opacity=0).encode(
+        chart = p.draw(_named(f"panel{i}", p, shared))
+        anchor = alt.Chart(alt.NamedData(name="all_anchor")).mark_point(opacity=0).encode(
             x=time_x(view))
         if isinstance(chart, alt.LayerChart):
             chart.layer = [*chart.layer, anchor]

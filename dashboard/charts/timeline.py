@@ -85,7 +85,7 @@ def linked_chart(data: SessionData, view: View, buckets: pd.DataFrame, whole_buc
     marks = mk.session_marks(data, findings, focus)
     nav = charts.navigator_panel(whole_buckets, whole, brush, startup_end_s(data), view,
                                  fallback=_gpu_strip(data), what="peak GPU memory used")
-    nav = chart_marks.panel_with_marks(nav, marks, whole)
+    nav = chart_marks.panel_with_marks(nav, chart_marks.in_view_frames(marks, whole), whole)
     keyed: list[tuple[str, charts.Panel]] = []
     if data.has_gpu_samples:
         kv_bytes = (report.get("kv_cache") or {}).get("size_bytes")
@@ -116,8 +116,9 @@ def linked_chart(data: SessionData, view: View, buckets: pd.DataFrame, whole_buc
         ]
     order = ordered_keys([k for k, _ in keyed], focus[2] if focus else None)
     keyed.sort(key=lambda kp: order.index(kp[0]))
-    panels = [chart_marks.panel_with_marks(p, marks, view) for _, p in keyed]
-    return charts.linked_timeline(nav, panels, view)
+    in_view = chart_marks.in_view_frames(marks, view)
+    panels = [chart_marks.panel_with_marks(p, in_view, view) for _, p in keyed]
+    return charts.linked_timeline(nav, panels, view, shared=in_view)
 
 
 def ordered_keys(keys: list[str], code: str | None) -> list[str]:

@@ -19,6 +19,7 @@ from dashboard.data.steps import (
     query_buckets,
     rebucket,
     rollup_buckets,
+    split_read,
     steps_around,
     summarize,
 )
@@ -117,12 +118,19 @@ class SessionData:
         if not self.steps.needs_raw(view):
             return rebucket(self.steps.fine, view)
         level = self.steps.rollup_level(view)
-        with self.open() as session:
-            if level is not None:  # a finer stored rollup holds the view: no raw steps read
+        if level is not None:  # a finer stored rollup holds the view: no raw steps read
+            with self.open() as session:
                 return rebucket(rollup_buckets(session, self.start_unix_s, level, view.t0_s,
                                                view.t1_s), view)
-            return query_buckets(session, self.start_unix_s, view, self.steps.rowid_range(view),
-                                 self.steps.checked)
+        rowids = self.steps.rowid_range(view)
+        if rowids is None:
+            return self.steps.fine.iloc[0:0]
+
+        def read(rng: tuple[int, int]) -> pd.DataFrame:
+            with self.open() as session:
+                return query_buckets(session, self.start_unix_s, view, rng, self.steps.checked)
+
+        return split_read(read, rowids)
 
     def requests(self) -> pd.DataFrame:
         """Finished requests with ``t_finished_s`` and ``t_arrival_s`` (read from the file)."""

@@ -8,6 +8,8 @@ resolution can show, aggregated again from the raw rows of its rowid range only.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,9 +101,14 @@ def rebucket(fine: pd.DataFrame, view: View) -> pd.DataFrame:
         return pd.DataFrame(columns=list(BUCKET_COLUMNS), dtype="float64")
     pix = np.clip(((sel["t_lo_s"].to_numpy() - view.t0_s) / view.width_s).astype(np.int64), 0,
                   view.buckets - 1)
-    key = pd.DataFrame({"engine_id": sel["engine_id"].to_numpy(), "bucket": pix})
-    g = sel.drop(columns=["engine_id", "bucket"]).groupby(
-        [key["engine_id"].to_numpy(), key["bucket"].to_numpy()], sort=True)
+    return merge_buckets(sel, pix)
+
+
+def merge_buckets(parts: pd.DataFrame, bucket: np.ndarray) -> pd.DataFrame:
+    """Bucket rows merged per (engine, ``bucket``): min of mins, max of maxes, sums of sums
+    (a counter no part reported stays NaN, never 0)."""
+    g = parts.drop(columns=["engine_id", "bucket"]).groupby(
+        [parts["engine_id"].to_numpy(), bucket], sort=True, dropna=False)
     agg: dict[str, str] = {"t_lo_s": "min", "t_hi_s": "max", "n_steps": "sum",
                            "rowid_lo": "min", "rowid_hi": "max"}
     for c in GAUGES:
@@ -117,6 +124,28 @@ def rebucket(fine: pd.DataFrame, view: View) -> pd.DataFrame:
     out.index.names = ["engine_id", "bucket"]
     out = out.reset_index()
     return out[list(BUCKET_COLUMNS)].astype("float64")
+
+
+SPLIT_ROWS = 50_000
+"""A raw read over more rows than this is done as two halves at once, each on its own connection
+(SQLite steps without holding the GIL): on two cores, about half the time."""
+
+_READERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kvscope-steps")
+
+
+def split_read(read: Callable[[tuple[int, int]], pd.DataFrame],
+               rowid_range: tuple[int, int]) -> pd.DataFrame:
+    """``read(rowid_range)`` (a ``query_buckets`` on a fresh connection), as two concurrent halves
+    merged bucket by bucket when the range holds more than ``SPLIT_ROWS`` rows: the same frame."""
+    lo, hi = rowid_range
+    if hi - lo <= SPLIT_ROWS:
+        return read(rowid_range)
+    mid = (lo + hi) // 2
+    both = pd.concat(list(_READERS.map(read, [(lo, mid), (mid + 1, hi)])), ignore_index=True)
+    if both.empty:
+        return both
+    out = merge_buckets(both, both["bucket"].to_numpy(dtype=np.int64))
+    return out.sort_values(["bucket", "engine_id"], kind="stable").reset_index(drop=True)
 
 
 @dataclass

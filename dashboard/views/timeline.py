@@ -3,12 +3,15 @@ with engine start, OOMs and finding ranges marked on every panel."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import streamlit as st
 
 from dashboard import state
 from dashboard.charts import marks as chart_marks
 from dashboard.charts import panels as charts
 from dashboard.charts import timeline as tl
+from dashboard.data.session import SessionData
 from dashboard.data.steps import View
 from profiler.units import escape_markdown
 
@@ -30,15 +33,15 @@ SCROLL_TO_FOCUS_JS = """<script>
 })();
 </script>"""  # scrolls to the panel after the navigator: with a finding opened, the one that shows it
 
-data = state.current_session()
-if data is not None:
+
+@st.fragment
+def zoomable(data: SessionData, analysis: tuple[dict[str, Any], list[dict[str, Any]]] | None,
+             focus: tuple[float, float, str] | None, pending: bool) -> None:
+    """The controls and the linked chart: a brush reruns only this part of the page (no page
+    config, navigation, title or session picker re-sent), and keeps the address up to date."""
     with state.session_errors(data.name):
         whole = tl.whole_view(data)
         nav_key = f"nav::{data.path}"
-        # A large session being diagnosed (once, stored): the chart first, without finding marks.
-        pending = state.report_pending(data.path)
-        analysis = None if pending else state.report(data)
-        focus = state.get_focus(data)
 
         def on_brush() -> None:
             """Navigator brush moved: zoom every panel to it; a cleared brush or a double-click
@@ -50,15 +53,7 @@ if data is not None:
             else:
                 state.set_zoom(data, whole.t0_s, whole.t1_s)
 
-        st.title(f"Timeline · {escape_markdown(data.name)}")
-        if not data.steps.total_steps and not data.has_gpu_samples:
-            st.info("Nothing to draw over time: this session has neither engine steps nor GPU samples "
-                    "(no NVML on the machine that recorded it).", icon=":material/info:")
-            st.stop()
         t0, t1 = state.get_zoom(data)
-        if state.page_changed() and st.session_state.get(state.zoom_key(data)):
-            # back from another page after a zoom: draw the brush where the zoom is
-            state.set_zoom(data, t0, t1)
         view = View(t0, t1, tl.BUCKETS)
         b = state.buckets(data, view)
         steps_in_view = int(b["n_steps"].sum()) if not b.empty else 0
@@ -100,6 +95,24 @@ if data is not None:
                            selection_mode=[charts.ZOOM_PARAM, charts.RESET_PARAM], width="stretch")
         if focus is not None and st.session_state.pop(state.SCROLL_KEY, False):
             st.html(SCROLL_TO_FOCUS_JS, unsafe_allow_javascript=True)
+        state.write_link(data)
+
+
+data = state.current_session()
+if data is not None:
+    with state.session_errors(data.name):
+        # A large session being diagnosed (once, stored): the chart first, without finding marks.
+        pending = state.report_pending(data.path)
+        analysis = None if pending else state.report(data)
+        st.title(f"Timeline · {escape_markdown(data.name)}")
+        if not data.steps.total_steps and not data.has_gpu_samples:
+            st.info("Nothing to draw over time: this session has neither engine steps nor GPU samples "
+                    "(no NVML on the machine that recorded it).", icon=":material/info:")
+            st.stop()
+        if state.page_changed() and st.session_state.get(state.zoom_key(data)):
+            # back from another page after a zoom: draw the brush where the zoom is
+            state.set_zoom(data, *state.get_zoom(data))
+        zoomable(data, analysis, state.get_focus(data), pending)
         if pending:  # wait for the diagnosis (a spinner says so), then draw it with the findings
             state.report(data)
             st.rerun()
