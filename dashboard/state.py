@@ -402,9 +402,9 @@ def write_link(data: SessionData) -> None:
     for k in ("t0", "t1", "focus"):
         if k not in link and k in st.query_params:
             del st.query_params[k]
-    for k, v in link.items():
-        if st.query_params.get(k) != v:
-            st.query_params[k] = v
+    changed = {k: v for k, v in link.items() if st.query_params.get(k) != v}
+    if changed:  # one address change (one browser history entry) per zoom, not one per key
+        st.query_params.update(changed)
 
 
 def write_current_link() -> None:

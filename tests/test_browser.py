@@ -161,12 +161,15 @@ def test_zoom_survives_page_changes_and_links_and_double_click_resets(server: st
     navigator shows the whole session again."""
     page = open_page(browser, f"{server}/timeline?session=kv_saturation")
     try:
+        entries = page.evaluate("() => history.length")
         zoomed = _brush(page, 0.90, 0.97)
-        # A brush reruns only the chart's part of the page, which keeps the address on the zoom.
+        # A brush reruns only the chart's part of the page, which keeps the address on the zoom
+        # (one new address, so Back leaves the zoom in one step).
         shown = float(zoomed.split("Showing ")[1].split(" –")[0].replace(",", ""))
         page.wait_for_function("(v) => Math.abs(parseFloat(new URL(location.href).searchParams.get('t0')) - v)"
                                " < 0.006", arg=shown, timeout=30_000)
         assert float(parse_qs(urlparse(page.url).query)["t0"][0]) == pytest.approx(shown, abs=0.006)
+        assert page.evaluate("() => history.length") == entries + 1
         _nav(page, "memory")
         _nav(page, "timeline")
         assert _showing(page) == zoomed
