@@ -61,6 +61,8 @@ class Run:
     timed: list[Timed]
     rc: int
     stderr: str
+    sums_before: dict[str, float]
+    sums_after: dict[str, float]
 
 
 @pytest.fixture(scope="module")
@@ -69,13 +71,15 @@ def run(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Run:
     session = tmp_path_factory.mktemp("attach") / "latency.kvscope"
     before_counts = srv.counters(server.url)
     before = srv.histograms(server.url, tuple(FAMILIES.values()))
+    sums_before = srv.histogram_sums(server.url, tuple(FAMILIES.values()))
     proc = start_attach(server.url, session, "--interval-s", "0.25")
     timed = srv.drive_streaming(server.url, server.model, waves=4, per_wave=12, prefixes=4,
                                 max_tokens=MAX_TOKENS, gap_s=1.0)
     srv.wait_idle(server.url)
     wait_scraped(session, server.url, before_counts)
     rc, err = stop_attach(proc)
-    return Run(session, before, srv.histograms(server.url, tuple(FAMILIES.values())), timed, rc, err)
+    return Run(session, before, srv.histograms(server.url, tuple(FAMILIES.values())), timed, rc, err,
+               sums_before, srv.histogram_sums(server.url, tuple(FAMILIES.values())))
 
 
 def test_session_buckets_equal_the_server_histograms(run: Run) -> None:
@@ -118,18 +122,25 @@ def test_ttft_and_e2e_percentiles_within_one_bucket_of_the_client(run: Run) -> N
     client = {"ttft": ttfts, "e2e": [t.e2e_s for t in run.timed]}
     seen = {}
     for metric in ("ttft", "e2e"):
-        les = sorted(run.after[FAMILIES[metric]])
+        family = FAMILIES[metric]
+        les = sorted(run.after[family])
+        # The client also times its own side (HTTP, tokenization, the stream): on a busy machine
+        # that adds tens of ms to every request. Its mean share is the client's mean minus the
+        # server's (the histogram's _sum / _count), taken off the client's percentiles.
+        n = run.after[family][math.inf] - run.before[family].get(math.inf, 0.0)
+        server_mean_s = (run.sums_after[family] - run.sums_before[family]) / n
+        own_s = max(float(np.mean(client[metric])) - server_mean_s, 0.0)
         for q in (50, 95, 99):
             key = f"{metric}_p{q}"
             lo, hi = lat["resolution_s"][key]
             assert lo <= lat[key] <= (hi if hi is not None else math.inf)
             mine = les.index(hi if hi is not None else math.inf)
-            theirs = _bucket_index(les, float(np.percentile(client[metric], q)))
-            seen[key] = (lat[key], float(np.percentile(client[metric], q)), lo, hi)
+            theirs = _bucket_index(les, float(np.percentile(client[metric], q)) - own_s)
+            seen[key] = (lat[key], float(np.percentile(client[metric], q)), lo, hi, own_s)
             assert abs(mine - theirs) <= 1, (key, seen[key])
-    print("kvscope (bucket) vs client: " + ", ".join(
-        f"{k} {v:.3f} ({lo:g}-{hi if hi is not None else 'inf'}) vs {c:.3f}"
-        for k, (v, c, lo, hi) in seen.items()))
+    print("kvscope (bucket) vs client (its own share): " + ", ".join(
+        f"{k} {v:.3f} ({lo:g}-{hi if hi is not None else 'inf'}) vs {c:.3f} ({own:.3f})"
+        for k, (v, c, lo, hi, own) in seen.items()))
     # the workload queues: the percentiles must spread over several buckets to prove anything
     assert seen["ttft_p99"][0] > 2 * seen["ttft_p50"][0], seen
     for metric in ("itl", "queue", "prefill", "decode", "inference", "decode_per_token"):
