@@ -14,6 +14,7 @@ from streamlit.testing.v1 import AppTest
 
 from dashboard import serve, state
 from dashboard.charts import panels as dashboard_charts
+from dashboard.charts import timeline as timeline_charts
 from dashboard.data import derive
 from dashboard.data.reports import report_memo
 from dashboard.data.session import load_session
@@ -512,3 +513,25 @@ def test_a_brush_sent_again_after_a_redraw_is_the_same_zoom(second_t0_s: float, 
     first, second = at.session_state["first"], at.session_state["second"]
     assert first == (16.710342938159654, 50.131)
     assert second == ((second_t0_s, 50.131) if moved else first)
+
+
+def test_a_timeline_rerun_with_nothing_changed_rebuilds_no_chart(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rerun that a brush sent again after a redraw makes (the same zoom) reuses the linked
+    chart it drew; a change of what the chart shows (the rolling window) builds a new one."""
+    built: list[float] = []
+    real = timeline_charts.linked_chart
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        built.append(float(args[5] if len(args) > 5 else kwargs.get("rolling_s", 0.0)))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(timeline_charts, "linked_chart", counted)
+    at = go(open_app(monkeypatch, CPU), "timeline")
+    n = len(built)
+    assert n >= 1
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert len(built) == n
+    at.select_slider(key="rolling_s").set_value(5).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert built[n:] == [5.0]

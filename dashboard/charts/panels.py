@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import altair as alt
@@ -344,12 +344,15 @@ class LinkedTimeline:
 
     template: dict[str, Any]
     datasets: dict[str, pd.DataFrame]
+    _ipc: dict[str, bytes] | None = field(default=None, repr=False, compare=False)
 
     def spec(self) -> dict[str, Any]:
         """The Vega-Lite spec with the datasets attached as Arrow IPC bytes, which
-        ``st.vega_lite_chart`` passes through as they are."""
+        ``st.vega_lite_chart`` passes through as they are (converted once per chart)."""
+        if self._ipc is None:
+            self._ipc = {name: arrow_ipc(df) for name, df in self.datasets.items()}
         spec = copy.deepcopy(self.template)
-        spec["datasets"] = {name: arrow_ipc(df) for name, df in self.datasets.items()}
+        spec["datasets"] = dict(self._ipc)
         return spec
 
     def rows(self) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pandas as pd
 import streamlit as st
 
 from dashboard import state
@@ -32,6 +33,25 @@ SCROLL_TO_FOCUS_JS = """<script>
   go();
 })();
 </script>"""  # scrolls to the panel after the navigator: with a finding opened, the one that shows it
+
+
+LINKED_KEY = "kvscope_timeline_linked"  # st.session_state: the last linked chart and what it was drawn from
+
+
+def _linked(data: SessionData, view: View, b: pd.DataFrame, rolling_s: float,
+            analysis: tuple[dict[str, Any], list[dict[str, Any]]] | None,
+            focus: tuple[float, float, str] | None) -> charts.LinkedTimeline:
+    """The linked chart for this view, reused when nothing it is drawn from changed: the chart
+    sends its brush again after a redraw (the same zoom), and that rerun rebuilds nothing."""
+    brush = state.brush_value(data)
+    key = (view, brush, rolling_s, focus)
+    memo = st.session_state.get(LINKED_KEY)
+    if memo is not None and memo[0] is data and memo[1] is analysis and memo[2] == key:
+        return memo[3]
+    linked = tl.linked_chart(data, view, b, state.buckets(data, tl.whole_view(data)), brush, rolling_s,
+                             analysis=analysis, focus=focus)
+    st.session_state[LINKED_KEY] = (data, analysis, key, linked)
+    return linked
 
 
 @st.fragment
@@ -88,8 +108,7 @@ def zoomable(data: SessionData, analysis: tuple[dict[str, Any], list[dict[str, A
         if pending:
             st.info("This session is being diagnosed (below the chart): its findings' ranges are "
                     "marked when that is done.", icon=":material/hourglass_top:")
-        linked = tl.linked_chart(data, view, b, state.buckets(data, whole), state.brush_value(data),
-                                 float(rolling_s), analysis=analysis, focus=focus)
+        linked = _linked(data, view, b, float(rolling_s), analysis, focus)
         st.caption(chart_marks.LEGEND_TEXT + " Double-click the top strip to show the whole session.")
         st.vega_lite_chart(linked.spec(), key=nav_key, on_select=on_brush,
                            selection_mode=[charts.ZOOM_PARAM, charts.RESET_PARAM], width="stretch")
