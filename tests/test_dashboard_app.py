@@ -423,6 +423,31 @@ def page_texts(at: AppTest) -> list[str]:
     return out
 
 
+def path_tooltips(spec: dict[str, Any]) -> list[str]:
+    """Tooltip fields of line and area marks that vary along them. Vega binds a line's or an area's
+    one path to its first point, so such a field reads the first point's value wherever it is
+    hovered; only what the whole path shares (its series, as a nominal field) may be shown."""
+    out: list[str] = []
+
+    def walk(obj: Any) -> None:
+        if isinstance(obj, dict):
+            mark = obj.get("mark")
+            kind = mark.get("type") if isinstance(mark, dict) else mark
+            if kind in ("line", "area", "trail"):
+                tips = (obj.get("encoding") or {}).get("tooltip") or []
+                for t in tips if isinstance(tips, list) else [tips]:
+                    if t.get("type") != "nominal" or (isinstance(mark, dict) and mark.get("point")):
+                        out.append(f"{kind}: {t.get('field', t)}")
+            for v in obj.values():
+                walk(v)
+        elif isinstance(obj, list):
+            for v in obj:
+                walk(v)
+
+    walk(spec)
+    return out
+
+
 def bare(at: AppTest) -> list[str]:
     return sorted({t for t in page_texts(at) if BARE.search(t)})
 
@@ -432,7 +457,8 @@ def test_every_page_opens_every_bundled_session(app: Any, session: Path) -> None
     """CPU and GPU sessions, OOM ones included (no steps at all), in one AppTest per session: no
     page may raise, show an error, or read None/NaN; the same preemption count on Overview,
     Requests and KV cache; the cache size shown is blocks × bytes per block; the finding codes
-    show on the Overview."""
+    show on the Overview; no line or area shows a per-point value in its tooltip (it would be
+    its first point's)."""
     at = app(session)
     rep, findings = report_memo(session)
     assert at.title[0].value == "Sessions"
@@ -446,6 +472,7 @@ def test_every_page_opens_every_bundled_session(app: Any, session: Path) -> None
         headings = [h.value for h in [*at.title, *at.header]]
         assert headings and (page == "overview") == headings[0].startswith("Overview"), (page, headings)
         assert not bare(at), (page, bare(at))
+        assert not [t for spec in charts(at) for t in path_tooltips(spec)], page
         labels = {m.label: m.value for m in at.metric}
         if page in ("overview", "requests", "kv_cache") and "Preemptions" in labels:
             preemptions[page] = labels["Preemptions"]

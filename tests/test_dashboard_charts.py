@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import altair as alt
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -98,8 +99,35 @@ def test_timeline_panels_fields_and_axes(cpu: SessionData) -> None:
     assert any(lay["encoding"]["y"].get("axis", {}).get("format") == "%" for lay in layers(kv_spec)
                if "y" in lay["encoding"] and "field" in lay["encoding"]["y"])
     assert str(cpu.num_blocks()) in kv_spec["title"]
-    preempt_marks = {lay["mark"]["type"] for lay in layers(built["preempt"].to_dict())}
-    assert {"area", "tick"} <= preempt_marks  # the storm has ticks at the preempting steps
+    preempt = charts.preemption_panel(b, view, smooth_s=0.5)
+    assert [lay["mark"]["type"] for lay in layers(preempt.chart().to_dict())][:2] == ["area", "rect"]
+    # the strip along the bottom: one rect per run of buckets, exactly the buckets that preempted
+    strip = preempt.frames["strip"]
+    marked = np.zeros(view.buckets)
+    for t0, t1 in zip(strip["t_s"], strip["t_end_s"], strict=True):
+        marked[int(round((t0 - view.t0_s) / view.width_s)):int(round((t1 - view.t0_s) / view.width_s))] += 1
+    preempting = np.zeros(view.buckets)
+    preempting[b.loc[b["preemptions"] > 0, "bucket"].to_numpy(dtype=int)] = 1
+    assert preempting.sum() > 0 and (marked == preempting).all()  # the storm preempts
+
+
+def test_hit_rate_per_bucket_is_one_segment_per_bucket_broken_where_none_queried(cpu: SessionData) -> None:
+    view = serving_view(cpu)
+    b = cpu.buckets(view)
+    points = derive.hit_rate_series(b, view, 1.0)
+    per_bucket = points[points["series"] == points["series"].iloc[0]]
+    seg = derive.bucket_segments(per_bucket, view, "hit_rate_frac")
+    drawn = seg.dropna(subset=["hit_rate_frac"])
+    assert len(drawn) == 2 * len(per_bucket)  # both edges of every bucket with a value
+    lo = drawn["t_s"].to_numpy()[::2]
+    assert np.allclose(drawn["t_s"].to_numpy()[1::2] - lo, view.width_s)
+    assert np.allclose(lo + view.width_s / 2, per_bucket["t_s"].to_numpy())
+    assert (drawn["hit_rate_frac"].to_numpy()[::2] == per_bucket["hit_rate_frac"].to_numpy()).all()
+    # a gap (a bucket without queries between two that had some) is one NaN row that breaks the line
+    # (and one before the first and after the last bucket with a value, where the view goes on)
+    idx = np.floor((per_bucket["t_s"].to_numpy() - view.t0_s) / view.width_s).astype(int)
+    runs = int((np.diff(idx) > 1).sum()) + int(idx[0] > 0) + int(idx[-1] < view.buckets - 1)
+    assert (np.diff(idx) > 1).any() and seg["hit_rate_frac"].isna().sum() == runs
 
 
 def test_replay_cursor_is_drawn_on_the_time_axis(cpu: SessionData) -> None:

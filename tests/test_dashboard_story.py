@@ -198,9 +198,10 @@ def test_timeline_and_episodes_place_recorded_preemptions_at_their_own_time() ->
     assert steps["t_s"].min() > f.table["t_s"].min() + 0.3  # the counter trails the preemption
     view = View(*data.serving_range(), 400)
     b = with_recorded_preemptions(data.buckets(view), f, view)
-    ticks = derive.preemption_markers(b)
+    strip = derive.preemption_strip(b, view)
     assert b["preemptions"].sum() == len(f.table) == 17
-    assert abs(ticks["t_s"].min() - f.table["t_s"].min()) <= view.width_s
+    first_marked = strip["t_s"].min()  # the strip's first run starts at the first preemption's bucket
+    assert first_marked <= f.table["t_s"].min() < first_marked + view.width_s
     times = preemption_times(f, steps)
     assert list(times["t_s"]) == sorted(f.table["t_s"]) and times["waiting"].notna().all()
     ep = derive.preemption_episodes(times, 1.0)

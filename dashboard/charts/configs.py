@@ -27,8 +27,7 @@ def group_usage_chart(usage: pd.DataFrame, view: View, num_blocks: int | None,
     lines = alt.Chart(usage).mark_line(interpolate="step-after", clip=True).encode(
         x=time_x(view), y=alt.Y("blocks_used:Q", title="blocks held", stack=None),
         color=alt.Color("group:N", title=None, legend=alt.Legend(orient="top", labelLimit=320)),
-        tooltip=[alt.Tooltip("t_s:Q", format=".3f", title="t (s)"), "group:N",
-                 alt.Tooltip("blocks_used:Q", format=",.0f", title="blocks")])
+        tooltip=["group:N"])  # a line's tooltip is its first point's: only what the whole line shares
     layers: list[alt.Chart] = [lines]
     if num_blocks:
         cap = num_blocks - 1

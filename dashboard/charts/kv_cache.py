@@ -37,9 +37,7 @@ def kv_capacity_chart(buckets: pd.DataFrame, view: View, num_blocks: int, block_
     cap = num_blocks * per
     line = alt.Chart(df).mark_area(interpolate="step-after", color=COLORS["kv"], opacity=0.5,
                                    line={"color": COLORS["kv"]}).encode(
-        x=time_x(view), y=alt.Y("used:Q", title=f"KV {unit} used", scale=alt.Scale(domain=[0, cap * 1.08])),
-        tooltip=[alt.Tooltip("t_s:Q", format=".3f", title="t (s)"),
-                 alt.Tooltip("used:Q", format=",.0f", title=f"{unit} used")])
+        x=time_x(view), y=alt.Y("used:Q", title=f"KV {unit} used", scale=alt.Scale(domain=[0, cap * 1.08])))
     rule = alt.Chart(pd.DataFrame({"cap": [cap], "label": [f"capacity {cap:,} {unit}"]})).mark_rule(
         color=COLORS["total"], strokeDash=[5, 3]).encode(y="cap:Q", tooltip=["label:N"])
     return with_episodes(alt.layer(line, rule), episodes, view).properties(
@@ -52,10 +50,7 @@ def kv_demand_chart(demand: pd.DataFrame, view: View, capacity_tokens: int, epis
     df = demand.assign(series="demand (running + waiting)")
     area = alt.Chart(df).mark_area(interpolate="step-after", color=COLORS["waiting"], opacity=0.45,
                                    line={"color": COLORS["waiting"]}).encode(
-        x=time_x(view), y=alt.Y("demand_tokens:Q", title="tokens"),
-        tooltip=[alt.Tooltip("t_s:Q", format=".2f", title="t (s)"),
-                 alt.Tooltip("demand_tokens:Q", format=",.0f", title="demand tokens"),
-                 alt.Tooltip("in_system:Q", title="requests in system")])
+        x=time_x(view), y=alt.Y("demand_tokens:Q", title="tokens"))
     rule = alt.Chart(pd.DataFrame({"cap": [capacity_tokens],
                                    "label": [f"KV capacity {capacity_tokens:,} tokens"]})).mark_rule(
         color=COLORS["total"], strokeDash=[5, 3], strokeWidth=2).encode(y="cap:Q", tooltip=["label:N"])

@@ -70,8 +70,7 @@ def resident_chart(summary: KvEventSummary, t0_unix_s: float, names: dict[int, s
         x=_x(time_domain(summary, t0_unix_s)),
         y=alt.Y("resident_blocks:Q", title="resident blocks"),
         color=alt.Color("engine:N", title="engine"),
-        tooltip=["engine:N", alt.Tooltip("t_s:Q", format=".2f"), "resident_blocks:Q",
-                 "capacity_blocks:Q"],
+        tooltip=["engine:N"],  # a line's tooltip is its first point's: only what the whole line shares
     )
     cap = df.dropna(subset=["capacity_blocks"]).groupby("engine", as_index=False)["capacity_blocks"].max()
     rule = alt.Chart(cap).mark_rule(strokeDash=[6, 4], color="#333").encode(
@@ -109,8 +108,7 @@ def rates_chart(summary: KvEventSummary, t0_unix_s: float, names: dict[int, str]
         color=alt.Color("series:N", title=None,
                         scale=alt.Scale(domain=["evictions", "re-stores"], range=["#e45756", "#7b3294"])),
         **dash,
-        tooltip=["engine:N", "series:N", alt.Tooltip("t_s:Q", format=".1f"),
-                 alt.Tooltip("per_s:Q", format=".1f")],
+        tooltip=["engine:N", "series:N"],  # a line's tooltip is its first point's
     ).properties(height=HEIGHT, title="Evictions and re-stores")
 
 

@@ -78,7 +78,7 @@ def occupancy_chart(df: pd.DataFrame, t0_s: float, t1_s: float, height: int = 22
         color=alt.Color("series:N", title=None, legend=alt.Legend(orient="top"),
                         scale=alt.Scale(domain=["blocks in use", "token slots holding tokens"],
                                         range=[COLORS["kv"], COLORS["rolling"]])),
-        tooltip=[alt.Tooltip("t_s:Q", format=".3f"), "series:N", alt.Tooltip("frac:Q", format=".1%")],
+        tooltip=["series:N"],  # a line's tooltip is its first point's: only what the whole line shares
     ).properties(title="Blocks in use vs token slots actually holding tokens", height=height)
 
 
@@ -107,12 +107,14 @@ def tier_series_chart(series: list[TierSeries], column: str, title: str, fmt: st
     if not frames:
         return None
     df = pd.concat(frames, ignore_index=True).dropna(subset=[column])
-    return alt.Chart(df).mark_line(point=True, interpolate="step-after").encode(
+    base = alt.Chart(df).encode(
         x=alt.X("t_s:Q", title="time since session start (s)"),
         y=alt.Y(f"{column}:Q", title=title, axis=alt.Axis(format=fmt)),
-        color=alt.Color("medium:N", title="tier"),
-        tooltip=["medium:N", alt.Tooltip("t_s:Q", format=".2f"), alt.Tooltip(f"{column}:Q", format=fmt)],
-    ).properties(title=title, height=height)
+        color=alt.Color("medium:N", title="tier"))
+    # the readout on the points: a line's tooltip would be its first point's wherever it is hovered
+    points = base.mark_point(filled=True).encode(
+        tooltip=["medium:N", alt.Tooltip("t_s:Q", format=".2f"), alt.Tooltip(f"{column}:Q", format=fmt)])
+    return alt.layer(base.mark_line(interpolate="step-after"), points).properties(title=title, height=height)
 
 
 def block_size_chart(points: list[BlockSizePoint], engine_block_size: int | None,

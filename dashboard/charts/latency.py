@@ -41,8 +41,9 @@ def percentiles_chart(binned: pd.DataFrame, name: str, height: int = 200) -> alt
         legend=alt.Legend(orient="top", direction="horizontal"))
     x = alt.X("t_mid_s:Q", title="time since session start (s)")
     band = alt.Chart(df).mark_area(opacity=0.15).encode(x=x, y="lo_s:Q", y2="hi_s:Q", color=color)
-    line = alt.Chart(df).mark_line(point=True).encode(
-        x=x, y=alt.Y("value_s:Q", title="seconds"), color=color,
+    base = alt.Chart(df).encode(x=x, y=alt.Y("value_s:Q", title="seconds"), color=color)
+    # the readout on the points: a line's tooltip would be its first point's wherever it is hovered
+    points = base.mark_point(filled=True).encode(
         tooltip=["quantile:N", alt.Tooltip("t_mid_s:Q", format=".1f", title="t (s)"),
                  alt.Tooltip("value_s:Q", format=".4f", title="value (s)"),
                  alt.Tooltip("lo_s:Q", format="g", title="bucket from (s)"),
@@ -51,5 +52,5 @@ def percentiles_chart(binned: pd.DataFrame, name: str, height: int = 200) -> alt
     sub = f"bins of {fmt_s(float(binned['bin_s'].iloc[0]))}" if not binned.empty else ""
     if not last.empty:
         sub += " · shaded: the histogram bucket each value lies in"
-    return alt.layer(band, line).properties(title=alt.TitleParams(f"{name} over time", subtitle=sub),
+    return alt.layer(band, base.mark_line(), points).properties(title=alt.TitleParams(f"{name} over time", subtitle=sub),
                                             height=height)

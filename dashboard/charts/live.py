@@ -18,9 +18,7 @@ def gpu_used_chart(samples: pd.DataFrame, view: View, total_bytes: float | None,
     df = pd.DataFrame({"t_s": samples["t_s"].astype(float),
                        "gib": samples["used_bytes"].astype(float) / GIB}).dropna()
     line = alt.Chart(df).mark_line(interpolate="step-after", color=COLORS["used"]).encode(
-        x=time_x(view), y=alt.Y("gib:Q", title="GiB"),
-        tooltip=[alt.Tooltip("t_s:Q", format=".2f", title="t (s)"),
-                 alt.Tooltip("gib:Q", format=".2f", title="used GiB")])
+        x=time_x(view), y=alt.Y("gib:Q", title="GiB"))
     layers: list[alt.Chart] = [line]
     if total_bytes:
         layers.append(alt.Chart(pd.DataFrame({"gib": [total_bytes / GIB]})).mark_rule(

@@ -19,8 +19,7 @@ def process_memory_chart(samples: pd.DataFrame, view: View, height: int = 220) -
     return alt.Chart(df).mark_line(interpolate="step-after", strokeWidth=2).encode(
         x=time_x(view), y=alt.Y("gib:Q", title="GiB"),
         color=alt.Color("holder:N", title="process · GPU", legend=alt.Legend(orient="right", labelLimit=320)),
-        tooltip=[alt.Tooltip("t_s:Q", format=".2f", title="t (s)"), alt.Tooltip("holder:N", title="process"),
-                 alt.Tooltip("gib:Q", format=".2f", title="GiB")],
+        tooltip=[alt.Tooltip("holder:N", title="process")],  # a line's tooltip is its first point's
     ).properties(title="GPU memory per process (NVML)", height=height)
 
 
@@ -35,8 +34,7 @@ def allocator_chart(samples: pd.DataFrame, view: View, height: int = 220) -> alt
         color=alt.Color("process:N", title="worker", legend=alt.Legend(orient="right", labelLimit=320)),
         strokeDash=alt.StrokeDash("measure:N", title=None, scale=alt.Scale(
             domain=["reserved", "allocated"], range=[[1, 0], [5, 3]])),
-        tooltip=[alt.Tooltip("t_s:Q", format=".2f", title="t (s)"), "process:N", "measure:N",
-                 alt.Tooltip("gib:Q", format=".3f", title="GiB")],
+        tooltip=["process:N", "measure:N"],  # a line's tooltip is its first point's
     ).properties(title="Torch allocator per worker: reserved vs allocated", height=height)
 
 
@@ -89,8 +87,7 @@ def attribution_panel(df: pd.DataFrame, view: View, title: str, total_bytes: flo
             color=alt.Color("band:N", title=None, sort=domain, scale=alt.Scale(domain=domain, range=colors),
                             legend=alt.Legend(orient="top", columns=3, labelLimit=330, symbolType="square")),
             order=alt.Order("order:Q"),
-            tooltip=[alt.Tooltip("t_s:Q", format=".2f", title="t (s)"), alt.Tooltip("band:N", title="holder"),
-                     alt.Tooltip("gib:Q", format=".2f", title="GiB")],
+            tooltip=[alt.Tooltip("band:N", title="holder")],  # an area's tooltip is its first point's
         )
         layers: list[alt.Chart] = [area]
         if "total" in d:

@@ -16,6 +16,8 @@ from dashboard.data.steps import View
 
 TIME_TITLE = "time since session start (s)"
 PANEL_HEIGHT = 150
+STRIP_PX = 8
+"""Height of the strip along a panel's bottom that marks buckets with an event (preemptions)."""
 COLORS = {
     "kv": "#4c78a8", "running": "#4c78a8", "waiting": "#f58518", "preempt": "#e45756",
     "prompt": "#72b7b2", "generation": "#54a24b", "hit": "#b279a2", "rolling": "#7b3294",
@@ -112,8 +114,6 @@ def kv_usage_panel(buckets: pd.DataFrame, view: View, num_blocks: int | None = N
             x=time_x(view),
             y=alt.Y("value:Q", title="KV usage", axis=alt.Axis(format="%"),
                     scale=alt.Scale(domain=[0, 1.05])),
-            tooltip=[alt.Tooltip("t_s:Q", format=".3f", title="t (s)"),
-                     alt.Tooltip("value:Q", format=".1%", title="KV usage")],
             **_engine_color(multi, COLORS["kv"]),
         )
         capacity = alt.Chart(d["capacity"]).mark_rule(
@@ -146,8 +146,6 @@ def queue_panel(buckets: pd.DataFrame, view: View, cursor_s: float | None = None
                                             range=[COLORS["running"], COLORS["waiting"]]),
                             legend=alt.Legend(orient="top", direction="horizontal")),
             detail="engine_id:N",
-            tooltip=[alt.Tooltip("t_s:Q", format=".3f", title="t (s)"), "state:N",
-                     alt.Tooltip("value:Q", title="requests")],
         ).properties(title="Requests running and waiting", height=height)
 
     return _with_cursor(Panel({"line": df}, ("queue", height), draw), cursor_s, view)
@@ -161,9 +159,10 @@ def queue_chart(buckets: pd.DataFrame, view: View, cursor_s: float | None = None
 
 def preemption_panel(buckets: pd.DataFrame, view: View, cursor_s: float | None = None,
                      height: int = PANEL_HEIGHT, smooth_s: float = 0.0, recorded: bool = False) -> Panel:
-    """Preemptions per second (area, averaged over ``smooth_s``) with a tick at every bucket that
-    preempted; ``recorded``: the counts are the engine core's, at each preemption's own time (else
-    vLLM's step counters, which count a preemption when the request next returns output)."""
+    """Preemptions per second (area, averaged over ``smooth_s``) over a strip along the bottom that
+    marks every bucket that preempted; ``recorded``: the counts are the engine core's, at each
+    preemption's own time (else vLLM's step counters, which count a preemption when the request
+    next returns output)."""
     rate = derive.rate_series(buckets, view, {"preemptions": "preemptions/s"}, smooth_s)
     if rate.empty:
         return empty_panel("no engine steps in this range", view, height, "Preemptions per second")
@@ -172,52 +171,46 @@ def preemption_panel(buckets: pd.DataFrame, view: View, cursor_s: float | None =
         area = alt.Chart(d["rate"]).mark_area(interpolate="step", color=COLORS["preempt"],
                                               opacity=0.5).encode(
             x=time_x(view), y=alt.Y("per_s:Q", title="preemptions / s", axis=alt.Axis(format=",.4~f")),
-            tooltip=[alt.Tooltip("t_s:Q", format=".3f", title="t (s)"),
-                     alt.Tooltip("per_s:Q", format=".1f", title="preemptions/s")],
         )
-        ticks = alt.Chart(d["marks"]).mark_tick(color=COLORS["preempt"], thickness=2, size=10,
-                                                clip=True).encode(
-            x=time_x(view), y=alt.value(4),
-            tooltip=[alt.Tooltip("t_s:Q", format=".3f", title="t (s)"), "preemptions:Q"],
+        strip = alt.Chart(d["strip"]).mark_rect(color=COLORS["preempt"], clip=True).encode(
+            x=time_x(view), x2="t_end_s:Q", y=alt.value(height - STRIP_PX), y2=alt.value(height),
         )
-        what = ("at the engine core's times; ticks mark them" if recorded else
-                "vLLM's step counters; ticks mark the steps that counted them")
-        return alt.layer(area, ticks).properties(
+        what = ("at the engine core's times; the strip along the bottom marks them" if recorded else
+                "vLLM's step counters; the strip along the bottom marks the steps that counted them")
+        return alt.layer(area, strip).properties(
             title=f"Preemptions per second{_smooth_note(smooth_s)} ({what})", height=height)
 
-    panel = Panel({"rate": rate, "marks": derive.preemption_markers(buckets)},
+    panel = Panel({"rate": rate, "strip": derive.preemption_strip(buckets, view)},
                   ("preempt", smooth_s, height, recorded), draw)
     return _with_cursor(panel, cursor_s, view)
 
 
 def prefix_hit_panel(buckets: pd.DataFrame, view: View, rolling_s: float,
                      cursor_s: float | None = None, height: int = PANEL_HEIGHT) -> Panel:
-    """Prefix-cache hit rate per bucket (points) and over a rolling window (line)."""
+    """Prefix-cache hit rate per bucket (a thin segment across each bucket that queried) and over
+    a rolling window (line)."""
     df = derive.hit_rate_series(buckets, view, rolling_s)
     if df.empty:
         return empty_panel("no prefix-cache queries in this range", view, height, "Prefix-cache hit rate")
     names = tuple(dict.fromkeys(df["series"]))
     first = df["series"] == names[0]
+    per_bucket = derive.bucket_segments(df[first], view, "hit_rate_frac").assign(series=names[0])
 
     def draw(d: dict[str, Source]) -> alt.LayerChart:
-        def base(src: Source) -> alt.Chart:
-            return alt.Chart(src).encode(
+        def line(src: Source, width: float, opacity: float) -> alt.Chart:
+            return alt.Chart(src).mark_line(strokeWidth=width, opacity=opacity).encode(
                 x=time_x(view),
                 y=alt.Y("hit_rate_frac:Q", title="hit rate", axis=alt.Axis(format="%"),
                         scale=alt.Scale(domain=[0, 1])),
                 color=alt.Color("series:N", title=None, scale=alt.Scale(
                     domain=list(names), range=[COLORS["hit"], COLORS["rolling"]]),
                     legend=alt.Legend(orient="top", direction="horizontal")),
-                tooltip=[alt.Tooltip("t_s:Q", format=".3f", title="t (s)"), "series:N",
-                         alt.Tooltip("hit_rate_frac:Q", format=".1%", title="hit rate"),
-                         alt.Tooltip("queries_tokens:Q", title="queried tokens")],
+                detail="engine_id:N",
             )
-        points = base(d["points"]).mark_circle(size=14, opacity=0.5)
-        line = base(d["rolling"]).mark_line(strokeWidth=2)
-        return alt.layer(points, line).properties(
+        return alt.layer(line(d["points"], 1.5, 0.6), line(d["rolling"], 2, 1)).properties(
             title="Prefix-cache hit rate (tokens hit / tokens queried)", height=height)
 
-    panel = Panel({"points": df[first].reset_index(drop=True), "rolling": df[~first].reset_index(drop=True)},
+    panel = Panel({"points": per_bucket, "rolling": df[~first].reset_index(drop=True)},
                   ("hit", names, height), draw)
     return _with_cursor(panel, cursor_s, view)
 
@@ -243,8 +236,6 @@ def throughput_panel(buckets: pd.DataFrame, view: View, cursor_s: float | None =
                 domain=["prompt", "generation"], range=[COLORS["prompt"], COLORS["generation"]]),
                 legend=alt.Legend(orient="top", direction="horizontal")),
             detail="engine_id:N",
-            tooltip=[alt.Tooltip("t_s:Q", format=".3f", title="t (s)"), "series:N",
-                     alt.Tooltip("per_s:Q", format=",.0f", title="tokens/s")],
         ).properties(title=f"Throughput: prompt and generation tokens per second{_smooth_note(smooth_s)}",
                      height=height)
 
@@ -317,8 +308,7 @@ def compare_chart(df: pd.DataFrame, value: str, title: str, y_title: str, fmt: s
         y=alt.Y(f"{value}:Q", title=y_title, axis=axis),
         color=alt.Color("session:N", title=None, legend=alt.Legend(orient="top", labelLimit=400),
                         scale=scale),
-        tooltip=["session:N", alt.Tooltip("t_s:Q", format=".2f", title="t (s)"),
-                 alt.Tooltip(f"{value}:Q", format=fmt or ",.2f", title=y_title)],
+        tooltip=["session:N"],  # a line's tooltip is its first point's: only what the whole line shares
     ).properties(title=title, height=height)
 
 

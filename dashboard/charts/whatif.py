@@ -35,12 +35,14 @@ def whatif_chart(w: WhatIf, max_blocks: int | None = None) -> alt.LayerChart:
     x = alt.X("num_blocks:Q", title=f"KV cache size (blocks of {w.curve.block_size} tokens)")
     y = alt.Y("hit_rate:Q", title="prefix-cache hit rate", axis=alt.Axis(format="%"),
               scale=alt.Scale(domain=[0, 1]))
-    line = alt.Chart(curve).mark_line(interpolate="step-after").encode(
+    line = alt.Chart(curve).mark_line(interpolate="step-after").encode(x=x, y=y)
+    # the readout on each step's point: a line's tooltip would be its first point's wherever hovered
+    steps = alt.Chart(curve).mark_circle(size=16).encode(
         x=x, y=y,
         tooltip=[alt.Tooltip("num_blocks:Q", title="blocks"), alt.Tooltip("tokens:Q", format=","),
                  alt.Tooltip("hit_rate:Q", title="predicted", format=".1%")],
     )
-    layers: list[alt.Chart] = [line]
+    layers: list[alt.Chart] = [line, steps]
     marks = marks_frame(w)
     if not marks.empty:
         rule = alt.Chart(marks.head(1)).mark_rule(strokeDash=[4, 4], color="gray").encode(x="num_blocks:Q")

@@ -103,13 +103,37 @@ def hit_rate_series(buckets: pd.DataFrame, view: View, rolling_s: float) -> pd.D
     return out.dropna(subset=["hit_rate_frac"]).reset_index(drop=True)
 
 
-def preemption_markers(buckets: pd.DataFrame) -> pd.DataFrame:
-    """One marker per bucket that preempted: ``t_s`` (its first step), ``preemptions``."""
-    if buckets.empty:
-        return pd.DataFrame(columns=["t_s", "preemptions", "engine_id"])
-    p = buckets[buckets["preemptions"].fillna(0) > 0]
-    return pd.DataFrame({"t_s": p["t_lo_s"], "preemptions": p["preemptions"],
-                         "engine_id": p["engine_id"]}).reset_index(drop=True)
+def preemption_strip(buckets: pd.DataFrame, view: View) -> pd.DataFrame:
+    """The runs of adjacent buckets of the view that preempted (any engine): ``t_s``, ``t_end_s``.
+    One rect per run marks them, where a mark per preempting bucket made hundreds of elements for
+    the browser to redraw on a zoom."""
+    hit = np.zeros(view.buckets + 2, dtype=bool)  # a bucket on each side that never preempts
+    if not buckets.empty:
+        b = buckets.loc[buckets["preemptions"].fillna(0) > 0, "bucket"].to_numpy(dtype=int)
+        hit[1 + b[(b >= 0) & (b < view.buckets)]] = True
+    edges = np.flatnonzero(np.diff(hit.astype(np.int8)))  # run i covers buckets edges[2i]..edges[2i+1]-1
+    return pd.DataFrame({"t_s": view.t0_s + edges[0::2] * view.width_s,
+                         "t_end_s": view.t0_s + edges[1::2] * view.width_s})
+
+
+def bucket_segments(points: pd.DataFrame, view: View, value: str) -> pd.DataFrame:
+    """Per-bucket values (``t_s`` at bucket centres, ``engine_id``) as one flat segment per bucket:
+    rows at each bucket's two edges, and a NaN row where buckets without a value break the line.
+    One line draws every bucket, a lone one too, without joining across buckets that have none."""
+    parts = []
+    for eid, g in points.groupby("engine_id", dropna=False, sort=False):
+        idx = np.floor((g["t_s"].to_numpy() - view.t0_s) / view.width_s).astype(int)
+        ok = (idx >= 0) & (idx < view.buckets)
+        grid = np.full(view.buckets, np.nan)
+        grid[idx[ok]] = g[value].to_numpy(dtype=float)[ok]
+        lo = view.t0_s + np.arange(view.buckets) * view.width_s
+        t = np.column_stack([lo, lo + view.width_s]).ravel()
+        v = np.repeat(grid, 2)
+        keep = ~np.isnan(v) | np.r_[True, ~np.isnan(v[:-1])]  # one NaN row per gap
+        parts.append(pd.DataFrame({"t_s": t[keep], value: v[keep], "engine_id": eid}))
+    if not parts:
+        return pd.DataFrame({"t_s": [], value: [], "engine_id": []})
+    return pd.concat(parts, ignore_index=True)
 
 
 def preemption_episodes(preempting: pd.DataFrame, gap_s: float) -> pd.DataFrame:

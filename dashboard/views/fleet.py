@@ -61,8 +61,7 @@ if data is not None:
                 x=alt.X("t_s:Q", title="time since session start (s)",
                         scale=alt.Scale(domain=[t0, t1], nice=False)),
                 y=alt.Y(f"{value}:Q", title=None, axis=alt.Axis(format=fmt)),
-                tooltip=["server:N", alt.Tooltip("t_s:Q", format=".1f"),
-                         alt.Tooltip(f"{value}:Q", format=".2f")],
+                tooltip=["server:N"],  # a line's tooltip is its first point's: only what the whole line shares
             ).properties(width=190, height=90).facet(
                 facet=alt.Facet("server:N", sort=order, title=None,
                                 header=alt.Header(labelLimit=260, labelFontSize=11)),
