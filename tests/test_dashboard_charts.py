@@ -111,23 +111,22 @@ def test_timeline_panels_fields_and_axes(cpu: SessionData) -> None:
     assert preempting.sum() > 0 and (marked == preempting).all()  # the storm preempts
 
 
-def test_hit_rate_per_bucket_is_one_segment_per_bucket_broken_where_none_queried(cpu: SessionData) -> None:
+def test_hit_rate_per_bucket_is_one_segment_per_bucket_one_line_per_run(cpu: SessionData) -> None:
     view = serving_view(cpu)
     b = cpu.buckets(view)
     points = derive.hit_rate_series(b, view, 1.0)
     per_bucket = points[points["series"] == points["series"].iloc[0]]
     seg = derive.bucket_segments(per_bucket, view, "hit_rate_frac")
-    drawn = seg.dropna(subset=["hit_rate_frac"])
-    assert len(drawn) == 2 * len(per_bucket)  # both edges of every bucket with a value
-    lo = drawn["t_s"].to_numpy()[::2]
-    assert np.allclose(drawn["t_s"].to_numpy()[1::2] - lo, view.width_s)
+    assert len(seg) == 2 * len(per_bucket) and seg["hit_rate_frac"].notna().all()
+    lo = seg["t_s"].to_numpy()[::2]
+    assert np.allclose(seg["t_s"].to_numpy()[1::2] - lo, view.width_s)
     assert np.allclose(lo + view.width_s / 2, per_bucket["t_s"].to_numpy())
-    assert (drawn["hit_rate_frac"].to_numpy()[::2] == per_bucket["hit_rate_frac"].to_numpy()).all()
-    # a gap (a bucket without queries between two that had some) is one NaN row that breaks the line
-    # (and one before the first and after the last bucket with a value, where the view goes on)
+    assert (seg["hit_rate_frac"].to_numpy()[::2] == per_bucket["hit_rate_frac"].to_numpy()).all()
+    # a bucket without queries between two that had some starts a new run: a new line, not a join
     idx = np.floor((per_bucket["t_s"].to_numpy() - view.t0_s) / view.width_s).astype(int)
-    runs = int((np.diff(idx) > 1).sum()) + int(idx[0] > 0) + int(idx[-1] < view.buckets - 1)
-    assert (np.diff(idx) > 1).any() and seg["hit_rate_frac"].isna().sum() == runs
+    runs = 1 + int((np.diff(idx) > 1).sum())
+    assert runs > 1 and seg["run"].nunique() == runs
+    assert (seg.groupby("run")["t_s"].agg(lambda t: np.diff(t.to_numpy()).min()) >= -1e-12).all()
 
 
 def test_replay_cursor_is_drawn_on_the_time_axis(cpu: SessionData) -> None:

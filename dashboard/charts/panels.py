@@ -187,8 +187,8 @@ def preemption_panel(buckets: pd.DataFrame, view: View, cursor_s: float | None =
 
 def prefix_hit_panel(buckets: pd.DataFrame, view: View, rolling_s: float,
                      cursor_s: float | None = None, height: int = PANEL_HEIGHT) -> Panel:
-    """Prefix-cache hit rate per bucket (a thin segment across each bucket that queried) and over
-    a rolling window (line)."""
+    """Prefix-cache hit rate per bucket (a thin segment across each bucket that queried, one line
+    per run of adjacent ones) and over a rolling window (line)."""
     df = derive.hit_rate_series(buckets, view, rolling_s)
     if df.empty:
         return empty_panel("no prefix-cache queries in this range", view, height, "Prefix-cache hit rate")
@@ -197,7 +197,7 @@ def prefix_hit_panel(buckets: pd.DataFrame, view: View, rolling_s: float,
     per_bucket = derive.bucket_segments(df[first], view, "hit_rate_frac").assign(series=names[0])
 
     def draw(d: dict[str, Source]) -> alt.LayerChart:
-        def line(src: Source, width: float, opacity: float) -> alt.Chart:
+        def line(src: Source, width: float, opacity: float, detail: str) -> alt.Chart:
             return alt.Chart(src).mark_line(strokeWidth=width, opacity=opacity).encode(
                 x=time_x(view),
                 y=alt.Y("hit_rate_frac:Q", title="hit rate", axis=alt.Axis(format="%"),
@@ -205,9 +205,9 @@ def prefix_hit_panel(buckets: pd.DataFrame, view: View, rolling_s: float,
                 color=alt.Color("series:N", title=None, scale=alt.Scale(
                     domain=list(names), range=[COLORS["hit"], COLORS["rolling"]]),
                     legend=alt.Legend(orient="top", direction="horizontal")),
-                detail="engine_id:N",
+                detail=detail,
             )
-        return alt.layer(line(d["points"], 1.5, 0.6), line(d["rolling"], 2, 1)).properties(
+        return alt.layer(line(d["points"], 3, 0.7, "run:N"), line(d["rolling"], 2, 1, "engine_id:N")).properties(
             title="Prefix-cache hit rate (tokens hit / tokens queried)", height=height)
 
     panel = Panel({"points": per_bucket, "rolling": df[~first].reset_index(drop=True)},

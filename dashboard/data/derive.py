@@ -118,21 +118,24 @@ def preemption_strip(buckets: pd.DataFrame, view: View) -> pd.DataFrame:
 
 def bucket_segments(points: pd.DataFrame, view: View, value: str) -> pd.DataFrame:
     """Per-bucket values (``t_s`` at bucket centres, ``engine_id``) as one flat segment per bucket:
-    rows at each bucket's two edges, and a NaN row where buckets without a value break the line.
-    One line draws every bucket, a lone one too, without joining across buckets that have none."""
+    rows at each bucket's two edges, and ``run`` numbering each run of adjacent buckets (of one
+    engine), so a line per run draws every bucket, a lone one too, without joining across buckets
+    that have none (Vega-Lite drops NaN rows and would join across them)."""
     parts = []
+    runs = 0
     for eid, g in points.groupby("engine_id", dropna=False, sort=False):
         idx = np.floor((g["t_s"].to_numpy() - view.t0_s) / view.width_s).astype(int)
         ok = (idx >= 0) & (idx < view.buckets)
-        grid = np.full(view.buckets, np.nan)
-        grid[idx[ok]] = g[value].to_numpy(dtype=float)[ok]
-        lo = view.t0_s + np.arange(view.buckets) * view.width_s
-        t = np.column_stack([lo, lo + view.width_s]).ravel()
-        v = np.repeat(grid, 2)
-        keep = ~np.isnan(v) | np.r_[True, ~np.isnan(v[:-1])]  # one NaN row per gap
-        parts.append(pd.DataFrame({"t_s": t[keep], value: v[keep], "engine_id": eid}))
+        idx, v = idx[ok], g[value].to_numpy(dtype=float)[ok]
+        order = np.argsort(idx, kind="stable")
+        idx, v = idx[order], v[order]
+        run = runs + np.cumsum(np.r_[True, np.diff(idx) > 1])
+        runs = int(run[-1]) if len(run) else runs
+        lo = view.t0_s + idx * view.width_s
+        parts.append(pd.DataFrame({"t_s": np.column_stack([lo, lo + view.width_s]).ravel(),
+                                   value: np.repeat(v, 2), "run": np.repeat(run, 2), "engine_id": eid}))
     if not parts:
-        return pd.DataFrame({"t_s": [], value: [], "engine_id": []})
+        return pd.DataFrame({"t_s": [], value: [], "run": [], "engine_id": []})
     return pd.concat(parts, ignore_index=True)
 
 
