@@ -119,6 +119,10 @@ WATCH_RUN_JS = """() => {  // window.__kvscopeRan: the app's script started a ru
   seen.observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
 }"""
 
+LINES_JS = """() => [...document.querySelectorAll("[data-testid='stVegaLiteChart'] g.mark-line path")]
+  .map(p => p.getAttribute('d')).join('|')"""
+"""Every line the Timeline draws, as SVG path data."""
+
 AXIS_LABELS_JS = """(el) => [...el.querySelectorAll('g.role-axis-label text')].map(t => t.textContent).join('|')"""
 
 
@@ -155,12 +159,16 @@ def zoom_s(browser: Any, url: str, fractions: list[tuple[float, float]]) -> list
                                "\"[data-testid='stVegaLiteChart']\")) !== b", arg=before,
                                timeout=30_000)
         visual = time.perf_counter() - t0
+        brushed = page.evaluate(LINES_JS)
         page.evaluate(WATCH_RUN_JS)
         t1 = time.perf_counter()
         page.mouse.up()
-        # the rerun seen starting (a fast one can end between two polls of a selector), then idle
+        # the rerun seen starting (a fast one can end between two polls of a selector), then idle,
+        # and the lines redrawn from the new data (a chart that cannot swap its datasets in would
+        # keep the brushed lines: idle alone would time a zoom that never drew)
         page.wait_for_function("() => window.__kvscopeRan === true", timeout=30_000)
         page.wait_for_selector(IDLE, timeout=30_000)
+        page.wait_for_function(f"(b) => ({LINES_JS})() !== b", arg=brushed, timeout=30_000)
         _after_paint(page)
         out.append((visual, time.perf_counter() - t1))
     page.close()
