@@ -87,4 +87,8 @@ def test_chart_marks_the_real_size_and_both_rates(thrash: sc.Recorded) -> None:
     assert curve["num_blocks"].min() == 1 and curve["num_blocks"].max() == 96
     assert curve["hit_rate"].is_monotonic_increasing
     spec = whatif_chart(w, 96).to_dict()
-    assert len(spec["layer"]) == 4  # curve, real-size rule, measured/model points, unbounded line
+    # curve, its step points (the readout), real-size rule, measured/model points, unbounded line
+    assert len(spec["layer"]) == 5
+    line, steps = spec["layer"][:2]
+    assert line["mark"]["type"] == "line" and "tooltip" not in line["encoding"]
+    assert {t["field"] for t in steps["encoding"]["tooltip"]} == {"num_blocks", "tokens", "hit_rate"}
