@@ -34,14 +34,9 @@ from profiler.errors import SessionFormatError  # noqa: E402
 from profiler.session.reader import open_session  # noqa: E402
 from tests.support.big_session import build_big_session  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
+from tests.support.screenshots import CHROMIUM, CHROMIUM_ARGS, IDLE, LINES_JS  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 CHART = "[data-testid='stVegaLiteChart'] canvas, [data-testid='stVegaLiteChart'] svg.marks"
-IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
-
-
 
 
 FLOOR_APP = """import altair as alt
@@ -106,10 +101,6 @@ def first_chart_s(browser: Any, url: str, path: str) -> float:
     page.close()
     return elapsed
 
-
-LINES_JS = """() => [...document.querySelectorAll("[data-testid='stVegaLiteChart'] g.mark-line path")]
-  .map(p => p.getAttribute('d')).join('|')"""
-"""Every line the Timeline draws, as SVG path data."""
 
 RELEASE_JS = "() => { const lines = " + LINES_JS + """;
   // window.__kvscopeDrawnMs: from the mouse release to the frame after the first one whose lines

@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-from tests.support.screenshots import CHART, CHROMIUM, CHROMIUM_ARGS, IDLE, ui_server
+from tests.support.screenshots import CHART, CHROMIUM, CHROMIUM_ARGS, IDLE, LINES_JS, ui_server
 
 pytestmark = pytest.mark.browser
 
@@ -98,11 +98,6 @@ def test_page_renders(server: str, browser: Any, shots: Path, session: str, path
         page.screenshot(path=str(shots / f"{session}-{path or 'sessions'}.png"), full_page=True)
     finally:
         page.close()
-
-
-LINES_JS = """() => [...document.querySelectorAll("[data-testid='stVegaLiteChart'] g.mark-line path")]
-  .map(p => p.getAttribute('d')).join('|')"""
-"""Every line the Timeline draws, as SVG path data."""
 
 
 def test_timeline_brush_zooms_every_panel(server: str, browser: Any, shots: Path) -> None:
