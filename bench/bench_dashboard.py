@@ -34,7 +34,7 @@ from profiler.errors import SessionFormatError  # noqa: E402
 from profiler.session.reader import open_session  # noqa: E402
 from tests.support.big_session import build_big_session  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
-from tests.support.screenshots import CHROMIUM, CHROMIUM_ARGS, IDLE, LINES_JS  # noqa: E402
+from tests.support.screenshots import CHROMIUM, CHROMIUM_ARGS, IDLE, PATHS_JS  # noqa: E402
 
 CHART = "[data-testid='stVegaLiteChart'] canvas, [data-testid='stVegaLiteChart'] svg.marks"
 
@@ -102,16 +102,16 @@ def first_chart_s(browser: Any, url: str, path: str) -> float:
     return elapsed
 
 
-RELEASE_JS = "() => { const lines = " + LINES_JS + """;
+RELEASE_JS = "() => { const paths = " + PATHS_JS + """;
   // window.__kvscopeDrawnMs: from the mouse release to the frame after the first one whose lines
-  // differ from the brushed ones (the server's data for the new range drawn and painted); timed
+  // and areas differ from the brushed ones (the server's data for the new range drawn and painted); timed
   // in the page, so no round trip to the test driver is counted
-  const brushed = lines();
+  const brushed = paths();
   window.__kvscopeDrawnMs = null;
   window.addEventListener('pointerup', () => {
     const t0 = performance.now();
     const poll = () => {
-      if (lines() === brushed) { requestAnimationFrame(poll); return; }
+      if (paths() === brushed) { requestAnimationFrame(poll); return; }
       requestAnimationFrame(() => { window.__kvscopeDrawnMs = performance.now() - t0; });
     };
     requestAnimationFrame(poll);

@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-from tests.support.screenshots import CHART, CHROMIUM, CHROMIUM_ARGS, IDLE, LINES_JS, ui_server
+from tests.support.screenshots import CHART, CHROMIUM, CHROMIUM_ARGS, IDLE, PATHS_JS, ui_server
 
 pytestmark = pytest.mark.browser
 
@@ -108,13 +108,13 @@ def test_timeline_brush_zooms_every_panel(server: str, browser: Any, shots: Path
         box = chart.locator("g.role-frame > g > path.background").first.bounding_box()
         assert box is not None
         y = box["y"] + box["height"] / 2
-        whole = page.evaluate(LINES_JS)
+        whole = page.evaluate(PATHS_JS)
         page.mouse.move(box["x"] + 0.90 * box["width"], y)
         page.mouse.down()
         page.mouse.move(box["x"] + 0.97 * box["width"], y, steps=4)
         # the lines the brush alone drew (the whole session's buckets on the zoomed axis) ...
-        page.wait_for_function(f"(b) => ({LINES_JS})() !== b", arg=whole, timeout=30_000)
-        brushed = page.evaluate(LINES_JS)
+        page.wait_for_function(f"(b) => ({PATHS_JS})() !== b", arg=whole, timeout=30_000)
+        brushed = page.evaluate(PATHS_JS)
         page.mouse.up()
         page.wait_for_function(
             "(b) => { const p = [...document.querySelectorAll('p')].find(e => e.innerText.startsWith('Showing'));"
@@ -124,7 +124,7 @@ def test_timeline_brush_zooms_every_panel(server: str, browser: Any, shots: Path
         assert after != before
         # ... are redrawn from the server's buckets of the new range (a spec whose datasets the
         # chart cannot swap in keeps the brushed lines: it did with a panel's data on a nested layer)
-        page.wait_for_function(f"(b) => ({LINES_JS})() !== b", arg=brushed, timeout=30_000)
+        page.wait_for_function(f"(b) => ({PATHS_JS})() !== b", arg=brushed, timeout=30_000)
         assert page.locator("[data-testid='stException']").count() == 0
         page.screenshot(path=str(shots / "kv_saturation-timeline-zoomed.png"), full_page=True)
     finally:

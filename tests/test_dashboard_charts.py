@@ -82,7 +82,7 @@ def test_timeline_panels_fields_and_axes(cpu: SessionData) -> None:
         "hit": charts.prefix_hit_panel(b, view, 1.0).chart(),
         "tput": charts.throughput_chart(b, view, smooth_s=0.5),
     }
-    expected_y = {"kv": "value", "queue": "value", "preempt": "per_s", "hit": "hit_rate_frac",
+    expected_y = {"kv": "hi", "queue": "hi", "preempt": "per_s", "hit": "hit_rate_frac",
                   "tput": "per_s"}
     for name, chart in built.items():
         spec = chart.to_dict()
@@ -95,6 +95,8 @@ def test_timeline_panels_fields_and_axes(cpu: SessionData) -> None:
         assert xs[0]["title"] == charts.TIME_TITLE
         assert spec["title"], name
     assert ("color", "state") in encoding_fields(built["queue"].to_dict())
+    for name in ("kv", "queue"):  # min-max bands: from each bucket's lowest to its highest value
+        assert ("y2", "lo") in encoding_fields(built[name].to_dict()), name
     kv_spec = built["kv"].to_dict()
     assert any(lay["encoding"]["y"].get("axis", {}).get("format") == "%" for lay in layers(kv_spec)
                if "y" in lay["encoding"] and "field" in lay["encoding"]["y"])
@@ -111,22 +113,64 @@ def test_timeline_panels_fields_and_axes(cpu: SessionData) -> None:
     assert preempting.sum() > 0 and (marked == preempting).all()  # the storm preempts
 
 
-def test_hit_rate_per_bucket_is_one_segment_per_bucket_one_line_per_run(cpu: SessionData) -> None:
+def test_hit_rate_per_bucket_is_one_step_per_bucket_one_line_per_run(cpu: SessionData) -> None:
     view = serving_view(cpu)
     b = cpu.buckets(view)
     points = derive.hit_rate_series(b, view, 1.0)
     per_bucket = points[points["series"] == points["series"].iloc[0]]
     seg = derive.bucket_segments(per_bucket, view, "hit_rate_frac")
-    assert len(seg) == 2 * len(per_bucket) and seg["hit_rate_frac"].notna().all()
-    lo = seg["t_s"].to_numpy()[::2]
-    assert np.allclose(seg["t_s"].to_numpy()[1::2] - lo, view.width_s)
-    assert np.allclose(lo + view.width_s / 2, per_bucket["t_s"].to_numpy())
-    assert (seg["hit_rate_frac"].to_numpy()[::2] == per_bucket["hit_rate_frac"].to_numpy()).all()
     # a bucket without queries between two that had some starts a new run: a new line, not a join
     idx = np.floor((per_bucket["t_s"].to_numpy() - view.t0_s) / view.width_s).astype(int)
     runs = 1 + int((np.diff(idx) > 1).sum())
     assert runs > 1 and seg["run"].nunique() == runs
-    assert (seg.groupby("run")["t_s"].agg(lambda t: np.diff(t.to_numpy()).min()) >= -1e-12).all()
+    # a row at each bucket's start, one more at the end of each run (where its step-after line stops)
+    assert len(seg) == len(per_bucket) + runs and seg["hit_rate_frac"].notna().all()
+    for _, line in seg.groupby("run"):
+        t, v = line["t_s"].to_numpy(), line["hit_rate_frac"].to_numpy()
+        assert np.allclose(np.diff(t), view.width_s) and v[-1] == v[-2]
+    starts = seg.groupby("run").head(-1)
+    assert np.allclose(starts["t_s"].to_numpy() + view.width_s / 2, per_bucket["t_s"].to_numpy())
+    assert (starts["hit_rate_frac"].to_numpy() == per_bucket["hit_rate_frac"].to_numpy()).all()
+
+
+def test_kv_and_queue_bands_hold_each_buckets_lowest_and_highest_value(cpu: SessionData) -> None:
+    view = serving_view(cpu, 3000)  # buckets of a few steps, and empty ones between some
+    b = cpu.buckets(view)
+    for col, band in (("kv_usage_frac", derive.kv_band(b)),
+                      ("waiting", derive.queue_band(b).query("state == 'waiting'"))):
+        rows = b.dropna(subset=[f"{col}_min"]).sort_values("t_lo_s")
+        assert rows["engine_id"].nunique() == 1
+        # a row per bucket at its first step with its lowest and highest value; before empty
+        # buckets the band narrows to the bucket's max at its last step; it ends at the last step
+        expected: list[tuple[float, float, float]] = []
+        idx = rows["bucket"].to_numpy()
+        for i, r in enumerate(rows.itertuples()):
+            lo, hi = getattr(r, f"{col}_min"), getattr(r, f"{col}_max")
+            expected.append((r.t_lo_s, lo, hi))
+            if i == len(rows) - 1:
+                expected.append((r.t_hi_s, lo, hi))
+            elif idx[i + 1] - idx[i] > 1:
+                expected.append((r.t_hi_s, hi, hi))
+        assert len(expected) > len(rows) + 1, col  # this view has empty buckets
+        got = list(band[["t_s", "lo", "hi"]].itertuples(index=False, name=None))
+        assert got == expected, col
+        assert (band["hi"] > band["lo"]).any(), col
+
+
+def test_timeline_panels_keep_their_own_colour_scales() -> None:
+    """Stacked panels share a scale of a channel unless resolved apart: the queue's explicit
+    running/waiting stroke scale, shared, left a DP session's KV bands without outlines."""
+    from dashboard.charts import timeline as tl
+
+    data = load_session(ROOT / "sessions" / "multinode_dp2.kvscope")
+    view = View(*data.serving_range(), tl.BUCKETS)
+    linked = tl.linked_chart(data, view, data.buckets(view), data.buckets(tl.whole_view(data)), None)
+    spec = linked.template
+    scaled = {ch for lay in layers(spec) for ch, enc in lay.get("encoding", {}).items()
+              if isinstance(enc, dict) and "field" in enc and enc.get("scale", {}) is not None
+              and ch not in ("x", "x2", "y", "y2", "tooltip", "detail", "text")}
+    assert {"color", "stroke"} <= scaled  # engines (KV bands) and states (queue) both
+    assert all(spec["resolve"]["scale"].get(ch) == "independent" for ch in scaled), scaled
 
 
 def test_replay_cursor_is_drawn_on_the_time_axis(cpu: SessionData) -> None:

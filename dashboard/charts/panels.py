@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,11 +89,11 @@ def _multi_engine(df: pd.DataFrame) -> bool:
     return "engine_id" in df and df["engine_id"].nunique() > 1
 
 
-def _engine_color(multi: bool, default: str) -> dict[str, object]:
-    """Color by engine only when the data holds more than one."""
+def _band_color(multi: bool, default: str) -> dict[str, object]:
+    """Fill and outline of a band: by engine only when the data holds more than one."""
     if multi:
-        return {"color": alt.Color("engine_id:N", title="engine")}
-    return {"color": alt.value(default)}
+        return {"color": alt.Color("engine_id:N", title="engine"), "stroke": alt.Stroke("engine_id:N", legend=None)}
+    return {"color": alt.value(default), "stroke": alt.value(default)}
 
 
 CAPACITY = pd.DataFrame({"value": [1.0]})
@@ -103,22 +102,23 @@ CAPACITY = pd.DataFrame({"value": [1.0]})
 def kv_usage_panel(buckets: pd.DataFrame, view: View, num_blocks: int | None = None,
                    cursor_s: float | None = None, height: int = PANEL_HEIGHT) -> Panel:
     """KV cache usage (% of blocks) per pixel bucket, with the 100 % capacity line."""
-    df = derive.kv_series(buckets)
+    df = derive.kv_band(buckets)
     if df.empty:
         return empty_panel("no engine steps in this range", view, height, "KV cache usage")
     cap = f" of {num_blocks:,} blocks" if num_blocks else ""
     multi = _multi_engine(df)
 
     def draw(d: dict[str, Source]) -> alt.LayerChart:
-        line = alt.Chart(d["line"]).mark_line(interpolate="step-after", strokeWidth=1.5).encode(
+        band = alt.Chart(d["line"]).mark_area(interpolate="step-after", strokeWidth=1.5, fillOpacity=0.3).encode(
             x=time_x(view),
-            y=alt.Y("value:Q", title="KV usage", axis=alt.Axis(format="%"),
+            y=alt.Y("hi:Q", title="KV usage", axis=alt.Axis(format="%"), stack=None,
                     scale=alt.Scale(domain=[0, 1.05])),
-            **_engine_color(multi, COLORS["kv"]),
+            y2="lo:Q",
+            **_band_color(multi, COLORS["kv"]),
         )
         capacity = alt.Chart(d["capacity"]).mark_rule(
             strokeDash=[4, 3], color=COLORS["total"]).encode(y="value:Q")
-        return alt.layer(line, capacity).properties(title=f"KV cache usage{cap}", height=height)
+        return alt.layer(band, capacity).properties(title=f"KV cache usage{cap}", height=height)
 
     panel = Panel({"line": df, "capacity": CAPACITY}, ("kv", cap, multi, height), draw)
     return _with_cursor(panel, cursor_s, view)
@@ -133,18 +133,19 @@ def kv_usage_chart(buckets: pd.DataFrame, view: View, num_blocks: int | None = N
 def queue_panel(buckets: pd.DataFrame, view: View, cursor_s: float | None = None,
                 height: int = PANEL_HEIGHT) -> Panel:
     """Running and waiting requests per pixel bucket."""
-    df = derive.queue_series(buckets)
+    df = derive.queue_band(buckets)
     if df.empty:
         return empty_panel("no engine steps in this range", view, height, "Requests running and waiting")
 
     def draw(d: dict[str, Source]) -> alt.Chart:
-        return alt.Chart(d["line"]).mark_line(interpolate="step-after", strokeWidth=1.5).encode(
+        scale = alt.Scale(domain=["running", "waiting"], range=[COLORS["running"], COLORS["waiting"]])
+        return alt.Chart(d["line"]).mark_area(interpolate="step-after", strokeWidth=1.5, fillOpacity=0.3).encode(
             x=time_x(view),
-            y=alt.Y("value:Q", title="requests"),
-            color=alt.Color("state:N", title=None,
-                            scale=alt.Scale(domain=["running", "waiting"],
-                                            range=[COLORS["running"], COLORS["waiting"]]),
+            y=alt.Y("hi:Q", title="requests", stack=None),
+            y2="lo:Q",
+            color=alt.Color("state:N", title=None, scale=scale,
                             legend=alt.Legend(orient="top", direction="horizontal")),
+            stroke=alt.Stroke("state:N", scale=scale, legend=None),
             detail="engine_id:N",
         ).properties(title="Requests running and waiting", height=height)
 
@@ -197,8 +198,8 @@ def prefix_hit_panel(buckets: pd.DataFrame, view: View, rolling_s: float,
     per_bucket = derive.bucket_segments(df[first], view, "hit_rate_frac").assign(series=names[0])
 
     def draw(d: dict[str, Source]) -> alt.LayerChart:
-        def line(src: Source, width: float, opacity: float, detail: str) -> alt.Chart:
-            return alt.Chart(src).mark_line(strokeWidth=width, opacity=opacity).encode(
+        def line(src: Source, width: float, opacity: float, detail: str, interpolate: str) -> alt.Chart:
+            return alt.Chart(src).mark_line(strokeWidth=width, opacity=opacity, interpolate=interpolate).encode(
                 x=time_x(view),
                 y=alt.Y("hit_rate_frac:Q", title="hit rate", axis=alt.Axis(format="%"),
                         scale=alt.Scale(domain=[0, 1])),
@@ -207,7 +208,8 @@ def prefix_hit_panel(buckets: pd.DataFrame, view: View, rolling_s: float,
                     legend=alt.Legend(orient="top", direction="horizontal")),
                 detail=detail,
             )
-        return alt.layer(line(d["points"], 3, 0.7, "run:N"), line(d["rolling"], 2, 1, "engine_id:N")).properties(
+        return alt.layer(line(d["points"], 3, 0.7, "run:N", "step-after"),
+                         line(d["rolling"], 2, 1, "engine_id:N", "linear")).properties(
             title="Prefix-cache hit rate (tokens hit / tokens queried)", height=height)
 
     panel = Panel({"points": per_bucket, "rolling": df[~first].reset_index(drop=True)},
@@ -341,9 +343,8 @@ class LinkedTimeline:
         ``st.vega_lite_chart`` passes through as they are (converted once per chart)."""
         if self._ipc is None:
             self._ipc = {name: arrow_ipc(df) for name, df in self.datasets.items()}
-        spec = copy.deepcopy(self.template)
-        spec["datasets"] = dict(self._ipc)
-        return spec
+        # A shallow copy: Streamlit copies the spec's top level before changing it, and only that.
+        return {**self.template, "datasets": dict(self._ipc)}
 
     def rows(self) -> int:
         """Rows sent to the browser in all datasets together."""
@@ -393,8 +394,19 @@ def linked_timeline(navigator: Panel, panels: list[Panel], view: View,
     return LinkedTimeline(template, datasets)
 
 
+RAW = alt.DataFormat(parse=None)
+"""Named datasets arrive as Arrow columns of their own types: without ``parse: null`` Vega-Lite adds
+a ``toNumber`` formula per row of every line's data (an interpreted expression in Streamlit's
+CSP-safe Vega), which each zoom pays for thousands of rows."""
+
+
+def named(name: str) -> alt.NamedData:
+    """A Timeline dataset by name, read as its Arrow types (no per-row parse)."""
+    return alt.NamedData(name=name, format=RAW)
+
+
 def _named(prefix: str, panel: Panel, shared: frozenset[str] = frozenset()) -> dict[str, Source]:
-    return {k: alt.NamedData(name=f"all_{k}" if k in shared else f"{prefix}_{k}") for k in panel.frames}
+    return {k: named(f"all_{k}" if k in shared else f"{prefix}_{k}") for k in panel.frames}
 
 
 def _timeline_template(navigator: Panel, panels: list[Panel], view: View,
@@ -405,7 +417,7 @@ def _timeline_template(navigator: Panel, panels: list[Panel], view: View,
     subs = [navigator.draw(_named("nav", navigator)).to_dict(validate=False)]
     for i, p in enumerate(panels):
         chart = p.draw(_named(f"panel{i}", p, shared))
-        anchor = alt.Chart(alt.NamedData(name="all_anchor")).mark_point(opacity=0).encode(
+        anchor = alt.Chart(named("all_anchor")).mark_point(opacity=0).encode(
             x=time_x(view))
         if isinstance(chart, alt.LayerChart):
             chart.layer = [*chart.layer, anchor]
@@ -420,7 +432,7 @@ def _timeline_template(navigator: Panel, panels: list[Panel], view: View,
         params += sub.pop("params", [])
     spec: dict[str, Any] = {
         "$schema": alt.SCHEMA_URL, "vconcat": subs, "params": params, "spacing": 22,
-        "resolve": {"scale": {"x": "independent", "color": "independent"}},
+        "resolve": {"scale": {ch: "independent" for ch in ("x", "color", "stroke", "shape")}},
         # Fit the stacked panels to the page width (Streamlit leaves nested layers unfitted).
         "autosize": {"type": "fit-x", "contains": "padding"},
         # No ARIA attributes per point: thousands of them slow every redraw (axes keep theirs).

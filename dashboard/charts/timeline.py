@@ -6,6 +6,7 @@ session's default view at start, so the first Timeline opened finds its spec alr
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -63,9 +64,47 @@ def _gpu_strip(data: SessionData) -> pd.DataFrame | None:
     return pd.DataFrame({"t_s": whole.t0_s + frac.index.to_numpy() * whole.width_s, "kv": frac.to_numpy()})
 
 
+@dataclass
+class _SessionParts:
+    """What a session's Timeline draws the same at every zoom: its marks (engine start, OOMs,
+    findings, the focused one), the navigator's marks, start-up end and GPU strip."""
+
+    data: SessionData
+    findings: list[dict[str, Any]]
+    focus: tuple[float, float, str] | None
+    marks: pd.DataFrame
+    nav_marks: dict[str, pd.DataFrame]
+    startup_end_s: float | None
+    gpu_strip: pd.DataFrame | None
+
+
+_PARTS: list[_SessionParts] = []
+PARTS_MAX = 8
+"""Sessions (with their findings and focus) whose zoom-independent parts are kept."""
+
+
+def _session_parts(data: SessionData, findings: list[dict[str, Any]],
+                   focus: tuple[float, float, str] | None) -> _SessionParts:
+    """The zoom-independent parts of ``data``'s Timeline, built once per session, findings (the
+    same list object) and focus: a zoom then rebuilds only what its range changes."""
+    for p in _PARTS:
+        if p.data is data and p.findings is findings and p.focus == focus:
+            return p
+    marks = mk.session_marks(data, findings, focus)
+    p = _SessionParts(data, findings, focus, marks, chart_marks.in_view_frames(marks, whole_view(data)),
+                      startup_end_s(data), _gpu_strip(data))
+    _PARTS.append(p)
+    del _PARTS[:-PARTS_MAX]
+    return p
+
+
 def focus_panel_key(code: str | None) -> str | None:
     """Key prefix of the panel that shows finding ``code`` (None: keep the usual order)."""
     return FOCUS_PANEL.get(code or "")
+
+
+_NO_FINDINGS: list[dict[str, Any]] = []
+"""The findings of a session drawn before its diagnosis (one object, so its parts are reused)."""
 
 
 def linked_chart(data: SessionData, view: View, buckets: pd.DataFrame, whole_buckets: pd.DataFrame,
@@ -80,12 +119,12 @@ def linked_chart(data: SessionData, view: View, buckets: pd.DataFrame, whole_buc
     devices that matter get a memory panel. ``focus`` (t0, t1, code) highlights a finding's range
     and puts the panel that shows it first.
     """
-    report, findings = analysis if analysis is not None else ({}, [])
+    report, findings = analysis if analysis is not None else ({}, _NO_FINDINGS)
     whole = whole_view(data)
-    marks = mk.session_marks(data, findings, focus)
-    nav = charts.navigator_panel(whole_buckets, whole, brush, startup_end_s(data), view,
-                                 fallback=_gpu_strip(data), what="peak GPU memory used")
-    nav = chart_marks.panel_with_marks(nav, chart_marks.in_view_frames(marks, whole), whole)
+    parts = _session_parts(data, findings, focus)
+    nav = charts.navigator_panel(whole_buckets, whole, brush, parts.startup_end_s, view,
+                                 fallback=parts.gpu_strip, what="peak GPU memory used")
+    nav = chart_marks.panel_with_marks(nav, parts.nav_marks, whole)
     keyed: list[tuple[str, charts.Panel]] = []
     if data.has_gpu_samples:
         kv_bytes = (report.get("kv_cache") or {}).get("size_bytes")
@@ -116,7 +155,7 @@ def linked_chart(data: SessionData, view: View, buckets: pd.DataFrame, whole_buc
         ]
     order = ordered_keys([k for k, _ in keyed], focus[2] if focus else None)
     keyed.sort(key=lambda kp: order.index(kp[0]))
-    in_view = chart_marks.in_view_frames(marks, view)
+    in_view = chart_marks.in_view_frames(parts.marks, view)
     panels = [chart_marks.panel_with_marks(p, in_view, view) for _, p in keyed]
     return charts.linked_timeline(nav, panels, view, shared=in_view)
 

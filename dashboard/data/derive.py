@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from dashboard.data.downsample import envelope_points, rolling_ratio
+from dashboard.data.downsample import envelope_band, envelope_points, rolling_ratio
 from dashboard.data.steps import View
 
 GIB = 2**30
@@ -20,6 +20,17 @@ LATENCY_COLUMNS: dict[str, str] = {
 def kv_series(buckets: pd.DataFrame) -> pd.DataFrame:
     """KV usage (fraction of blocks) as envelope points: ``t_s``, ``value``, ``engine_id``."""
     return envelope_points(buckets, "kv_usage_frac")
+
+
+def kv_band(buckets: pd.DataFrame) -> pd.DataFrame:
+    """KV usage (fraction of blocks) per bucket as a min-max band: ``t_s``, ``lo``, ``hi``, ``engine_id``."""
+    return envelope_band(buckets, "kv_usage_frac")
+
+
+def queue_band(buckets: pd.DataFrame) -> pd.DataFrame:
+    """Running and waiting requests per bucket as min-max bands with a ``state`` column."""
+    return pd.concat([envelope_band(buckets, c).assign(state=c) for c in ("running", "waiting")],
+                     ignore_index=True)
 
 
 def queue_series(buckets: pd.DataFrame) -> pd.DataFrame:
@@ -117,10 +128,11 @@ def preemption_strip(buckets: pd.DataFrame, view: View) -> pd.DataFrame:
 
 
 def bucket_segments(points: pd.DataFrame, view: View, value: str) -> pd.DataFrame:
-    """Per-bucket values (``t_s`` at bucket centres, ``engine_id``) as one flat segment per bucket:
-    rows at each bucket's two edges, and ``run`` numbering each run of adjacent buckets (of one
-    engine), so a line per run draws every bucket, a lone one too, without joining across buckets
-    that have none (Vega-Lite drops NaN rows and would join across them)."""
+    """Per-bucket values (``t_s`` at bucket centres, ``engine_id``) as flat steps: a row at each
+    bucket's start and one closing row at the end of each run of adjacent buckets (of one engine),
+    with ``run`` numbering the runs, so a step-after line per run draws every bucket, a lone one
+    too, without joining across buckets that have none (Vega-Lite drops NaN rows and would join
+    across them)."""
     parts = []
     runs = 0
     for eid, g in points.groupby("engine_id", dropna=False, sort=False):
@@ -131,9 +143,10 @@ def bucket_segments(points: pd.DataFrame, view: View, value: str) -> pd.DataFram
         idx, v = idx[order], v[order]
         run = runs + np.cumsum(np.r_[True, np.diff(idx) > 1])
         runs = int(run[-1]) if len(run) else runs
-        lo = view.t0_s + idx * view.width_s
-        parts.append(pd.DataFrame({"t_s": np.column_stack([lo, lo + view.width_s]).ravel(),
-                                   value: np.repeat(v, 2), "run": np.repeat(run, 2), "engine_id": eid}))
+        end = np.r_[run[1:] != run[:-1], True] if len(run) else np.zeros(0, dtype=bool)
+        t = np.r_[idx, idx[end] + 1] * view.width_s + view.t0_s
+        parts.append(pd.DataFrame({"t_s": t, value: np.r_[v, v[end]], "run": np.r_[run, run[end]],
+                                   "engine_id": eid}).sort_values(["run", "t_s"], kind="stable"))
     if not parts:
         return pd.DataFrame({"t_s": [], value: [], "run": [], "engine_id": []})
     return pd.concat(parts, ignore_index=True)

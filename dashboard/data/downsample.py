@@ -77,6 +77,34 @@ def envelope_points(buckets: pd.DataFrame, col: str) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
+def envelope_band(buckets: pd.DataFrame, col: str) -> pd.DataFrame:
+    """A step-after band from each bucket's ``lo`` (min) to its ``hi`` (max): a row per bucket at
+    its first step's time, narrowing to a line where a bucket holds one step (half the rows of
+    ``envelope_points``). After an engine's last bucket a closing row ends the band at its last
+    step; before a span of empty buckets a row at the bucket's last step holds its max across
+    the span (as ``envelope_points``' line did), so a range is never drawn over time without
+    steps. Columns: ``t_s``, ``lo``, ``hi``, ``engine_id``."""
+    lo = buckets[f"{col}_min"].to_numpy(dtype=float)
+    hi = buckets[f"{col}_max"].to_numpy(dtype=float)
+    ok = ~(np.isnan(lo) | np.isnan(hi))
+    t_lo, t_hi = buckets["t_lo_s"].to_numpy(dtype=float)[ok], buckets["t_hi_s"].to_numpy(dtype=float)[ok]
+    eng, lo, hi = buckets["engine_id"].to_numpy(dtype=float)[ok], lo[ok], hi[ok]
+    idx = buckets["bucket"].to_numpy(dtype=float)[ok]
+    key = np.where(np.isnan(eng), -1.0, eng)  # steps without an engine are one series too
+    order = np.lexsort((t_lo, key))
+    t_lo, t_hi, eng, lo, hi, key, idx = (a[order] for a in (t_lo, t_hi, eng, lo, hi, key, idx))
+    last = np.r_[key[1:] != key[:-1], True][:eng.size]  # each engine's last bucket
+    gap = ~last & (np.r_[np.diff(idx), 1.0][:eng.size] > 1)  # empty buckets follow
+    extra = last | gap
+    pos = np.arange(eng.size) + np.cumsum(np.r_[False, extra[:-1]])[:eng.size]  # after earlier extras
+    out = {k: np.empty(eng.size + int(extra.sum())) for k in ("t_s", "lo", "hi", "engine_id")}
+    held_lo = np.where(gap, hi, lo)
+    for k, v, end in (("t_s", t_lo, t_hi), ("lo", lo, held_lo), ("hi", hi, hi), ("engine_id", eng, eng)):
+        out[k][pos] = v
+        out[k][pos[extra] + 1] = end[extra]
+    return pd.DataFrame(out)
+
+
 def rolling_ratio(num: np.ndarray, den: np.ndarray, window: int) -> np.ndarray:
     """sum(num)/sum(den) over the last ``window`` entries (NaN where the denominator is 0)."""
     n = np.nan_to_num(num.astype(np.float64))

@@ -31,9 +31,11 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update", "--disable-sync"]
 IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
 CHART = "[data-testid='stVegaLiteChart']"
-LINES_JS = """() => [...document.querySelectorAll("[data-testid='stVegaLiteChart'] g.mark-line path")]
+PATHS_JS = """() => [...document.querySelectorAll(
+  "[data-testid='stVegaLiteChart'] g.mark-line path, [data-testid='stVegaLiteChart'] g.mark-area path")]
   .map(p => p.getAttribute('d')).join('|')"""
-"""Every line the page's charts draw, as SVG path data: it changes when a chart redraws its data."""
+"""Every line and area the page's charts draw, as SVG path data: it changes when a chart redraws
+its data."""
 PAGES = ("", "overview", "timeline", "memory", "kv_cache", "requests", "replay", "compare", "live",
          "kv_events", "whatif", "simulate", "preemptions", "tiers")
 """URL paths of the pages ("" is the Sessions page, the one the dashboard opens on)."""
