@@ -101,7 +101,8 @@ CAPACITY = pd.DataFrame({"value": [1.0]})
 
 def kv_usage_panel(buckets: pd.DataFrame, view: View, num_blocks: int | None = None,
                    cursor_s: float | None = None, height: int = PANEL_HEIGHT) -> Panel:
-    """KV cache usage (% of blocks) per pixel bucket, with the 100 % capacity line."""
+    """KV cache usage (% of blocks) per pixel bucket as a band from its lowest to its highest
+    value, with the 100 % capacity line."""
     df = derive.kv_band(buckets)
     if df.empty:
         return empty_panel("no engine steps in this range", view, height, "KV cache usage")
@@ -109,7 +110,7 @@ def kv_usage_panel(buckets: pd.DataFrame, view: View, num_blocks: int | None = N
     multi = _multi_engine(df)
 
     def draw(d: dict[str, Source]) -> alt.LayerChart:
-        band = alt.Chart(d["line"]).mark_area(interpolate="step-after", strokeWidth=1.5, fillOpacity=0.3).encode(
+        band = alt.Chart(d["band"]).mark_area(interpolate="step-after", strokeWidth=1.5, fillOpacity=0.3).encode(
             x=time_x(view),
             y=alt.Y("hi:Q", title="KV usage", axis=alt.Axis(format="%"), stack=None,
                     scale=alt.Scale(domain=[0, 1.05])),
@@ -120,7 +121,7 @@ def kv_usage_panel(buckets: pd.DataFrame, view: View, num_blocks: int | None = N
             strokeDash=[4, 3], color=COLORS["total"]).encode(y="value:Q")
         return alt.layer(band, capacity).properties(title=f"KV cache usage{cap}", height=height)
 
-    panel = Panel({"line": df, "capacity": CAPACITY}, ("kv", cap, multi, height), draw)
+    panel = Panel({"band": df, "capacity": CAPACITY}, ("kv", cap, multi, height), draw)
     return _with_cursor(panel, cursor_s, view)
 
 
@@ -132,14 +133,14 @@ def kv_usage_chart(buckets: pd.DataFrame, view: View, num_blocks: int | None = N
 
 def queue_panel(buckets: pd.DataFrame, view: View, cursor_s: float | None = None,
                 height: int = PANEL_HEIGHT) -> Panel:
-    """Running and waiting requests per pixel bucket."""
+    """Running and waiting requests per pixel bucket, each a band from its lowest to its highest."""
     df = derive.queue_band(buckets)
     if df.empty:
         return empty_panel("no engine steps in this range", view, height, "Requests running and waiting")
 
     def draw(d: dict[str, Source]) -> alt.Chart:
         scale = alt.Scale(domain=["running", "waiting"], range=[COLORS["running"], COLORS["waiting"]])
-        return alt.Chart(d["line"]).mark_area(interpolate="step-after", strokeWidth=1.5, fillOpacity=0.3).encode(
+        return alt.Chart(d["band"]).mark_area(interpolate="step-after", strokeWidth=1.5, fillOpacity=0.3).encode(
             x=time_x(view),
             y=alt.Y("hi:Q", title="requests", stack=None),
             y2="lo:Q",
@@ -149,7 +150,7 @@ def queue_panel(buckets: pd.DataFrame, view: View, cursor_s: float | None = None
             detail="engine_id:N",
         ).properties(title="Requests running and waiting", height=height)
 
-    return _with_cursor(Panel({"line": df}, ("queue", height), draw), cursor_s, view)
+    return _with_cursor(Panel({"band": df}, ("queue", height), draw), cursor_s, view)
 
 
 def queue_chart(buckets: pd.DataFrame, view: View, cursor_s: float | None = None,

@@ -82,7 +82,7 @@ def envelope_band(buckets: pd.DataFrame, col: str) -> pd.DataFrame:
     its first step's time, narrowing to a line where a bucket holds one step (half the rows of
     ``envelope_points``). After an engine's last bucket a closing row ends the band at its last
     step; before a span of empty buckets a row at the bucket's last step holds its max across
-    the span (as ``envelope_points``' line did), so a range is never drawn over time without
+    the span (as ``envelope_points``' line did), so no range is drawn across buckets without
     steps. Columns: ``t_s``, ``lo``, ``hi``, ``engine_id``."""
     lo = buckets[f"{col}_min"].to_numpy(dtype=float)
     hi = buckets[f"{col}_max"].to_numpy(dtype=float)
